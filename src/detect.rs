@@ -1,0 +1,467 @@
+//! Face detection: MediaPipe BlazeFace through OpenCV `dnn` (box + six keypoints), with
+//! OpenCV's Haar cascade as a fallback that needs no network file.
+//!
+//! The anchor layout, decoding and weighted non-maximum suppression follow MediaPipe's
+//! `face_detection_{front,back}` graphs (SsdAnchorsCalculator, TensorsToDetections,
+//! WeightedNms). They are plain functions so they can be checked by hand.
+
+use std::path::{Path, PathBuf};
+
+use opencv::core::{Mat, Scalar, Size, Vector, CV_32F};
+use opencv::prelude::*;
+use opencv::{dnn, imgproc, objdetect};
+
+use crate::error::{Error, Result};
+use crate::frame::FrameMut;
+
+/// A point in frame pixels.
+#[derive(Debug, Clone, Copy, PartialEq, Default, serde::Serialize)]
+pub struct Point {
+    pub x: f32,
+    pub y: f32,
+}
+
+/// An axis-aligned box in frame pixels.
+#[derive(Debug, Clone, Copy, PartialEq, Default, serde::Serialize)]
+pub struct BoxF {
+    pub x: f32,
+    pub y: f32,
+    pub w: f32,
+    pub h: f32,
+}
+
+impl BoxF {
+    pub fn area(&self) -> f32 {
+        self.w.max(0.0) * self.h.max(0.0)
+    }
+
+    pub fn iou(&self, o: &BoxF) -> f32 {
+        let x0 = self.x.max(o.x);
+        let y0 = self.y.max(o.y);
+        let x1 = (self.x + self.w).min(o.x + o.w);
+        let y1 = (self.y + self.h).min(o.y + o.h);
+        let inter = (x1 - x0).max(0.0) * (y1 - y0).max(0.0);
+        let union = self.area() + o.area() - inter;
+        if union <= 0.0 {
+            0.0
+        } else {
+            inter / union
+        }
+    }
+}
+
+/// Keypoint order of BlazeFace (image-left eye first when the face looks at the camera).
+pub const KEYPOINT_NAMES: [&str; 6] = ["eye_right", "eye_left", "nose", "mouth", "ear_right", "ear_left"];
+
+/// One detected face: box, the six BlazeFace keypoints, and a confidence in [0, 1].
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Face {
+    pub bbox: BoxF,
+    pub keypoints: [Point; 6],
+    pub score: f32,
+}
+
+impl Face {
+    /// Eyes (image-left, image-right), nose tip and mouth centre: the points alignment uses.
+    pub fn alignment_points(&self) -> [Point; 4] {
+        let [a, b, nose, mouth, _, _] = self.keypoints;
+        let (left, right) = if a.x <= b.x { (a, b) } else { (b, a) };
+        [left, right, nose, mouth]
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Anchors and decoding (pure functions)
+
+/// An SSD anchor centre in normalised [0, 1] input coordinates (fixed size 1x1).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Anchor {
+    pub cx: f32,
+    pub cy: f32,
+}
+
+/// MediaPipe's SSD anchors for BlazeFace: one grid per distinct stride, and for each
+/// cell as many anchors as layers share that stride, times two (aspect ratio 1 plus the
+/// interpolated scale). Front model: strides 8,16,16,16 -> 16x16x2 + 8x8x6 = 896.
+pub fn ssd_anchors(input_size: usize, strides: &[usize]) -> Vec<Anchor> {
+    let mut anchors = Vec::new();
+    let mut layer = 0;
+    while layer < strides.len() {
+        let stride = strides[layer];
+        let mut same = 0;
+        while layer < strides.len() && strides[layer] == stride {
+            same += 1;
+            layer += 1;
+        }
+        let cells = input_size.div_ceil(stride);
+        for y in 0..cells {
+            for x in 0..cells {
+                for _ in 0..2 * same {
+                    anchors.push(Anchor {
+                        cx: (x as f32 + 0.5) / cells as f32,
+                        cy: (y as f32 + 0.5) / cells as f32,
+                    });
+                }
+            }
+        }
+    }
+    anchors
+}
+
+/// Numerically safe logistic function (MediaPipe clips raw scores to ±100).
+pub fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + (-x.clamp(-100.0, 100.0)).exp())
+}
+
+/// Decodes one anchor's 16 regressor values into a face in normalised input coordinates.
+pub fn decode_anchor(raw: &[f32], anchor: &Anchor, input_size: f32, score: f32) -> Face {
+    let s = input_size;
+    let cx = raw[0] / s + anchor.cx;
+    let cy = raw[1] / s + anchor.cy;
+    let w = raw[2] / s;
+    let h = raw[3] / s;
+    let mut keypoints = [Point::default(); 6];
+    for (k, kp) in keypoints.iter_mut().enumerate() {
+        kp.x = raw[4 + 2 * k] / s + anchor.cx;
+        kp.y = raw[5 + 2 * k] / s + anchor.cy;
+    }
+    Face {
+        bbox: BoxF {
+            x: cx - w / 2.0,
+            y: cy - h / 2.0,
+            w,
+            h,
+        },
+        keypoints,
+        score,
+    }
+}
+
+/// Weighted NMS: faces overlapping the best remaining one by IoU >= `iou_threshold` are
+/// merged into it, box and keypoints averaged with their scores as weights; the merged
+/// face keeps the highest score. Output is sorted by score, best first.
+pub fn weighted_nms(mut faces: Vec<Face>, iou_threshold: f32) -> Vec<Face> {
+    faces.sort_by(|a, b| b.score.total_cmp(&a.score));
+    let mut out = Vec::new();
+    let mut used = vec![false; faces.len()];
+    for i in 0..faces.len() {
+        if used[i] {
+            continue;
+        }
+        let mut members = vec![i];
+        for j in i + 1..faces.len() {
+            if !used[j] && faces[i].bbox.iou(&faces[j].bbox) >= iou_threshold {
+                members.push(j);
+            }
+        }
+        let total: f32 = members.iter().map(|&m| faces[m].score).sum();
+        let mut merged = Face {
+            bbox: BoxF::default(),
+            keypoints: [Point::default(); 6],
+            score: faces[i].score,
+        };
+        for &m in &members {
+            used[m] = true;
+            let f = &faces[m];
+            let wgt = f.score / total;
+            merged.bbox.x += f.bbox.x * wgt;
+            merged.bbox.y += f.bbox.y * wgt;
+            merged.bbox.w += f.bbox.w * wgt;
+            merged.bbox.h += f.bbox.h * wgt;
+            for (k, kp) in merged.keypoints.iter_mut().enumerate() {
+                kp.x += f.keypoints[k].x * wgt;
+                kp.y += f.keypoints[k].y * wgt;
+            }
+        }
+        out.push(merged);
+    }
+    out
+}
+
+/// How a frame was fitted into the square network input (aspect kept, centred, padded).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Letterbox {
+    pub scale: f32,
+    pub pad_x: f32,
+    pub pad_y: f32,
+    pub input_size: usize,
+}
+
+impl Letterbox {
+    pub fn new(width: usize, height: usize, input_size: usize) -> Self {
+        let scale = input_size as f32 / width.max(height) as f32;
+        Letterbox {
+            scale,
+            pad_x: (input_size as f32 - width as f32 * scale) / 2.0,
+            pad_y: (input_size as f32 - height as f32 * scale) / 2.0,
+            input_size,
+        }
+    }
+
+    /// Normalised input coordinates -> frame pixels.
+    pub fn to_frame(&self, p: Point) -> Point {
+        let s = self.input_size as f32;
+        Point {
+            x: (p.x * s - self.pad_x) / self.scale,
+            y: (p.y * s - self.pad_y) / self.scale,
+        }
+    }
+
+    pub fn face_to_frame(&self, f: &Face) -> Face {
+        let tl = self.to_frame(Point { x: f.bbox.x, y: f.bbox.y });
+        let br = self.to_frame(Point {
+            x: f.bbox.x + f.bbox.w,
+            y: f.bbox.y + f.bbox.h,
+        });
+        Face {
+            bbox: BoxF {
+                x: tl.x,
+                y: tl.y,
+                w: br.x - tl.x,
+                h: br.y - tl.y,
+            },
+            keypoints: f.keypoints.map(|k| self.to_frame(k)),
+            score: f.score,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Detectors
+
+/// Which detector runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DetectorKind {
+    /// BlazeFace front (128 px input) first; the back model (256 px, small faces) when
+    /// the front one finds nothing.
+    #[default]
+    Auto,
+    /// BlazeFace front model: faces that fill a good part of the frame (webcam).
+    BlazeFaceFront,
+    /// BlazeFace back model: smaller, farther faces.
+    BlazeFaceBack,
+    /// OpenCV Haar cascade (frontal faces only; keypoints estimated from the box).
+    Haar,
+}
+
+impl std::str::FromStr for DetectorKind {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "auto" => Ok(DetectorKind::Auto),
+            "blazeface-front" | "front" => Ok(DetectorKind::BlazeFaceFront),
+            "blazeface-back" | "back" => Ok(DetectorKind::BlazeFaceBack),
+            "haar" => Ok(DetectorKind::Haar),
+            _ => Err(format!("unknown detector '{s}' (auto, front, back, haar)")),
+        }
+    }
+}
+
+/// Where detector files live: `$REGGAN_BLAZEFACE_DIR` / `$REGGAN_HAAR_DIR`, else the
+/// locations `scripts/setup.sh` installs to (recorded at build time).
+pub fn default_blazeface_dir() -> PathBuf {
+    std::env::var_os("REGGAN_BLAZEFACE_DIR")
+        .map(PathBuf::from)
+        .or_else(|| option_env!("REGGAN_BLAZEFACE_DIR").map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".deps/blazeface"))
+}
+
+pub fn default_haar_dir() -> PathBuf {
+    std::env::var_os("REGGAN_HAAR_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/usr/share/opencv4/haarcascades"))
+}
+
+struct BlazeFace {
+    net: dnn::Net,
+    input_size: usize,
+    anchors: Vec<Anchor>,
+    output_names: Vector<String>,
+    resized: Mat,
+    blob: Mat,
+}
+
+impl BlazeFace {
+    fn load(path: &Path, input_size: usize, strides: &[usize]) -> Result<Self> {
+        if !path.is_file() {
+            return Err(Error::Detector {
+                path: path.into(),
+                reason: "file not found (run scripts/setup.sh)".into(),
+            });
+        }
+        let net = dnn::read_net_from_onnx(path).map_err(|e| Error::Detector {
+            path: path.into(),
+            reason: e.to_string(),
+        })?;
+        // Identity:0 / Identity_1:0 are the scores of the two anchor groups,
+        // Identity_2:0 / Identity_3:0 their 16 regressor values.
+        let output_names = Vector::<String>::from_iter(["Identity:0", "Identity_1:0", "Identity_2:0", "Identity_3:0"]);
+        let blob = Mat::new_nd_with_default(&[1, input_size as i32, input_size as i32, 3], CV_32F, Scalar::all(0.0))?;
+        Ok(BlazeFace {
+            net,
+            input_size,
+            anchors: ssd_anchors(input_size, strides),
+            output_names,
+            resized: Mat::default(),
+            blob,
+        })
+    }
+
+    fn detect(&mut self, frame: &FrameMut, score_threshold: f32) -> Result<Vec<Face>> {
+        let lb = Letterbox::new(frame.width(), frame.height(), self.input_size);
+        let rw = ((frame.width() as f32 * lb.scale).round() as i32).max(1);
+        let rh = ((frame.height() as f32 * lb.scale).round() as i32).max(1);
+        imgproc::resize(&frame.as_mat()?, &mut self.resized, Size::new(rw, rh), 0.0, 0.0, imgproc::INTER_AREA)?;
+        self.fill_blob(frame, &lb, rw as usize, rh as usize)?;
+        self.net.set_input(&self.blob, "", 1.0, Scalar::default())?;
+        let mut outs: Vector<Mat> = Vector::new();
+        self.net.forward(&mut outs, &self.output_names)?;
+        let mut candidates = Vec::new();
+        let mut anchor_base = 0;
+        for group in 0..2 {
+            let scores = outs.get(group)?;
+            let regs = outs.get(group + 2)?;
+            let scores = scores.data_typed::<f32>()?;
+            let regs = regs.data_typed::<f32>()?;
+            for (i, &raw) in scores.iter().enumerate() {
+                let score = sigmoid(raw);
+                if score >= score_threshold {
+                    let anchor = &self.anchors[anchor_base + i];
+                    candidates.push(decode_anchor(&regs[i * 16..i * 16 + 16], anchor, self.input_size as f32, score));
+                }
+            }
+            anchor_base += scores.len();
+        }
+        Ok(weighted_nms(candidates, 0.3).iter().map(|f| lb.face_to_frame(f)).collect())
+    }
+
+    /// NHWC float RGB in [-1, 1], letterboxed with black (-1) padding.
+    fn fill_blob(&mut self, frame: &FrameMut, lb: &Letterbox, rw: usize, rh: usize) -> Result<()> {
+        let n = self.input_size;
+        let bpp = frame.layout().bytes_per_pixel();
+        let [ro, go, bo] = frame.layout().rgb_offsets();
+        let src = self.resized.data_bytes()?;
+        let step = self.resized.mat_step()[0];
+        let blob = self.blob.data_typed_mut::<f32>()?;
+        blob.fill(-1.0);
+        let (px, py) = (lb.pad_x.floor() as usize, lb.pad_y.floor() as usize);
+        for y in 0..rh.min(n - py) {
+            let row = &src[y * step..];
+            for x in 0..rw.min(n - px) {
+                let p = &row[x * bpp..];
+                let o = ((y + py) * n + x + px) * 3;
+                blob[o] = p[ro] as f32 / 127.5 - 1.0;
+                blob[o + 1] = p[go] as f32 / 127.5 - 1.0;
+                blob[o + 2] = p[bo] as f32 / 127.5 - 1.0;
+            }
+        }
+        Ok(())
+    }
+}
+
+struct Haar {
+    cascade: objdetect::CascadeClassifier,
+    gray: Mat,
+}
+
+impl Haar {
+    fn load(dir: &Path) -> Result<Self> {
+        let path = dir.join("haarcascade_frontalface_default.xml");
+        let fail = |reason: String| Error::Detector {
+            path: path.clone(),
+            reason,
+        };
+        if !path.is_file() {
+            return Err(fail("file not found (Debian package opencv-data)".into()));
+        }
+        let cascade = objdetect::CascadeClassifier::new(&path).map_err(|e| fail(e.to_string()))?;
+        if cascade.empty().map_err(|e| fail(e.to_string()))? {
+            return Err(fail("cascade is empty or unreadable".into()));
+        }
+        Ok(Haar {
+            cascade,
+            gray: Mat::default(),
+        })
+    }
+
+    fn detect(&mut self, frame: &FrameMut, min_size: i32) -> Result<Vec<Face>> {
+        let code = match (frame.layout().bytes_per_pixel(), frame.layout().rgb_offsets()[0]) {
+            (3, 0) => imgproc::COLOR_RGB2GRAY,
+            (3, _) => imgproc::COLOR_BGR2GRAY,
+            (_, 0) => imgproc::COLOR_RGBA2GRAY,
+            _ => imgproc::COLOR_BGRA2GRAY,
+        };
+        imgproc::cvt_color_def(&frame.as_mat()?, &mut self.gray, code)?;
+        let mut rects = Vector::new();
+        let m = min_size.max(24);
+        self.cascade.detect_multi_scale(&self.gray, &mut rects, 1.1, 5, 0, Size::new(m, m), Size::default())?;
+        Ok(rects.iter().map(|r| face_from_box(r.x as f32, r.y as f32, r.width as f32, r.height as f32)).collect())
+    }
+}
+
+/// Keypoints estimated from a Haar box at the average positions BlazeFace reports for
+/// frontal faces, so the rest of the pipeline sees the same kind of face either way.
+pub fn face_from_box(x: f32, y: f32, w: f32, h: f32) -> Face {
+    let p = |fx: f32, fy: f32| Point { x: x + fx * w, y: y + fy * h };
+    Face {
+        bbox: BoxF { x, y, w, h },
+        keypoints: [p(0.31, 0.38), p(0.69, 0.38), p(0.5, 0.58), p(0.5, 0.77), p(0.08, 0.45), p(0.92, 0.45)],
+        score: 1.0,
+    }
+}
+
+/// The detector the processor uses: a BlazeFace pair and/or the Haar cascade.
+pub struct FaceDetector {
+    kind: DetectorKind,
+    front: Option<BlazeFace>,
+    back: Option<BlazeFace>,
+    haar: Option<Haar>,
+    pub score_threshold: f32,
+}
+
+impl FaceDetector {
+    pub fn new(kind: DetectorKind) -> Result<Self> {
+        Self::with_dirs(kind, &default_blazeface_dir(), &default_haar_dir())
+    }
+
+    pub fn with_dirs(kind: DetectorKind, blazeface_dir: &Path, haar_dir: &Path) -> Result<Self> {
+        let front = || BlazeFace::load(&blazeface_dir.join("face_detection_front_128x128_barracuda.onnx"), 128, &[8, 16, 16, 16]);
+        let back = || BlazeFace::load(&blazeface_dir.join("face_detection_back_256x256_barracuda.onnx"), 256, &[16, 32, 32, 32]);
+        let (f, b, h) = match kind {
+            DetectorKind::Auto => (Some(front()?), Some(back()?), None),
+            DetectorKind::BlazeFaceFront => (Some(front()?), None, None),
+            DetectorKind::BlazeFaceBack => (None, Some(back()?), None),
+            DetectorKind::Haar => (None, None, Some(Haar::load(haar_dir)?)),
+        };
+        Ok(FaceDetector {
+            kind,
+            front: f,
+            back: b,
+            haar: h,
+            score_threshold: 0.6,
+        })
+    }
+
+    pub fn kind(&self) -> DetectorKind {
+        self.kind
+    }
+
+    /// Faces in frame pixels, best first, at least `min_face_size` pixels wide.
+    pub fn detect(&mut self, frame: &FrameMut, min_face_size: f32) -> Result<Vec<Face>> {
+        let t = self.score_threshold;
+        let mut faces = Vec::new();
+        if let Some(front) = self.front.as_mut() {
+            faces = front.detect(frame, t)?;
+        }
+        if faces.is_empty() {
+            if let Some(back) = self.back.as_mut() {
+                faces = back.detect(frame, t)?;
+            }
+        }
+        if let Some(haar) = self.haar.as_mut() {
+            faces = haar.detect(frame, min_face_size as i32)?;
+        }
+        faces.retain(|f| f.bbox.w >= min_face_size);
+        Ok(faces)
+    }
+}

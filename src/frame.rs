@@ -1,0 +1,207 @@
+//! Borrowed views of packed 8-bit video frames with any row stride, and their OpenCV
+//! headers. No pixel is copied to look at a frame: detection and alignment read the
+//! caller's memory directly, and compositing writes back into it.
+
+use opencv::core::{Mat, CV_8UC3, CV_8UC4};
+use opencv::prelude::*;
+
+use crate::error::{Error, Result};
+
+/// The packed formats the processor accepts (GStreamer's names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PixelLayout {
+    Rgb,
+    Bgr,
+    Rgba,
+    Bgra,
+    Rgbx,
+    Bgrx,
+}
+
+impl PixelLayout {
+    pub const ALL: [PixelLayout; 6] = [
+        PixelLayout::Rgb,
+        PixelLayout::Bgr,
+        PixelLayout::Rgba,
+        PixelLayout::Bgra,
+        PixelLayout::Rgbx,
+        PixelLayout::Bgrx,
+    ];
+
+    pub fn bytes_per_pixel(self) -> usize {
+        match self {
+            PixelLayout::Rgb | PixelLayout::Bgr => 3,
+            _ => 4,
+        }
+    }
+
+    /// Byte offsets of red, green and blue inside one pixel.
+    pub fn rgb_offsets(self) -> [usize; 3] {
+        match self {
+            PixelLayout::Rgb | PixelLayout::Rgba | PixelLayout::Rgbx => [0, 1, 2],
+            PixelLayout::Bgr | PixelLayout::Bgra | PixelLayout::Bgrx => [2, 1, 0],
+        }
+    }
+
+    pub(crate) fn cv_type(self) -> i32 {
+        if self.bytes_per_pixel() == 3 {
+            CV_8UC3
+        } else {
+            CV_8UC4
+        }
+    }
+}
+
+/// A mutable packed frame. `stride` is the distance in bytes between row starts and may
+/// exceed `width * bytes_per_pixel` (GStreamer pads rows to 4 bytes, e.g. RGB at 641 px).
+pub struct FrameMut<'a> {
+    data: &'a mut [u8],
+    width: usize,
+    height: usize,
+    stride: usize,
+    layout: PixelLayout,
+}
+
+impl<'a> FrameMut<'a> {
+    pub fn new(
+        data: &'a mut [u8],
+        width: usize,
+        height: usize,
+        stride: usize,
+        layout: PixelLayout,
+    ) -> Result<Self> {
+        if width == 0 || height == 0 {
+            return Err(Error::Frame(format!("empty frame {width}x{height}")));
+        }
+        let row = width * layout.bytes_per_pixel();
+        if stride < row {
+            return Err(Error::Frame(format!(
+                "stride {stride} is shorter than a row of {width} {layout:?} pixels ({row} bytes)"
+            )));
+        }
+        let needed = stride * (height - 1) + row;
+        if data.len() < needed {
+            return Err(Error::Frame(format!(
+                "buffer of {} bytes is too small for {width}x{height} {layout:?} with stride {stride} ({needed} needed)",
+                data.len()
+            )));
+        }
+        Ok(FrameMut {
+            data,
+            width,
+            height,
+            stride,
+            layout,
+        })
+    }
+
+    pub fn width(&self) -> usize {
+        self.width
+    }
+    pub fn height(&self) -> usize {
+        self.height
+    }
+    pub fn stride(&self) -> usize {
+        self.stride
+    }
+    pub fn layout(&self) -> PixelLayout {
+        self.layout
+    }
+    pub fn data(&self) -> &[u8] {
+        self.data
+    }
+    pub fn data_mut(&mut self) -> &mut [u8] {
+        self.data
+    }
+
+    /// An OpenCV header over the frame's memory (no copy). Only read through it: the
+    /// header borrows `self` immutably, and OpenCV functions that take `&Mat` as input
+    /// do not write.
+    pub fn as_mat(&self) -> Result<Mat> {
+        // SAFETY: the buffer holds `height` rows of `stride` bytes (checked in `new`),
+        // the Mat does not outlive `self` in any caller of this crate, and it is only
+        // passed to OpenCV as an input array.
+        let mat = unsafe {
+            Mat::new_rows_cols_with_data_unsafe(
+                self.height as i32,
+                self.width as i32,
+                self.layout.cv_type(),
+                self.data.as_ptr() as *mut std::ffi::c_void,
+                self.stride,
+            )?
+        };
+        Ok(mat)
+    }
+}
+
+/// An owned, tightly packed RGB image (used for crops, test images and the CLI).
+#[derive(Clone, Debug, PartialEq)]
+pub struct RgbImage {
+    pub width: usize,
+    pub height: usize,
+    pub data: Vec<u8>,
+}
+
+impl RgbImage {
+    pub fn new(width: usize, height: usize) -> Self {
+        RgbImage {
+            width,
+            height,
+            data: vec![0; width * height * 3],
+        }
+    }
+
+    pub fn as_frame(&mut self) -> FrameMut<'_> {
+        let (w, h) = (self.width, self.height);
+        FrameMut::new(&mut self.data, w, h, w * 3, PixelLayout::Rgb).expect("packed RGB image is a valid frame")
+    }
+
+    /// Reads a PNG/JPEG (anything OpenCV's imgcodecs reads) as RGB.
+    pub fn load(path: &std::path::Path) -> Result<Self> {
+        let bgr = opencv::imgcodecs::imread(path, opencv::imgcodecs::IMREAD_COLOR)?;
+        if bgr.empty() {
+            return Err(Error::Io {
+                path: path.into(),
+                source: std::io::Error::new(std::io::ErrorKind::InvalidData, "not a readable image"),
+            });
+        }
+        Self::from_bgr_mat(&bgr)
+    }
+
+    pub fn from_bgr_mat(bgr: &Mat) -> Result<Self> {
+        let mut rgb = Mat::default();
+        opencv::imgproc::cvt_color_def(bgr, &mut rgb, opencv::imgproc::COLOR_BGR2RGB)?;
+        let rgb = if rgb.is_continuous() { rgb } else { rgb.try_clone()? };
+        Ok(RgbImage {
+            width: rgb.cols() as usize,
+            height: rgb.rows() as usize,
+            data: rgb.data_bytes()?.to_vec(),
+        })
+    }
+
+    pub fn to_bgr_mat(&self) -> Result<Mat> {
+        let mut img = self.clone();
+        let frame = img.as_frame();
+        let mut bgr = Mat::default();
+        opencv::imgproc::cvt_color_def(&frame.as_mat()?, &mut bgr, opencv::imgproc::COLOR_RGB2BGR)?;
+        Ok(bgr)
+    }
+
+    /// Writes the image; the format follows the extension.
+    pub fn save(&self, path: &std::path::Path) -> Result<()> {
+        let bgr = self.to_bgr_mat()?;
+        let ok = opencv::imgcodecs::imwrite(path, &bgr, &opencv::core::Vector::new())?;
+        if !ok {
+            return Err(Error::Io {
+                path: path.into(),
+                source: std::io::Error::other("OpenCV could not write this file (unknown extension?)"),
+            });
+        }
+        Ok(())
+    }
+
+    pub fn pixel(&self, x: usize, y: usize) -> [u8; 3] {
+        let i = (y * self.width + x) * 3;
+        [self.data[i], self.data[i + 1], self.data[i + 2]]
+    }
+}

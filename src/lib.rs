@@ -1,0 +1,28 @@
+//! reggan core: facial-expression synthesis on video frames.
+//!
+//! One frame's way: [`detect`] faces (BlazeFace via OpenCV dnn, Haar fallback) ->
+//! [`align`] each to the model's template -> run the [`model`] (ONNX Runtime) ->
+//! [`composite`] the change back into the frame. [`FrameProcessor`] ties them together
+//! for the GStreamer element, the CLI and other apps. No GStreamer, no LibTorch here.
+
+pub mod align;
+pub mod composite;
+pub mod detect;
+pub mod error;
+pub mod frame;
+pub mod model;
+pub mod processor;
+
+pub use align::{Alignment, Template};
+pub use detect::{DetectorKind, Face, FaceDetector};
+pub use error::{Error, Result};
+pub use frame::{FrameMut, PixelLayout, RgbImage};
+pub use model::{Device, ExpressionModel, Manifest, EXPRESSIONS};
+pub use processor::{FrameProcessor, FrameReport, ProcessorConfig, StageTimings};
+
+/// The model shipped with the project (used when no model is given).
+pub fn default_model_dir() -> std::path::PathBuf {
+    std::env::var_os("REGGAN_MODEL")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/mr"))
+}

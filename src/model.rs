@@ -1,0 +1,273 @@
+//! The model contract and its runtime.
+//!
+//! A model is a directory with `model.onnx` (inputs `face` float32 [N,3,S,S] RGB in
+//! [0,1] and `expression` int64 [N]; output `face_out` float32 [N,3,S,S]) and
+//! `model.json` (the [`Manifest`]). The runtime is an ONNX Runtime session on the
+//! execution provider the caller chose; `auto` tries TensorRT, then CUDA, then CPU and
+//! reports which one really runs.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use ndarray::{Array1, Array4, ArrayView4};
+use ort::environment::Environment;
+use ort::session::builder::GraphOptimizationLevel;
+use ort::session::Session;
+use ort::value::TensorRef;
+
+use crate::align::Template;
+use crate::error::{Error, Result};
+
+/// Version of the model.json format this library reads and the trainer writes.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// The expressions the product knows, in the order models list them by default.
+pub const EXPRESSIONS: [&str; 6] = ["happy", "sad", "angry", "disgusted", "afraid", "surprised"];
+
+/// `model.json`: everything needed to use a model, and what is known about its quality.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Manifest {
+    pub format_version: u32,
+    /// "regression" (MR, Pixel-RR, Pixel-KR, LSRF) or "gan" (RegGAN, US-GAN, SARGAN).
+    pub family: String,
+    /// "mr", "pixel-rr", ...
+    pub method: String,
+    pub crop_size: usize,
+    pub template: Template,
+    /// Expression names in index order (the `expression` input indexes this list).
+    pub expressions: Vec<String>,
+    /// How pixels enter and leave the graph; always "rgb01" in format 1.
+    pub normalization: String,
+    /// Method hyper-parameters (e.g. `{"k": 3, "lambda": 0.1}`).
+    #[serde(default)]
+    pub params: serde_json::Value,
+    /// Training data, subjects, licence.
+    #[serde(default)]
+    pub training: serde_json::Value,
+    pub trainer_version: String,
+    /// Measured quality (validation errors, ...).
+    #[serde(default)]
+    pub quality: serde_json::Value,
+}
+
+impl Manifest {
+    pub fn read(dir: &Path) -> Result<Self> {
+        let path = dir.join("model.json");
+        let text = std::fs::read_to_string(&path).map_err(|e| Error::model(&path, format!("cannot read: {e}")))?;
+        let m: Manifest = serde_json::from_str(&text).map_err(|e| Error::model(&path, format!("not a valid model.json: {e}")))?;
+        if m.format_version != FORMAT_VERSION {
+            return Err(Error::model(&path, format!("format_version {} (this build reads {FORMAT_VERSION})", m.format_version)));
+        }
+        if m.expressions.is_empty() {
+            return Err(Error::model(&path, "lists no expressions"));
+        }
+        if m.template.size != m.crop_size {
+            return Err(Error::model(&path, "template size differs from crop_size"));
+        }
+        Ok(m)
+    }
+
+    pub fn write(&self, dir: &Path) -> Result<()> {
+        let path = dir.join("model.json");
+        let text = serde_json::to_string_pretty(self).expect("manifest serialises");
+        std::fs::write(&path, text + "\n").map_err(|source| Error::Io { path, source })
+    }
+
+    pub fn expression_index(&self, name: &str) -> Result<usize> {
+        self.expressions.iter().position(|e| e == name).ok_or_else(|| Error::UnknownExpression {
+            name: name.into(),
+            available: self.expressions.join(", "),
+        })
+    }
+}
+
+/// Where inference runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Device {
+    #[default]
+    Auto,
+    Cpu,
+    Cuda,
+    TensorRt,
+}
+
+impl std::str::FromStr for Device {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "auto" => Ok(Device::Auto),
+            "cpu" => Ok(Device::Cpu),
+            "cuda" => Ok(Device::Cuda),
+            "tensorrt" => Ok(Device::TensorRt),
+            _ => Err(format!("unknown device '{s}' (auto, cpu, cuda, tensorrt)")),
+        }
+    }
+}
+
+/// The ONNX Runtime shared library: `$ORT_DYLIB_PATH`, else where `scripts/setup.sh`
+/// put it when this crate was built.
+pub fn onnxruntime_path() -> PathBuf {
+    std::env::var_os("ORT_DYLIB_PATH")
+        .map(PathBuf::from)
+        .or_else(|| option_env!("ORT_DYLIB_PATH").map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".deps/onnxruntime/libonnxruntime.so.1.31.1"))
+}
+
+/// One ONNX Runtime environment per process, loaded on first use.
+pub fn environment() -> Result<&'static Environment> {
+    static ENV: OnceLock<std::result::Result<Environment, String>> = OnceLock::new();
+    ENV.get_or_init(|| {
+        let path = onnxruntime_path();
+        if !path.is_file() {
+            return Err(format!("ONNX Runtime library {} not found (run scripts/setup.sh or set ORT_DYLIB_PATH)", path.display()));
+        }
+        let builder = ort::init_from(&path).map_err(|e| format!("cannot load {}: {e}", path.display()))?;
+        builder.with_name("reggan").build().map_err(|e| e.to_string())
+    })
+    .as_ref()
+    .map_err(|e| Error::Runtime(e.clone()))
+}
+
+/// A loaded model: its manifest and a session on one execution provider.
+pub struct ExpressionModel {
+    dir: PathBuf,
+    manifest: Manifest,
+    session: Session,
+    provider: &'static str,
+}
+
+impl std::fmt::Debug for ExpressionModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExpressionModel")
+            .field("dir", &self.dir)
+            .field("method", &self.manifest.method)
+            .field("provider", &self.provider)
+            .finish()
+    }
+}
+
+impl ExpressionModel {
+    /// Loads and checks a model directory. Everything that can be wrong with a model is
+    /// found here, not on the first frame: missing or corrupt files, a graph that does
+    /// not follow the contract, a provider that cannot be used.
+    pub fn load(dir: &Path, device: Device, threads: usize) -> Result<Self> {
+        if !dir.is_dir() {
+            return Err(Error::model(dir, "not a directory"));
+        }
+        let manifest = Manifest::read(dir)?;
+        let onnx = dir.join("model.onnx");
+        if !onnx.is_file() {
+            return Err(Error::model(&onnx, "file not found"));
+        }
+        let (session, provider) = build_session(&onnx, device, threads)?;
+        let mut model = ExpressionModel {
+            dir: dir.into(),
+            manifest,
+            session,
+            provider,
+        };
+        model.check_contract(&onnx)?;
+        Ok(model)
+    }
+
+    fn check_contract(&mut self, onnx: &Path) -> Result<()> {
+        let inputs: Vec<String> = self.session.inputs().iter().map(|i| i.name().to_string()).collect();
+        let outputs: Vec<String> = self.session.outputs().iter().map(|o| o.name().to_string()).collect();
+        if !(inputs.iter().any(|n| n == "face") && inputs.iter().any(|n| n == "expression") && outputs.iter().any(|n| n == "face_out")) {
+            return Err(Error::model(onnx, format!("graph has inputs {inputs:?} and outputs {outputs:?}; the contract needs inputs face, expression and output face_out")));
+        }
+        // One real run: a graph that loads but cannot execute fails here, at start-up.
+        let s = self.manifest.crop_size;
+        let probe = Array4::<f32>::from_elem((1, 3, s, s), 0.5);
+        let out = self.run(probe.view(), &[0]).map_err(|e| Error::model(onnx, format!("test inference failed: {e}")))?;
+        if out.shape() != [1, 3, s, s] {
+            return Err(Error::model(onnx, format!("face_out has shape {:?}, expected [1, 3, {s}, {s}]", out.shape())));
+        }
+        Ok(())
+    }
+
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+    /// The execution provider that really runs this model.
+    pub fn provider(&self) -> &'static str {
+        self.provider
+    }
+    pub fn crop_size(&self) -> usize {
+        self.manifest.crop_size
+    }
+
+    /// Runs a batch of faces [N,3,S,S], each with its own expression index.
+    pub fn run(&mut self, faces: ArrayView4<f32>, expressions: &[i64]) -> Result<Array4<f32>> {
+        let n = faces.shape()[0];
+        let s = self.manifest.crop_size;
+        if faces.shape() != [n, 3, s, s] || expressions.len() != n {
+            return Err(Error::Frame(format!(
+                "batch shape {:?} with {} expressions; the model takes [N, 3, {s}, {s}] and N expressions",
+                faces.shape(),
+                expressions.len()
+            )));
+        }
+        let count = self.manifest.expressions.len() as i64;
+        if let Some(bad) = expressions.iter().find(|&&e| e < 0 || e >= count) {
+            return Err(Error::Frame(format!("expression index {bad} out of range 0..{count}")));
+        }
+        let faces = faces.as_standard_layout();
+        let expr = Array1::from_vec(expressions.to_vec());
+        let outputs = self
+            .session
+            .run(ort::inputs![
+                "face" => TensorRef::from_array_view(faces.view()).map_err(Error::runtime)?,
+                "expression" => TensorRef::from_array_view(expr.view()).map_err(Error::runtime)?,
+            ])
+            .map_err(Error::runtime)?;
+        let out = outputs["face_out"].try_extract_array::<f32>().map_err(Error::runtime)?;
+        out.into_dimensionality::<ndarray::Ix4>().map_err(Error::runtime).map(|a| a.to_owned())
+    }
+}
+
+fn builder(threads: usize) -> Result<ort::session::builder::SessionBuilder> {
+    let b = Session::builder(environment()?).map_err(Error::runtime)?;
+    let b = b.with_optimization_level(GraphOptimizationLevel::Level3).map_err(Error::runtime)?;
+    b.with_intra_threads(threads.max(1)).map_err(Error::runtime)
+}
+
+/// Builds a session on the requested provider. Provider registration that fails is an
+/// error for an explicit choice and a step down the list for `auto`.
+fn build_session(onnx: &Path, device: Device, threads: usize) -> Result<(Session, &'static str)> {
+    use ort::ep;
+    let candidates: Vec<(&'static str, Option<ort::ep::ExecutionProviderDispatch>)> = match device {
+        Device::Cpu => vec![("CPU", None)],
+        Device::Cuda => vec![("CUDA", Some(ep::CUDA::default().build().error_on_failure()))],
+        Device::TensorRt => vec![("TensorRT", Some(ep::TensorRT::default().build().error_on_failure()))],
+        Device::Auto => vec![
+            ("TensorRT", Some(ep::TensorRT::default().build().error_on_failure())),
+            ("CUDA", Some(ep::CUDA::default().build().error_on_failure())),
+            ("CPU", None),
+        ],
+    };
+    let mut reasons = Vec::new();
+    for (name, provider) in candidates {
+        let b = builder(threads)?;
+        let b = match provider {
+            Some(p) => match b.with_execution_providers([p]) {
+                Ok(b) => b,
+                Err(e) => {
+                    reasons.push(format!("{name}: {e}"));
+                    continue;
+                }
+            },
+            None => b,
+        };
+        let mut b = b;
+        match b.commit_from_file(onnx) {
+            Ok(s) => return Ok((s, name)),
+            Err(e) if name == "CPU" => return Err(Error::model(onnx, format!("ONNX Runtime cannot load it: {e}"))),
+            Err(e) => reasons.push(format!("{name}: {e}")),
+        }
+    }
+    Err(Error::Device(format!("no requested execution provider is usable: {}", reasons.join("; "))))
+}

@@ -1,0 +1,183 @@
+//! `FrameProcessor`: detect -> align -> model -> composite for one frame, shared by the
+//! GStreamer element, the CLI and embedding apps.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use ndarray::Array4;
+
+use crate::align::{crop_to_planar, Alignment, Template};
+use crate::composite::Compositor;
+use crate::detect::{DetectorKind, Face, FaceDetector};
+use crate::error::Result;
+use crate::frame::FrameMut;
+use crate::model::{Device, ExpressionModel};
+
+/// What the processor should do; everything but the model and detector can change
+/// between frames.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProcessorConfig {
+    pub expression: String,
+    /// 0 leaves frames bit-identical, 1 is the model's expression, up to 2 exaggerates.
+    pub intensity: f32,
+    pub max_faces: usize,
+    /// Faces narrower than this many pixels are left alone.
+    pub min_face_size: f32,
+    pub detector: DetectorKind,
+    pub device: Device,
+    /// ONNX Runtime intra-op threads.
+    pub threads: usize,
+}
+
+impl Default for ProcessorConfig {
+    fn default() -> Self {
+        ProcessorConfig {
+            expression: "happy".into(),
+            intensity: 1.0,
+            max_faces: 4,
+            min_face_size: 32.0,
+            detector: DetectorKind::Auto,
+            device: Device::Auto,
+            threads: 1,
+        }
+    }
+}
+
+/// Time spent in each stage of one frame.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct StageTimings {
+    pub detect: Duration,
+    pub align: Duration,
+    pub model: Duration,
+    pub composite: Duration,
+}
+
+impl StageTimings {
+    pub fn total(&self) -> Duration {
+        self.detect + self.align + self.model + self.composite
+    }
+}
+
+/// What one frame's processing found and did.
+#[derive(Debug, Clone, Default)]
+pub struct FrameReport {
+    /// Faces that were changed (at most `max_faces`, largest first).
+    pub faces: Vec<Face>,
+    /// All faces the detector reported, before the size and count limits.
+    pub detected: usize,
+    pub timings: StageTimings,
+}
+
+pub struct FrameProcessor {
+    detector: FaceDetector,
+    model: ExpressionModel,
+    template: Template,
+    compositor: Compositor,
+    config: ProcessorConfig,
+    expression_index: i64,
+}
+
+impl FrameProcessor {
+    pub fn new(model_dir: &Path, config: ProcessorConfig) -> Result<Self> {
+        let model = ExpressionModel::load(model_dir, config.device, config.threads)?;
+        let detector = FaceDetector::new(config.detector)?;
+        Self::from_parts(model, detector, config)
+    }
+
+    pub fn from_parts(model: ExpressionModel, detector: FaceDetector, config: ProcessorConfig) -> Result<Self> {
+        let expression_index = model.manifest().expression_index(&config.expression)? as i64;
+        let template = model.manifest().template.clone();
+        let compositor = Compositor::new(template.size)?;
+        Ok(FrameProcessor {
+            detector,
+            model,
+            template,
+            compositor,
+            config,
+            expression_index,
+        })
+    }
+
+    pub fn model(&self) -> &ExpressionModel {
+        &self.model
+    }
+    pub fn config(&self) -> &ProcessorConfig {
+        &self.config
+    }
+
+    pub fn set_expression(&mut self, name: &str) -> Result<()> {
+        self.expression_index = self.model.manifest().expression_index(name)? as i64;
+        self.config.expression = name.into();
+        Ok(())
+    }
+
+    pub fn set_intensity(&mut self, intensity: f32) {
+        self.config.intensity = intensity.clamp(0.0, 2.0);
+    }
+
+    pub fn set_max_faces(&mut self, n: usize) {
+        self.config.max_faces = n;
+    }
+
+    pub fn set_min_face_size(&mut self, px: f32) {
+        self.config.min_face_size = px;
+    }
+
+    /// Detects faces only (no change to the frame).
+    pub fn detect(&mut self, frame: &FrameMut) -> Result<Vec<Face>> {
+        self.detector.detect(frame, self.config.min_face_size)
+    }
+
+    /// Runs the whole path on one frame, in place.
+    pub fn process(&mut self, frame: &mut FrameMut) -> Result<FrameReport> {
+        let t0 = Instant::now();
+        let faces = self.detect(frame)?;
+        let detect = t0.elapsed();
+        let mut report = self.process_faces(frame, faces)?;
+        report.timings.detect = detect;
+        Ok(report)
+    }
+
+    /// Runs align -> model -> composite for faces found elsewhere (e.g. a tracker).
+    pub fn process_faces(&mut self, frame: &mut FrameMut, mut faces: Vec<Face>) -> Result<FrameReport> {
+        let mut report = FrameReport {
+            detected: faces.len(),
+            ..Default::default()
+        };
+        faces.retain(|f| f.bbox.w >= self.config.min_face_size);
+        faces.sort_by(|a, b| b.bbox.area().total_cmp(&a.bbox.area()));
+        faces.truncate(self.config.max_faces);
+        if faces.is_empty() || self.config.intensity == 0.0 {
+            report.faces = faces;
+            return Ok(report);
+        }
+
+        let t = Instant::now();
+        let s = self.template.size;
+        let mut batch = Array4::<f32>::zeros((faces.len(), 3, s, s));
+        let mut alignments = Vec::with_capacity(faces.len());
+        for (i, face) in faces.iter().enumerate() {
+            let alignment = Alignment::for_face(face, &self.template)?;
+            let crop = alignment.warp_crop(frame)?;
+            let mut slot = batch.index_axis_mut(ndarray::Axis(0), i);
+            crop_to_planar(&crop, frame.layout(), slot.as_slice_mut().expect("standard layout"))?;
+            alignments.push(alignment);
+        }
+        report.timings.align = t.elapsed();
+
+        let t = Instant::now();
+        let expressions = vec![self.expression_index; faces.len()];
+        let out = self.model.run(batch.view(), &expressions)?;
+        report.timings.model = t.elapsed();
+
+        let t = Instant::now();
+        for (i, alignment) in alignments.iter().enumerate() {
+            let crop = batch.index_axis(ndarray::Axis(0), i);
+            let result = out.index_axis(ndarray::Axis(0), i);
+            self.compositor.apply(frame, crop.as_slice().expect("standard layout"), result.as_slice().expect("standard layout"), alignment, self.config.intensity)?;
+        }
+        report.timings.composite = t.elapsed();
+        report.faces = faces;
+        Ok(report)
+    }
+}
