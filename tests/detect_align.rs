@@ -1,0 +1,56 @@
+//! Detection and alignment on a real photo (the public-domain NASA astronaut portrait
+//! that scripts/setup.sh extracts from the scikit-image wheel).
+
+use std::path::PathBuf;
+
+use reggan::align::{apply, Alignment, Template};
+use reggan::detect::Point;
+use reggan::{DetectorKind, FaceDetector, RgbImage};
+
+fn astronaut() -> Option<RgbImage> {
+    let path = std::env::var_os("REGGAN_TEST_IMAGE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".deps/astronaut.png"));
+    if !path.is_file() {
+        eprintln!("skipping: {} missing (run scripts/setup.sh)", path.display());
+        return None;
+    }
+    Some(RgbImage::load(&path).expect("astronaut.png loads"))
+}
+
+#[test]
+fn blazeface_finds_the_astronaut_with_plausible_eyes() {
+    let Some(mut img) = astronaut() else { return };
+    let mut det = FaceDetector::new(DetectorKind::Auto).unwrap();
+    let frame = img.as_frame();
+    let faces = det.detect(&frame, 20.0).unwrap();
+    assert_eq!(faces.len(), 1, "{faces:?}");
+    let f = &faces[0];
+    eprintln!("{f:?}");
+    // The face sits around x 170-230, y 70-140 in the 512x512 photo.
+    let [le, re, nose, mouth] = f.alignment_points();
+    assert!(f.bbox.x > 120.0 && f.bbox.x + f.bbox.w < 290.0, "{:?}", f.bbox);
+    assert!(le.y < nose.y && re.y < nose.y && nose.y < mouth.y, "eyes above nose above mouth");
+    let eye_dist = ((re.x - le.x).powi(2) + (re.y - le.y).powi(2)).sqrt();
+    assert!((20.0..80.0).contains(&eye_dist), "inter-ocular distance {eye_dist}");
+}
+
+#[test]
+fn aligned_crop_puts_the_eyes_on_the_template() {
+    let Some(mut img) = astronaut() else { return };
+    let mut det = FaceDetector::new(DetectorKind::Auto).unwrap();
+    let frame = img.as_frame();
+    let face = det.detect(&frame, 20.0).unwrap().remove(0);
+    let t = Template::lsrf(128);
+    let a = Alignment::for_face(&face, &t).unwrap();
+    let crop = a.crop_rgb(&frame).unwrap();
+    crop.save(&std::env::temp_dir().join("reggan_astronaut_crop.png")).unwrap();
+    for (p, q) in face.alignment_points().iter().zip(t.points) {
+        let m = apply(&a.to_crop, *p);
+        // A similarity cannot fit four points exactly; a few pixels is a good fit.
+        assert!((m.x - q[0]).abs() < 8.0 && (m.y - q[1]).abs() < 8.0, "{m:?} vs {q:?}");
+        let back = apply(&a.to_frame, m);
+        assert!((back.x - p.x).abs() < 1e-3 && (back.y - p.y).abs() < 1e-3);
+    }
+    let _ = Point::default();
+}
