@@ -74,14 +74,19 @@ fetch_wheel() { # name==version -> wheel file in $WHEELS
 }
 
 # ONNX Runtime shared library (the ort crate loads it dynamically: no CDN download).
+# With an NVIDIA driver present we take the GPU wheel, whose core library also runs on
+# CPU and which carries the CUDA and TensorRT provider libraries.
 ORT_DIR="$DEPS/onnxruntime"
 ORT_LIB="$ORT_DIR/libonnxruntime.so.$ORT_VERSION"
-if [[ ! -f "$ORT_LIB" ]]; then
-  whl="$(fetch_wheel "onnxruntime==$ORT_VERSION" "onnxruntime-$ORT_VERSION-*.whl")"
-  mkdir -p "$ORT_DIR"
-  unzip -q -j -o "$whl" "onnxruntime/capi/libonnxruntime.so.$ORT_VERSION" -d "$ORT_DIR"
+ORT_PKG="onnxruntime"
+if command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1; then ORT_PKG="onnxruntime-gpu"; fi
+if [[ ! -f "$ORT_LIB" || ! -f "$ORT_DIR/$ORT_PKG" ]]; then
+  whl="$(fetch_wheel "$ORT_PKG==$ORT_VERSION" "${ORT_PKG//-/_}-$ORT_VERSION-*.whl")"
+  rm -rf "$ORT_DIR" && mkdir -p "$ORT_DIR"
+  unzip -q -j -o "$whl" "onnxruntime/capi/libonnxruntime*.so*" -d "$ORT_DIR"
+  touch "$ORT_DIR/$ORT_PKG"
 fi
-say "onnxruntime: $ORT_LIB"
+say "onnxruntime ($ORT_PKG): $ORT_LIB"
 
 # Public-domain astronaut photo (NASA) from the scikit-image wheel: demo and test image.
 ASTRONAUT="$DEPS/astronaut.png"

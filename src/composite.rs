@@ -18,8 +18,8 @@ use crate::frame::FrameMut;
 /// so no seam can appear where the crop ends).
 pub fn face_mask(size: usize) -> Vec<f32> {
     let s = size as f32;
-    let (cx, cy) = (0.5 * s, 0.54 * s);
-    let (rx, ry) = (0.40 * s, 0.47 * s);
+    let (cx, cy) = (0.5 * s, 0.53 * s);
+    let (rx, ry) = (0.41 * s, 0.45 * s);
     let feather = 0.22;
     let mut mask = vec![0.0; size * size];
     for y in 0..size {
@@ -27,10 +27,11 @@ pub fn face_mask(size: usize) -> Vec<f32> {
             let dx = (x as f32 + 0.5 - cx) / rx;
             let dy = (y as f32 + 0.5 - cy) / ry;
             let r = (dx * dx + dy * dy).sqrt();
-            mask[y * size + x] = if r <= 1.0 - feather {
-                1.0
-            } else if r >= 1.0 {
+            let on_border = x == 0 || y == 0 || x + 1 == size || y + 1 == size;
+            mask[y * size + x] = if on_border || r >= 1.0 {
                 0.0
+            } else if r <= 1.0 - feather {
+                1.0
             } else {
                 let t = (r - (1.0 - feather)) / feather;
                 0.5 * (1.0 + (std::f32::consts::PI * t).cos())

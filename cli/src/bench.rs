@@ -1,0 +1,246 @@
+//! `reggan bench`: per-stage times and frames per second of the core processor and of
+//! the GStreamer element, on the astronaut pasted into 640x480 and 1280x720 frames.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use gst::prelude::*;
+use reggan::{FrameProcessor, RgbImage, StageTimings};
+use serde_json::json;
+
+use crate::gstutil;
+use crate::images;
+use crate::options::{load_photo, ModelArgs};
+
+const SIZES: [(usize, usize); 2] = [(640, 480), (1280, 720)];
+/// Frames run before timing starts (session warm-up, allocator, caches).
+const WARMUP: usize = 5;
+
+/// Measure per-stage times and fps of the core processor and of the element in a pipeline
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// Frames timed per measurement
+    #[arg(long, default_value_t = 200)]
+    pub frames: usize,
+    /// Threads for ONNX Runtime and OpenCV
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
+    /// Photo with one face [default: $REGGAN_TEST_IMAGE, the astronaut]
+    #[arg(long, value_name = "FILE")]
+    pub image: Option<PathBuf>,
+    /// Also write the results as JSON
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+    /// Only the core processor (no GStreamer pipeline)
+    #[arg(long)]
+    pub core_only: bool,
+    #[arg(long, default_value = "happy")]
+    pub expression: String,
+    #[command(flatten)]
+    pub model: ModelArgs,
+}
+
+/// Mean and 95th percentile of one stage, in milliseconds.
+#[derive(Debug, Clone, Copy)]
+struct Stat {
+    mean: f64,
+    p95: f64,
+}
+
+impl Stat {
+    fn of(samples: &[Duration]) -> Stat {
+        let mut ms: Vec<f64> = samples.iter().map(|d| d.as_secs_f64() * 1e3).collect();
+        ms.sort_by(f64::total_cmp);
+        let mean = ms.iter().sum::<f64>() / ms.len().max(1) as f64;
+        let p95 = ms.get(((ms.len() as f64 * 0.95).ceil() as usize).saturating_sub(1)).copied().unwrap_or(0.0);
+        Stat { mean, p95 }
+    }
+
+    fn json(&self) -> serde_json::Value {
+        json!({ "mean_ms": round2(self.mean), "p95_ms": round2(self.p95) })
+    }
+}
+
+fn round2(x: f64) -> f64 {
+    (x * 100.0).round() / 100.0
+}
+
+struct CoreResult {
+    stages: [Stat; 4],
+    total: Stat,
+    fps: f64,
+    faces: usize,
+}
+
+const STAGE_NAMES: [&str; 4] = ["detect", "align", "model", "composite"];
+
+pub fn run(args: BenchArgs) -> Result<()> {
+    args.model.manifest()?;
+    opencv::core::set_num_threads(args.threads as i32)?;
+    let photo = load_photo(args.image.as_deref())?;
+    let config = args.model.processor_config(&args.expression, 1.0, args.threads)?;
+    let mut processor = FrameProcessor::new(&args.model.model_dir(), config)?;
+    let provider = processor.model().provider();
+    let method = processor.model().manifest().method.clone();
+    println!(
+        "reggan bench: model {} ({method}) on {provider}, {} thread(s), {} frames per row, one face",
+        args.model.model_dir().display(),
+        args.threads,
+        args.frames
+    );
+
+    let mut rows = Vec::new();
+    for (w, h) in SIZES {
+        let frame = images::letterbox(&photo, w, h)?;
+        let core = bench_core(&mut processor, &frame, args.frames)?;
+        if core.faces == 0 {
+            bail!("no face found in the {w}x{h} bench frame");
+        }
+        let element = if args.core_only { None } else { Some(bench_element(&args, &frame)?) };
+        rows.push(((w, h), core, element));
+    }
+    print_table(&rows);
+    if let Some(path) = &args.json {
+        let value = to_json(&args, provider, &method, &rows);
+        std::fs::write(path, serde_json::to_string_pretty(&value)? + "\n")
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        println!("json: {}", path.display());
+    }
+    Ok(())
+}
+
+/// The processor alone on fresh copies of one frame; copying is not timed.
+fn bench_core(processor: &mut FrameProcessor, frame: &RgbImage, frames: usize) -> Result<CoreResult> {
+    let mut work = frame.clone();
+    for _ in 0..WARMUP {
+        work.data.copy_from_slice(&frame.data);
+        processor.process(&mut work.as_frame())?;
+    }
+    let mut timings: Vec<StageTimings> = Vec::with_capacity(frames);
+    let mut totals = Vec::with_capacity(frames);
+    let mut faces = 0;
+    for _ in 0..frames {
+        work.data.copy_from_slice(&frame.data);
+        let start = Instant::now();
+        let report = processor.process(&mut work.as_frame())?;
+        totals.push(start.elapsed());
+        timings.push(report.timings);
+        faces = faces.max(report.faces.len());
+    }
+    let stage = |pick: fn(&StageTimings) -> Duration| Stat::of(&timings.iter().map(pick).collect::<Vec<_>>());
+    let wall: Duration = totals.iter().sum();
+    Ok(CoreResult {
+        stages: [
+            stage(|t| t.detect),
+            stage(|t| t.align),
+            stage(|t| t.model),
+            stage(|t| t.composite),
+        ],
+        total: Stat::of(&totals),
+        fps: frames as f64 / wall.as_secs_f64(),
+        faces,
+    })
+}
+
+/// appsrc ! faceexpression ! fakesink sync=false. Frames per second are counted between
+/// the first and the last frame reaching the sink, so model loading is not included.
+fn bench_element(args: &BenchArgs, frame: &RgbImage) -> Result<f64> {
+    gstutil::init()?;
+    let pipeline = gstutil::launch(&format!(
+        "appsrc name=src format=time block=true max-bytes={} caps=video/x-raw,format=RGB,width={},height={},framerate=25/1 \
+         ! faceexpression name=fx ! fakesink name=sink sync=false",
+        4 * frame.data.len(),
+        frame.width,
+        frame.height
+    ))?;
+    let fx = gstutil::by_name(&pipeline, "fx")?;
+    gstutil::configure(&fx, &args.model, &args.expression, 1.0);
+    let arrivals = record_arrivals(&gstutil::by_name(&pipeline, "sink")?);
+    let appsrc = gstutil::by_name(&pipeline, "src")?
+        .downcast::<gst_app::AppSrc>()
+        .expect("appsrc is an AppSrc");
+    let total = (WARMUP + args.frames) as u64;
+    let data = frame.data.clone();
+    let feeder = std::thread::spawn(move || {
+        let frame_duration = gst::ClockTime::from_nseconds(40_000_000);
+        for i in 0..total {
+            let mut buffer = gst::Buffer::from_mut_slice(data.clone());
+            buffer.get_mut().expect("new buffer is writable").set_pts(frame_duration * i);
+            if appsrc.push_buffer(buffer).is_err() {
+                return;
+            }
+        }
+        let _ = appsrc.end_of_stream();
+    });
+    let result = gstutil::run_to_eos(&pipeline, |_| {});
+    feeder.join().expect("feeder does not panic");
+    result.context("running the element benchmark pipeline")?;
+    let arrivals = arrivals.lock().expect("not poisoned");
+    let timed = &arrivals[WARMUP.min(arrivals.len())..];
+    match (timed.first(), timed.last()) {
+        (Some(first), Some(last)) if timed.len() > 1 => {
+            Ok((timed.len() - 1) as f64 / last.duration_since(*first).as_secs_f64())
+        }
+        _ => bail!("the element pipeline delivered only {} frames", arrivals.len()),
+    }
+}
+
+fn record_arrivals(sink: &gst::Element) -> Arc<Mutex<Vec<Instant>>> {
+    let arrivals = Arc::new(Mutex::new(Vec::new()));
+    let record = arrivals.clone();
+    sink.static_pad("sink")
+        .expect("fakesink has a sink pad")
+        .add_probe(gst::PadProbeType::BUFFER, move |_, _| {
+            record.lock().expect("not poisoned").push(Instant::now());
+            gst::PadProbeReturn::Ok
+        });
+    arrivals
+}
+
+type Row = ((usize, usize), CoreResult, Option<f64>);
+
+fn print_table(rows: &[Row]) {
+    let mut header = format!("{:<10} {:<8}", "frame", "path");
+    for name in STAGE_NAMES.iter().chain(["total"].iter()) {
+        header += &format!(" {:>17}", format!("{name} mean/p95"));
+    }
+    header += &format!(" {:>8}", "fps");
+    println!("{header}");
+    println!("{}", "-".repeat(header.len()));
+    for ((w, h), core, element) in rows {
+        let size = format!("{w}x{h}");
+        let mut line = format!("{size:<10} {:<8}", "core");
+        for stat in core.stages.iter().chain(std::iter::once(&core.total)) {
+            line += &format!(" {:>17}", format!("{:.1}/{:.1} ms", stat.mean, stat.p95));
+        }
+        println!("{line} {:>8.1}", core.fps);
+        if let Some(fps) = element {
+            println!("{size:<10} {:<8} {:>89} {fps:>8.1}", "element", "(whole pipeline, stages not separable)");
+        }
+    }
+}
+
+fn to_json(args: &BenchArgs, provider: &str, method: &str, rows: &[Row]) -> serde_json::Value {
+    let rows: Vec<_> = rows
+        .iter()
+        .map(|((w, h), core, element)| {
+            let mut stages = serde_json::Map::new();
+            for (name, stat) in STAGE_NAMES.iter().zip(&core.stages) {
+                stages.insert(name.to_string(), stat.json());
+            }
+            stages.insert("total".into(), core.total.json());
+            json!({
+                "width": w, "height": h,
+                "core": { "stages": stages, "fps": round2(core.fps) },
+                "element_fps": element.map(round2),
+            })
+        })
+        .collect();
+    json!({
+        "model": args.model.model_dir(), "method": method, "provider": provider,
+        "threads": args.threads, "frames": args.frames, "results": rows,
+    })
+}

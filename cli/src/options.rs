@@ -1,0 +1,83 @@
+//! Options shared by the subcommands: which model, where it runs, how faces are found.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use reggan::{DetectorKind, Device, Manifest, ProcessorConfig};
+
+#[derive(Args, Debug, Clone)]
+pub struct ModelArgs {
+    /// Model directory (model.onnx + model.json) [default: $REGGAN_MODEL, else the shipped models/mr]
+    #[arg(long, value_name = "DIR")]
+    pub model: Option<PathBuf>,
+    /// Where the model runs
+    #[arg(long, default_value = "auto", value_parser = ["auto", "cpu", "cuda", "tensorrt"])]
+    pub device: String,
+    /// Face detector: BlazeFace front (close faces), back (small faces), both (auto), or Haar
+    #[arg(long, default_value = "auto", value_parser = ["auto", "front", "back", "haar"])]
+    pub detector: String,
+    /// At most this many faces per frame are changed (largest first)
+    #[arg(long, default_value_t = 4)]
+    pub max_faces: usize,
+    /// Faces narrower than this many pixels are left alone
+    #[arg(long, default_value_t = 32.0)]
+    pub min_face_size: f32,
+}
+
+impl ModelArgs {
+    pub fn model_dir(&self) -> PathBuf {
+        self.model.clone().unwrap_or_else(reggan::default_model_dir)
+    }
+
+    /// Reads the manifest up front so a missing model fails before any work starts, with
+    /// a message that names the directory.
+    pub fn manifest(&self) -> Result<Manifest> {
+        let dir = self.model_dir();
+        if !dir.is_dir() {
+            bail!(
+                "model directory {} does not exist (give --model DIR or set REGGAN_MODEL; the shipped model is models/mr)",
+                dir.display()
+            );
+        }
+        Manifest::read(&dir).with_context(|| format!("cannot use model directory {}", dir.display()))
+    }
+
+    pub fn processor_config(&self, expression: &str, intensity: f32, threads: usize) -> Result<ProcessorConfig> {
+        Ok(ProcessorConfig {
+            expression: expression.into(),
+            intensity,
+            max_faces: self.max_faces,
+            min_face_size: self.min_face_size,
+            detector: self.detector.parse::<DetectorKind>().map_err(anyhow::Error::msg)?,
+            device: self.device.parse::<Device>().map_err(anyhow::Error::msg)?,
+            threads,
+        })
+    }
+}
+
+/// Fails with the list of the model's expressions when `name` is not one of them.
+pub fn check_expression(manifest: &Manifest, name: &str, model_dir: &Path) -> Result<()> {
+    if manifest.expressions.iter().any(|e| e == name) {
+        return Ok(());
+    }
+    bail!(
+        "unknown expression '{name}'; the model {} has: {}",
+        model_dir.display(),
+        manifest.expressions.join(", ")
+    )
+}
+
+/// The public-domain astronaut photo that demo and bench use: `$REGGAN_TEST_IMAGE`, else
+/// where `scripts/setup.sh` puts it.
+pub fn default_photo() -> PathBuf {
+    std::env::var_os("REGGAN_TEST_IMAGE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../.deps/astronaut.png"))
+}
+
+pub fn load_photo(path: Option<&Path>) -> Result<reggan::RgbImage> {
+    let path = path.map(Path::to_path_buf).unwrap_or_else(default_photo);
+    reggan::RgbImage::load(&path)
+        .with_context(|| format!("cannot read the photo {} (run scripts/setup.sh, or give --image)", path.display()))
+}

@@ -1,0 +1,15 @@
+//! Links the trainer against the libtorch that torch-sys found, with an rpath, so the
+//! loader never picks another libtorch (e.g. Debian's) at run time, and keeps
+//! libtorch_cuda linked: `--as-needed` would otherwise drop it and CUDA would silently
+//! be missing.
+fn main() {
+    println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
+    let Ok(dir) = std::env::var("DEP_TCH_LIBTORCH_LIB") else {
+        return;
+    };
+    println!("cargo:rustc-link-search=native={dir}");
+    println!("cargo:rustc-link-arg=-Wl,-rpath,{dir}");
+    if std::path::Path::new(&dir).join("libtorch_cuda.so").exists() {
+        println!("cargo:rustc-link-arg=-Wl,--no-as-needed,-ltorch_cuda,--as-needed");
+    }
+}
