@@ -70,6 +70,9 @@ pub struct FrameReport {
 
 pub struct FrameProcessor {
     detector: FaceDetector,
+    tracker: Tracker,
+    detect_interval: u32,
+    frames_since_detection: u32,
     model: ExpressionModel,
     template: Template,
     compositor: Compositor,
@@ -90,6 +93,9 @@ impl FrameProcessor {
         let compositor = Compositor::new(template.size)?;
         Ok(FrameProcessor {
             detector,
+            tracker: Tracker::default(),
+            detect_interval: 1,
+            frames_since_detection: 0,
             model,
             template,
             compositor,
@@ -123,6 +129,23 @@ impl FrameProcessor {
         self.config.min_face_size = px;
     }
 
+    /// Video: blend each face's keypoints with the same face in the previous frame
+    /// (0 = off, the default, right for unrelated still images; 0.5 steadies a webcam).
+    pub fn set_smoothing(&mut self, smoothing: f32) {
+        self.tracker.smoothing = smoothing.clamp(0.0, 0.95);
+    }
+
+    /// Video: run the detector every `n` frames and reuse the tracked faces in between.
+    pub fn set_detect_interval(&mut self, n: u32) {
+        self.detect_interval = n.max(1);
+    }
+
+    /// Forget tracked faces (new stream, seek).
+    pub fn reset_tracking(&mut self) {
+        self.tracker.faces.clear();
+        self.frames_since_detection = 0;
+    }
+
     /// Detects faces only (no change to the frame).
     pub fn detect(&mut self, frame: &FrameMut) -> Result<Vec<Face>> {
         self.detector.detect(frame, self.config.min_face_size)
@@ -131,7 +154,14 @@ impl FrameProcessor {
     /// Runs the whole path on one frame, in place.
     pub fn process(&mut self, frame: &mut FrameMut) -> Result<FrameReport> {
         let t0 = Instant::now();
-        let faces = self.detect(frame)?;
+        let reuse = !self.frames_since_detection.is_multiple_of(self.detect_interval) && !self.tracker.faces.is_empty();
+        let faces = if reuse {
+            self.tracker.faces.clone()
+        } else {
+            let found = self.detect(frame)?;
+            self.tracker.update(found)
+        };
+        self.frames_since_detection = self.frames_since_detection.wrapping_add(1);
         let detect = t0.elapsed();
         let mut report = self.process_faces(frame, faces)?;
         report.timings.detect = detect;
@@ -180,4 +210,50 @@ impl FrameProcessor {
         report.faces = faces;
         Ok(report)
     }
+}
+
+/// Associates faces across frames by overlap and smooths their geometry, so the crop
+/// (and with it the synthesised expression) does not jitter with detector noise.
+#[derive(Debug, Default)]
+struct Tracker {
+    smoothing: f32,
+    faces: Vec<Face>,
+}
+
+impl Tracker {
+    fn update(&mut self, found: Vec<Face>) -> Vec<Face> {
+        let a = self.smoothing;
+        let smoothed: Vec<Face> = found
+            .into_iter()
+            .map(|f| {
+                let prev = self
+                    .faces
+                    .iter()
+                    .map(|p| (p.bbox.iou(&f.bbox), p))
+                    .filter(|(iou, _)| *iou > 0.3)
+                    .max_by(|x, y| x.0.total_cmp(&y.0))
+                    .map(|(_, p)| p);
+                match prev {
+                    Some(p) if a > 0.0 => blend(p, &f, a),
+                    _ => f,
+                }
+            })
+            .collect();
+        self.faces = smoothed.clone();
+        smoothed
+    }
+}
+
+fn blend(prev: &Face, new: &Face, a: f32) -> Face {
+    let mix = |p: f32, n: f32| a * p + (1.0 - a) * n;
+    let mut out = new.clone();
+    out.bbox.x = mix(prev.bbox.x, new.bbox.x);
+    out.bbox.y = mix(prev.bbox.y, new.bbox.y);
+    out.bbox.w = mix(prev.bbox.w, new.bbox.w);
+    out.bbox.h = mix(prev.bbox.h, new.bbox.h);
+    for (k, kp) in out.keypoints.iter_mut().enumerate() {
+        kp.x = mix(prev.keypoints[k].x, new.keypoints[k].x);
+        kp.y = mix(prev.keypoints[k].y, new.keypoints[k].y);
+    }
+    out
 }

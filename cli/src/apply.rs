@@ -16,7 +16,9 @@ use crate::images;
 use crate::options::{check_expression, ModelArgs};
 
 const IMAGE_EXTENSIONS: &[&str] = &["png", "jpg", "jpeg", "bmp", "tif", "tiff", "webp"];
-const VIDEO_EXTENSIONS: &[&str] = &["mp4", "m4v", "mov", "mkv", "webm", "avi", "mpg", "mpeg", "ts", "ogv", "flv", "wmv"];
+const VIDEO_EXTENSIONS: &[&str] = &[
+    "mp4", "m4v", "mov", "mkv", "webm", "avi", "mpg", "mpeg", "ts", "ogv", "flv", "wmv",
+];
 /// Containers `apply` can write video into (H.264 in MP4/QuickTime or Matroska).
 const VIDEO_OUTPUT_EXTENSIONS: &[&str] = &["mp4", "m4v", "mov", "mkv"];
 
@@ -45,8 +47,8 @@ pub struct ApplyArgs {
     /// Replace OUT if it exists (inputs are never overwritten)
     #[arg(long)]
     pub force: bool,
-    /// ONNX Runtime threads for images
-    #[arg(long, default_value_t = 1)]
+    /// ONNX Runtime threads (0: one per CPU core)
+    #[arg(long, default_value_t = 0)]
     pub threads: usize,
     #[command(flatten)]
     pub model: ModelArgs,
@@ -80,7 +82,10 @@ pub fn run(args: ApplyArgs) -> Result<()> {
 
     let image_jobs: Vec<&Job> = jobs.iter().filter(|j| j.kind == MediaKind::Image).collect();
     if !image_jobs.is_empty() {
-        let config = args.model.processor_config(&args.expression, args.intensity, args.threads)?;
+        let threads = crate::options::resolve_threads(args.threads);
+        let config = args
+            .model
+            .processor_config(&args.expression, args.intensity, threads)?;
         let mut processor = FrameProcessor::new(&args.model.model_dir(), config)?;
         for job in image_jobs {
             apply_image(&mut processor, job, args.side_by_side)?;
@@ -113,7 +118,9 @@ fn media_kind(path: &Path) -> Result<MediaKind> {
 }
 
 fn extension(path: &Path) -> String {
-    path.extension().map(|e| e.to_string_lossy().to_lowercase()).unwrap_or_default()
+    path.extension()
+        .map(|e| e.to_string_lossy().to_lowercase())
+        .unwrap_or_default()
 }
 
 /// Decides every output path and checks all of them before anything is written, so a
@@ -124,15 +131,26 @@ fn plan_jobs(args: &ApplyArgs) -> Result<Vec<Job>> {
         std::fs::create_dir_all(&args.output)
             .with_context(|| format!("cannot create output directory {}", args.output.display()))?;
     }
-    let inputs: Vec<PathBuf> = args.inputs.iter().map(|p| canonical_input(p)).collect::<Result<_>>()?;
+    let inputs: Vec<PathBuf> = args
+        .inputs
+        .iter()
+        .map(|p| canonical_input(p))
+        .collect::<Result<_>>()?;
     let mut seen = HashSet::new();
     let mut jobs = Vec::new();
     for (input, canonical) in args.inputs.iter().zip(&inputs) {
         let kind = media_kind(input)?;
-        let output = if into_dir { output_in_dir(&args.output, input, kind) } else { args.output.clone() };
+        let output = if into_dir {
+            output_in_dir(&args.output, input, kind)
+        } else {
+            args.output.clone()
+        };
         check_output(&output, kind, &inputs, args.force)?;
         if !seen.insert(normalized_output(&output)?) {
-            bail!("two inputs would both be written to {} (rename one)", output.display());
+            bail!(
+                "two inputs would both be written to {} (rename one)",
+                output.display()
+            );
         }
         jobs.push(Job {
             input: canonical.clone(),
@@ -178,33 +196,55 @@ fn normalized_output(output: &Path) -> Result<PathBuf> {
 fn check_output(output: &Path, kind: MediaKind, inputs: &[PathBuf], force: bool) -> Result<()> {
     let target = normalized_output(output)?;
     if inputs.contains(&target) {
-        bail!("refusing to overwrite input file {} (choose another -o)", output.display());
+        bail!(
+            "refusing to overwrite input file {} (choose another -o)",
+            output.display()
+        );
     }
     if output.exists() && !force {
-        bail!("{} already exists; refusing to overwrite it without --force", output.display());
+        bail!(
+            "{} already exists; refusing to overwrite it without --force",
+            output.display()
+        );
     }
     let ext = extension(output);
     match kind {
         MediaKind::Image if !IMAGE_EXTENSIONS.contains(&ext.as_str()) => {
-            bail!("output {} needs an image extension ({})", output.display(), IMAGE_EXTENSIONS.join(", "))
+            bail!(
+                "output {} needs an image extension ({})",
+                output.display(),
+                IMAGE_EXTENSIONS.join(", ")
+            )
         }
         MediaKind::Video if !VIDEO_OUTPUT_EXTENSIONS.contains(&ext.as_str()) => {
-            bail!("output {} needs a video extension ({})", output.display(), VIDEO_OUTPUT_EXTENSIONS.join(", "))
+            bail!(
+                "output {} needs a video extension ({})",
+                output.display(),
+                VIDEO_OUTPUT_EXTENSIONS.join(", ")
+            )
         }
         _ => Ok(()),
     }
 }
 
 fn apply_image(processor: &mut FrameProcessor, job: &Job, side_by_side: bool) -> Result<()> {
-    let before = RgbImage::load(&job.input).with_context(|| format!("cannot read image {}", job.input.display()))?;
+    // The core error already names the file; map it to text so its source is not repeated.
+    let before =
+        RgbImage::load(&job.input).map_err(|e| anyhow::anyhow!("cannot read image {e}"))?;
     let mut after = before.clone();
     let start = Instant::now();
     let report = processor
         .process(&mut after.as_frame())
         .with_context(|| format!("processing {}", job.input.display()))?;
     let ms = start.elapsed().as_secs_f64() * 1e3;
-    let result = if side_by_side { images::hconcat(&[&before, &after]) } else { after };
-    result.save(&job.output).with_context(|| format!("cannot write {}", job.output.display()))?;
+    let result = if side_by_side {
+        images::hconcat(&[&before, &after])
+    } else {
+        after
+    };
+    result
+        .save(&job.output)
+        .with_context(|| format!("cannot write {}", job.output.display()))?;
     let faces = match report.faces.len() {
         0 => "no face found, written unchanged".to_string(),
         1 => "1 face".to_string(),
@@ -222,16 +262,29 @@ fn apply_image(processor: &mut FrameProcessor, job: &Job, side_by_side: bool) ->
 
 fn apply_video(args: &ApplyArgs, job: &Job) -> Result<()> {
     let pipeline = gstutil::launch(&video_pipeline(&job.output, args.side_by_side))?;
-    gstutil::by_name(&pipeline, "src")?.set_property("location", job.input.to_string_lossy().to_string());
-    gstutil::by_name(&pipeline, "sink")?.set_property("location", job.output.to_string_lossy().to_string());
+    gstutil::by_name(&pipeline, "src")?
+        .set_property("location", job.input.to_string_lossy().to_string());
+    gstutil::by_name(&pipeline, "sink")?
+        .set_property("location", job.output.to_string_lossy().to_string());
     let fx = gstutil::by_name(&pipeline, "fx")?;
-    gstutil::configure(&fx, &args.model, &args.expression, args.intensity as f64);
+    gstutil::configure(
+        &fx,
+        &args.model,
+        &args.expression,
+        args.intensity as f64,
+        args.threads,
+    );
     if args.side_by_side {
         place_after_right_of_before(&pipeline)?;
     }
     let frames = gstutil::count_buffers(&fx.static_pad("src").expect("element has a src pad"));
 
-    let name = job.input.file_name().unwrap_or_default().to_string_lossy().to_string();
+    let name = job
+        .input
+        .file_name()
+        .unwrap_or_default()
+        .to_string_lossy()
+        .to_string();
     let bar = gstutil::time_bar(&name);
     let start = Instant::now();
     let result = gstutil::run_to_eos(&pipeline, |p| gstutil::follow_position(p, &bar));
@@ -254,7 +307,11 @@ fn apply_video(args: &ApplyArgs, job: &Job) -> Result<()> {
 /// decode -> RGB -> faceexpression -> H.264. I420 is forced before x264enc because from
 /// RGB it would otherwise pick 4:4:4, which most players cannot decode.
 fn video_pipeline(output: &Path, side_by_side: bool) -> String {
-    let mux = if extension(output) == "mkv" { "matroskamux" } else { "mp4mux" };
+    let mux = if extension(output) == "mkv" {
+        "matroskamux"
+    } else {
+        "mp4mux"
+    };
     let encode = format!(
         "videoconvert ! video/x-raw,format=I420 ! x264enc speed-preset=faster pass=qual quantizer=20 ! {mux} ! filesink name=sink"
     );
@@ -275,7 +332,9 @@ fn video_pipeline(output: &Path, side_by_side: bool) -> String {
 /// as the decoded width is known, before the compositor picks its output size.
 fn place_after_right_of_before(pipeline: &gst::Pipeline) -> Result<()> {
     let compositor = gstutil::by_name(pipeline, "comp")?;
-    let rgb_src = gstutil::by_name(pipeline, "rgb")?.static_pad("src").expect("capsfilter has a src pad");
+    let rgb_src = gstutil::by_name(pipeline, "rgb")?
+        .static_pad("src")
+        .expect("capsfilter has a src pad");
     rgb_src.add_probe(gst::PadProbeType::EVENT_DOWNSTREAM, move |_, info| {
         if let Some(gst::PadProbeData::Event(ref event)) = info.data {
             if let gst::EventView::Caps(caps) = event.view() {

@@ -46,9 +46,12 @@ pub fn run(args: DemoArgs) -> Result<()> {
     let manifest = args.model.manifest()?;
     let expressions = manifest.expressions.clone();
     let photo = load_photo(args.image.as_deref())?;
-    std::fs::create_dir_all(&args.out).with_context(|| format!("cannot create {}", args.out.display()))?;
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("cannot create {}", args.out.display()))?;
 
-    let config = args.model.processor_config(&expressions[0], 1.0, 1)?;
+    let config =
+        args.model
+            .processor_config(&expressions[0], 1.0, crate::options::resolve_threads(0))?;
     let mut processor = FrameProcessor::new(&args.model.model_dir(), config)?;
     let face = largest_face(&mut processor, &photo)?;
     let still = args.out.join("demo.png");
@@ -58,14 +61,21 @@ pub fn run(args: DemoArgs) -> Result<()> {
 
     let video = args.out.join("demo.mp4");
     let fps = write_video(&args, &photo, &face, &expressions, &video)?;
-    println!("video: {} ({} expressions, {fps:.1} fps through the pipeline)", video.display(), expressions.len());
+    println!(
+        "video: {} ({} expressions, {fps:.1} fps through the pipeline)",
+        video.display(),
+        expressions.len()
+    );
     Ok(())
 }
 
 fn largest_face(processor: &mut FrameProcessor, photo: &RgbImage) -> Result<Face> {
     let mut copy = photo.clone();
     let faces = processor.detect(&copy.as_frame())?;
-    match faces.into_iter().max_by(|a, b| a.bbox.area().total_cmp(&b.bbox.area())) {
+    match faces
+        .into_iter()
+        .max_by(|a, b| a.bbox.area().total_cmp(&b.bbox.area()))
+    {
         Some(face) => Ok(face),
         None => bail!("no face found in the demo photo"),
     }
@@ -79,7 +89,10 @@ fn write_strip(
     expressions: &[String],
     path: &Path,
 ) -> Result<()> {
-    let (cx, cy) = (face.bbox.x + face.bbox.w / 2.0, face.bbox.y + face.bbox.h / 2.0);
+    let (cx, cy) = (
+        face.bbox.x + face.bbox.w / 2.0,
+        face.bbox.y + face.bbox.h / 2.0,
+    );
     let side = (face.bbox.w.max(face.bbox.h) * 2.0) as usize;
     let tile = |image: &RgbImage, text: &str| -> Result<RgbImage> {
         let crop = images::square_crop(image, cx, cy, side)?;
@@ -94,13 +107,21 @@ fn write_strip(
         tiles.push(tile(&changed, expression)?);
     }
     let strip = images::hconcat(&tiles.iter().collect::<Vec<_>>());
-    strip.save(path).with_context(|| format!("cannot write {}", path.display()))?;
+    strip
+        .save(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
     Ok(())
 }
 
 /// Streams the camera moves through appsrc ! faceexpression ! x264enc ! mp4mux and
 /// returns the frames per second the whole pipeline achieved.
-fn write_video(args: &DemoArgs, photo: &RgbImage, face: &Face, expressions: &[String], path: &Path) -> Result<f64> {
+fn write_video(
+    args: &DemoArgs,
+    photo: &RgbImage,
+    face: &Face,
+    expressions: &[String],
+    path: &Path,
+) -> Result<f64> {
     gstutil::init()?;
     let pipeline = gstutil::launch(&format!(
         "appsrc name=src format=time block=true max-bytes={} \
@@ -111,9 +132,10 @@ fn write_video(args: &DemoArgs, photo: &RgbImage, face: &Face, expressions: &[St
         args.width,
         args.height
     ))?;
-    gstutil::by_name(&pipeline, "sink")?.set_property("location", path.to_string_lossy().to_string());
+    gstutil::by_name(&pipeline, "sink")?
+        .set_property("location", path.to_string_lossy().to_string());
     let fx = gstutil::by_name(&pipeline, "fx")?;
-    gstutil::configure(&fx, &args.model, &expressions[0], 0.0);
+    gstutil::configure(&fx, &args.model, &expressions[0], 0.0, 0);
     let total = args.frames_per_expression * expressions.len() as u64;
     cycle_expressions(&fx, expressions.to_vec(), args.frames_per_expression);
     let done = gstutil::count_buffers(&fx.static_pad("src").expect("element has a src pad"));
@@ -126,7 +148,9 @@ fn write_video(args: &DemoArgs, photo: &RgbImage, face: &Face, expressions: &[St
 
     let bar = frame_bar(total);
     let start = Instant::now();
-    let result = gstutil::run_to_eos(&pipeline, |_| bar.set_position(done.load(Ordering::Relaxed)));
+    let result = gstutil::run_to_eos(&pipeline, |_| {
+        bar.set_position(done.load(Ordering::Relaxed))
+    });
     let secs = start.elapsed().as_secs_f64();
     bar.finish_and_clear();
     feeder.join().expect("feeder thread does not panic")?;
@@ -160,7 +184,10 @@ fn cycle_expressions(fx: &gst::Element, expressions: Vec<String>, frames_per_exp
         if last_segment.swap(segment, Ordering::Relaxed) != segment {
             element.set_property_from_str("expression", &expressions[segment as usize]);
         }
-        element.set_property("intensity", ramp(frame % frames_per_expression, frames_per_expression));
+        element.set_property(
+            "intensity",
+            ramp(frame % frames_per_expression, frames_per_expression),
+        );
         gst::PadProbeReturn::Ok
     });
 }
@@ -206,10 +233,19 @@ impl Camera {
         let fit = (width as f64 / photo.width as f64).max(height as f64 / photo.height as f64);
         let zoom = (height as f64 / 3.0 / face.bbox.h as f64).max(fit * 1.15);
         let (half_w, half_h) = (width as f64 / 2.0 / zoom, height as f64 / 2.0 / zoom);
-        let keep_inside = |c: f64, half: f64, len: usize| c.clamp(half, (len as f64 - half).max(half));
+        let keep_inside =
+            |c: f64, half: f64, len: usize| c.clamp(half, (len as f64 - half).max(half));
         let center = (
-            keep_inside((face.bbox.x + face.bbox.w / 2.0) as f64, half_w * 1.1, photo.width),
-            keep_inside((face.bbox.y + face.bbox.h / 2.0) as f64, half_h * 1.1, photo.height),
+            keep_inside(
+                (face.bbox.x + face.bbox.w / 2.0) as f64,
+                half_w * 1.1,
+                photo.width,
+            ),
+            keep_inside(
+                (face.bbox.y + face.bbox.h / 2.0) as f64,
+                half_h * 1.1,
+                photo.height,
+            ),
         );
         Ok(Camera {
             photo: images::to_mat(photo)?,
@@ -231,5 +267,18 @@ impl Camera {
         let zoom = self.zoom * (1.0 + 0.08 * (TAU * 0.5 * t).sin());
         let roll = 3.0 * (TAU * 0.8 * t).sin();
         images::camera_view(&self.photo, center, zoom, roll, self.width, self.height)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ramp;
+
+    #[test]
+    fn intensity_eases_in_then_holds() {
+        assert_eq!(ramp(0, 30), 0.0);
+        assert!(ramp(6, 30) > 0.4 && ramp(6, 30) < 0.6);
+        assert_eq!(ramp(12, 30), 1.0);
+        assert_eq!(ramp(29, 30), 1.0);
     }
 }

@@ -16,41 +16,45 @@ pub const ELEMENT: &str = "faceexpression";
 pub fn init() -> Result<()> {
     gst::init().context("cannot initialise GStreamer")?;
     if gst::ElementFactory::find(ELEMENT).is_none() {
-        gstreggan::plugin_register_static().context("cannot register the reggan GStreamer plugin")?;
+        gstreggan::plugin_register_static()
+            .context("cannot register the reggan GStreamer plugin")?;
     }
-    Ok(())
+    require_encoders()
 }
 
 /// The element configured like the core processor would be from the same options.
-pub fn make_element(name: &str, model: &ModelArgs, expression: &str, intensity: f64) -> Result<gst::Element> {
-    let element = gst::ElementFactory::make(ELEMENT)
-        .name(name)
-        .build()
-        .with_context(|| format!("GStreamer element '{ELEMENT}' is not available"))?;
-    configure(&element, model, expression, intensity);
-    Ok(element)
-}
-
-pub fn configure(element: &gst::Element, model: &ModelArgs, expression: &str, intensity: f64) {
+/// Sets the element up like the core processor would be from the same options (the
+/// enum nicks of `device` and `detector` are the CLI's value names).
+pub fn configure(
+    element: &gst::Element,
+    model: &ModelArgs,
+    expression: &str,
+    intensity: f64,
+    threads: usize,
+) {
     element.set_property("model", model.model_dir().to_string_lossy().to_string());
     element.set_property_from_str("expression", expression);
     element.set_property("intensity", intensity);
     element.set_property_from_str("device", &model.device);
     element.set_property_from_str("detector", &model.detector);
-    element.set_property_from_str("max-faces", &model.max_faces.to_string());
-    element.set_property_from_str("min-face-size", &model.min_face_size.to_string());
+    element.set_property("max-faces", model.max_faces as u32);
+    element.set_property("min-face-size", model.min_face_size.round() as u32);
+    element.set_property("threads", threads as u32);
 }
 
 /// Builds a pipeline from a gst-launch description.
 pub fn launch(description: &str) -> Result<gst::Pipeline> {
-    let element = gst::parse::launch(description).with_context(|| format!("cannot build pipeline: {description}"))?;
+    let element = gst::parse::launch(description)
+        .with_context(|| format!("cannot build pipeline: {description}"))?;
     element
         .downcast::<gst::Pipeline>()
         .map_err(|_| anyhow!("pipeline description did not give a pipeline"))
 }
 
 pub fn by_name(pipeline: &gst::Pipeline, name: &str) -> Result<gst::Element> {
-    pipeline.by_name(name).ok_or_else(|| anyhow!("pipeline has no element named {name}"))
+    pipeline
+        .by_name(name)
+        .ok_or_else(|| anyhow!("pipeline has no element named {name}"))
 }
 
 /// Plays the pipeline until end of stream or an error, calling `on_tick` about every
@@ -83,7 +87,8 @@ fn play(pipeline: &gst::Pipeline, mut on_tick: impl FnMut(&gst::Pipeline)) -> Re
 }
 
 fn bus_error(bus: &gst::Bus) -> Option<anyhow::Error> {
-    let msg = bus.timed_pop_filtered(gst::ClockTime::from_seconds(1), &[gst::MessageType::Error])?;
+    let msg =
+        bus.timed_pop_filtered(gst::ClockTime::from_seconds(1), &[gst::MessageType::Error])?;
     match msg.view() {
         gst::MessageView::Error(err) => Some(describe_error(err)),
         _ => None,
@@ -91,9 +96,14 @@ fn bus_error(bus: &gst::Bus) -> Option<anyhow::Error> {
 }
 
 fn describe_error(err: &gst::message::Error) -> anyhow::Error {
-    let source = err.src().map(|s| s.name().to_string()).unwrap_or_else(|| "pipeline".into());
+    let source = err
+        .src()
+        .map(|s| s.name().to_string())
+        .unwrap_or_else(|| "pipeline".into());
     match err.debug() {
-        Some(debug) if std::env::var_os("REGGAN_DEBUG").is_some() => anyhow!("{source}: {} ({debug})", err.error()),
+        Some(debug) if std::env::var_os("REGGAN_DEBUG").is_some() => {
+            anyhow!("{source}: {} ({debug})", err.error())
+        }
         _ => anyhow!("{source}: {}", err.error()),
     }
 }
@@ -108,7 +118,11 @@ pub fn follow_position(pipeline: &gst::Pipeline, bar: &ProgressBar) {
         bar.set_position(position.mseconds());
     }
     let secs = |ms: u64| ms as f64 / 1000.0;
-    bar.set_message(format!("{:.1}/{:.1} s", secs(bar.position()), secs(bar.length().unwrap_or(0))));
+    bar.set_message(format!(
+        "{:.1}/{:.1} s",
+        secs(bar.position()),
+        secs(bar.length().unwrap_or(0))
+    ));
 }
 
 /// A bar in stream milliseconds, shown as seconds by [`follow_position`].
@@ -135,10 +149,17 @@ pub fn count_buffers(pad: &gst::Pad) -> std::sync::Arc<std::sync::atomic::Atomic
     count
 }
 
-/// Checks that a GStreamer element the pipeline needs is installed.
-pub fn require(factory: &str, package: &str) -> Result<()> {
-    if gst::ElementFactory::find(factory).is_none() {
-        bail!("GStreamer element '{factory}' is missing (install {package})");
+/// Checks that the encoder and muxers the output pipelines need are installed, so a
+/// missing package is named instead of a pipeline syntax error.
+pub fn require_encoders() -> Result<()> {
+    for (factory, package) in [
+        ("x264enc", "gstreamer1.0-plugins-ugly"),
+        ("mp4mux", "gstreamer1.0-plugins-good"),
+        ("matroskamux", "gstreamer1.0-plugins-good"),
+    ] {
+        if gst::ElementFactory::find(factory).is_none() {
+            bail!("GStreamer element '{factory}' is missing (install {package})");
+        }
     }
     Ok(())
 }

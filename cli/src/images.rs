@@ -17,7 +17,11 @@ pub fn to_mat(image: &RgbImage) -> Result<Mat> {
 
 /// Back from a continuous (or not) 8-bit, 3-channel RGB Mat.
 pub fn from_mat(mat: &Mat) -> Result<RgbImage> {
-    let mat = if mat.is_continuous() { mat.clone() } else { mat.try_clone()? };
+    let mat = if mat.is_continuous() {
+        mat.clone()
+    } else {
+        mat.try_clone()?
+    };
     Ok(RgbImage {
         width: mat.cols() as usize,
         height: mat.rows() as usize,
@@ -106,10 +110,14 @@ pub fn camera_view(
 /// A square crop of side `side` centred at (cx, cy), moved inside the image.
 pub fn square_crop(image: &RgbImage, cx: f32, cy: f32, side: usize) -> Result<RgbImage> {
     let side = side.min(image.width).min(image.height);
-    let clamp = |c: f32, len: usize| ((c - side as f32 / 2.0).round().max(0.0) as usize).min(len - side);
+    let clamp =
+        |c: f32, len: usize| ((c - side as f32 / 2.0).round().max(0.0) as usize).min(len - side);
     let (x0, y0) = (clamp(cx, image.width), clamp(cy, image.height));
     let mat = to_mat(image)?;
-    let roi = Mat::roi(&mat, Rect::new(x0 as i32, y0 as i32, side as i32, side as i32))?;
+    let roi = Mat::roi(
+        &mat,
+        Rect::new(x0 as i32, y0 as i32, side as i32, side as i32),
+    )?;
     from_mat(&roi.try_clone()?)
 }
 
@@ -117,7 +125,14 @@ pub fn square_crop(image: &RgbImage, cx: f32, cy: f32, side: usize) -> Result<Rg
 pub fn label(image: &RgbImage, text: &str) -> Result<RgbImage> {
     let mut mat = to_mat(image)?;
     let band = Rect::new(0, 0, image.width as i32, 30);
-    imgproc::rectangle(&mut mat, band, Scalar::new(0.0, 0.0, 0.0, 0.0), imgproc::FILLED, imgproc::LINE_8, 0)?;
+    imgproc::rectangle(
+        &mut mat,
+        band,
+        Scalar::new(0.0, 0.0, 0.0, 0.0),
+        imgproc::FILLED,
+        imgproc::LINE_8,
+        0,
+    )?;
     imgproc::put_text(
         &mut mat,
         text,

@@ -12,7 +12,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "reggan", version, about = "Facial-expression synthesis for images and video")]
+#[command(
+    name = "reggan",
+    version,
+    about = "Facial-expression synthesis for images and video"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

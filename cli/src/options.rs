@@ -40,16 +40,25 @@ impl ModelArgs {
                 dir.display()
             );
         }
-        Manifest::read(&dir).with_context(|| format!("cannot use model directory {}", dir.display()))
+        Manifest::read(&dir)
+            .with_context(|| format!("cannot use model directory {}", dir.display()))
     }
 
-    pub fn processor_config(&self, expression: &str, intensity: f32, threads: usize) -> Result<ProcessorConfig> {
+    pub fn processor_config(
+        &self,
+        expression: &str,
+        intensity: f32,
+        threads: usize,
+    ) -> Result<ProcessorConfig> {
         Ok(ProcessorConfig {
             expression: expression.into(),
             intensity,
             max_faces: self.max_faces,
             min_face_size: self.min_face_size,
-            detector: self.detector.parse::<DetectorKind>().map_err(anyhow::Error::msg)?,
+            detector: self
+                .detector
+                .parse::<DetectorKind>()
+                .map_err(anyhow::Error::msg)?,
             device: self.device.parse::<Device>().map_err(anyhow::Error::msg)?,
             threads,
         })
@@ -78,6 +87,18 @@ pub fn default_photo() -> PathBuf {
 
 pub fn load_photo(path: Option<&Path>) -> Result<reggan::RgbImage> {
     let path = path.map(Path::to_path_buf).unwrap_or_else(default_photo);
-    reggan::RgbImage::load(&path)
-        .with_context(|| format!("cannot read the photo {} (run scripts/setup.sh, or give --image)", path.display()))
+    reggan::RgbImage::load(&path).with_context(|| {
+        format!(
+            "cannot read the photo {} (run scripts/setup.sh, or give --image)",
+            path.display()
+        )
+    })
+}
+
+/// Thread count where 0 means one per CPU core (as the element's `threads` property).
+pub fn resolve_threads(threads: usize) -> usize {
+    match threads {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    }
 }

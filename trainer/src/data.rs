@@ -61,13 +61,20 @@ pub struct Index {
 impl Index {
     pub fn read(cache: &Path) -> Result<Self> {
         let path = cache.join("index.json");
-        let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {} (run `reggan-train prepare` first)", path.display()))?;
-        serde_json::from_str(&text).with_context(|| format!("{} is not a valid index", path.display()))
+        let text = std::fs::read_to_string(&path).with_context(|| {
+            format!(
+                "cannot read {} (run `reggan-train prepare` first)",
+                path.display()
+            )
+        })?;
+        serde_json::from_str(&text)
+            .with_context(|| format!("{} is not a valid index", path.display()))
     }
 
     pub fn write(&self, cache: &Path) -> Result<()> {
         let path = cache.join("index.json");
-        std::fs::write(&path, serde_json::to_string_pretty(self)? + "\n").with_context(|| format!("cannot write {}", path.display()))
+        std::fs::write(&path, serde_json::to_string_pretty(self)? + "\n")
+            .with_context(|| format!("cannot write {}", path.display()))
     }
 }
 
@@ -75,11 +82,23 @@ impl Index {
 /// whose observers' majority rating differs from the intended label are left out.
 pub fn tfeid_sources(dir: &Path, agreeing_only: bool) -> Result<Vec<Source>> {
     let csv = dir.join("index.csv");
-    let text = std::fs::read_to_string(&csv).with_context(|| format!("cannot read {}", csv.display()))?;
+    let text =
+        std::fs::read_to_string(&csv).with_context(|| format!("cannot read {}", csv.display()))?;
     let mut lines = text.lines();
     let header: Vec<&str> = lines.next().unwrap_or_default().split(',').collect();
-    let col = |name: &str| header.iter().position(|h| *h == name).with_context(|| format!("{} has no column {name}", csv.display()));
-    let (file, performer, view, expr, rated) = (col("file")?, col("performer")?, col("view")?, col("expression")?, col("rated_expression")?);
+    let col = |name: &str| {
+        header
+            .iter()
+            .position(|h| *h == name)
+            .with_context(|| format!("{} has no column {name}", csv.display()))
+    };
+    let (file, performer, view, expr, rated) = (
+        col("file")?,
+        col("performer")?,
+        col("view")?,
+        col("expression")?,
+        col("rated_expression")?,
+    );
     let mut out = Vec::new();
     for line in lines.filter(|l| !l.trim().is_empty()) {
         let f: Vec<&str> = line.split(',').collect();
@@ -104,7 +123,11 @@ pub fn london_sources(dir: &Path) -> Result<Vec<Source>> {
     let mut out = Vec::new();
     for (folder, expression) in [("neutral", "neutral"), ("smiling", "happy")] {
         for file in images_in(&dir.join(folder))? {
-            let stem = file.file_stem().unwrap_or_default().to_string_lossy().to_string();
+            let stem = file
+                .file_stem()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .to_string();
             let id = stem.split('_').next().unwrap_or(&stem).to_string();
             out.push(Source {
                 dataset: "london".into(),
@@ -120,7 +143,10 @@ pub fn london_sources(dir: &Path) -> Result<Vec<Source>> {
 /// Generic paired data: `DIR/neutral/<subject>*` and `DIR/<expression>/<subject>*`; the
 /// subject is the file stem up to its first `_` or `-`.
 pub fn pairs_sources(dir: &Path) -> Result<Vec<Source>> {
-    let dataset = dir.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_else(|| "pairs".into());
+    let dataset = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_else(|| "pairs".into());
     let mut out = Vec::new();
     for expression in ["neutral"].iter().chain(reggan::EXPRESSIONS.iter()) {
         let folder = dir.join(expression);
@@ -128,7 +154,11 @@ pub fn pairs_sources(dir: &Path) -> Result<Vec<Source>> {
             continue;
         }
         for file in images_in(&folder)? {
-            let stem = file.file_stem().unwrap_or_default().to_string_lossy().to_string();
+            let stem = file
+                .file_stem()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .to_string();
             let id = stem.split(['_', '-']).next().unwrap_or(&stem).to_string();
             out.push(Source {
                 dataset: dataset.clone(),
@@ -139,7 +169,10 @@ pub fn pairs_sources(dir: &Path) -> Result<Vec<Source>> {
         }
     }
     if out.is_empty() {
-        bail!("{} has no neutral/ or <expression>/ folders with images", dir.display());
+        bail!(
+            "{} has no neutral/ or <expression>/ folders with images",
+            dir.display()
+        );
     }
     Ok(out)
 }
@@ -148,7 +181,15 @@ fn images_in(dir: &Path) -> Result<Vec<PathBuf>> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .with_context(|| format!("cannot list {}", dir.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| matches!(p.extension().and_then(|e| e.to_str()).map(|e| e.to_ascii_lowercase()).as_deref(), Some("jpg" | "jpeg" | "png")))
+        .filter(|p| {
+            matches!(
+                p.extension()
+                    .and_then(|e| e.to_str())
+                    .map(|e| e.to_ascii_lowercase())
+                    .as_deref(),
+                Some("jpg" | "jpeg" | "png")
+            )
+        })
         .collect();
     files.sort();
     Ok(files)
@@ -164,18 +205,30 @@ pub fn split_subjects(sources: &[Source]) -> (Vec<String>, Vec<String>) {
     let (mut train, mut val) = (Vec::new(), Vec::new());
     for subjects in by_dataset.values() {
         for (i, s) in subjects.iter().enumerate() {
-            if i % VAL_EVERY == VAL_EVERY - 1 { &mut val } else { &mut train }.push(s.to_string());
+            if i % VAL_EVERY == VAL_EVERY - 1 {
+                &mut val
+            } else {
+                &mut train
+            }
+            .push(s.to_string());
         }
     }
     (train, val)
 }
 
 /// Detects the largest face, aligns it to the template and returns the crop.
-pub fn crop_face(detector: &mut FaceDetector, template: &Template, file: &Path) -> Result<Option<RgbImage>> {
+pub fn crop_face(
+    detector: &mut FaceDetector,
+    template: &Template,
+    file: &Path,
+) -> Result<Option<RgbImage>> {
     let mut img = RgbImage::load(file)?;
     let frame = img.as_frame();
     let faces = detector.detect(&frame, MIN_FACE_PX)?;
-    let Some(face) = faces.iter().max_by(|a, b| a.bbox.area().total_cmp(&b.bbox.area())) else {
+    let Some(face) = faces
+        .iter()
+        .max_by(|a, b| a.bbox.area().total_cmp(&b.bbox.area()))
+    else {
         return Ok(None);
     };
     Ok(Some(Alignment::for_face(face, template)?.crop_rgb(&frame)?))
@@ -187,13 +240,17 @@ pub fn prepare(sources: &[Source], cache: &Path) -> Result<Index> {
     let template = Template::lsrf(CROP_SIZE);
     let mut detector = FaceDetector::new(DetectorKind::Auto)?;
     let bar = ProgressBar::new(sources.len() as u64);
-    bar.set_style(ProgressStyle::with_template("{bar:40} {pos}/{len} {msg} [{elapsed}<{eta}]")?);
+    bar.set_style(ProgressStyle::with_template(
+        "{bar:40} {pos}/{len} {msg} [{elapsed}<{eta}]",
+    )?);
     let (mut entries, mut skipped) = (Vec::new(), Vec::new());
     let mut counts: BTreeMap<String, (usize, usize)> = BTreeMap::new();
     for src in sources {
         bar.set_message(src.expression.clone());
         let count = counts.entry(src.expression.clone()).or_default();
-        match crop_face(&mut detector, &template, &src.file).with_context(|| format!("while cropping {}", src.file.display()))? {
+        match crop_face(&mut detector, &template, &src.file)
+            .with_context(|| format!("while cropping {}", src.file.display()))?
+        {
             Some(crop) => {
                 let stem = src.file.file_stem().unwrap_or_default().to_string_lossy();
                 let rel = format!("crops/{}/{}.png", src.subject, stem);
@@ -222,7 +279,13 @@ pub fn prepare(sources: &[Source], cache: &Path) -> Result<Index> {
         println!("{e:<10} {ok:>6} {bad:>8}");
     }
     let (train_subjects, val_subjects) = split_subjects(sources);
-    println!("{} crops, {} skipped; {} train / {} validation subjects", entries.len(), skipped.len(), train_subjects.len(), val_subjects.len());
+    println!(
+        "{} crops, {} skipped; {} train / {} validation subjects",
+        entries.len(),
+        skipped.len(),
+        train_subjects.len(),
+        val_subjects.len()
+    );
     let index = Index {
         crop_size: CROP_SIZE,
         template,
@@ -239,7 +302,11 @@ pub fn prepare(sources: &[Source], cache: &Path) -> Result<Index> {
 pub fn load_crop(path: &Path) -> Result<Tensor> {
     let img = RgbImage::load(path)?;
     let (w, h) = (img.width as i64, img.height as i64);
-    Ok(Tensor::from_slice(&img.data).view([h, w, 3]).permute([2, 0, 1]).to_kind(Kind::Float) / 255.0)
+    Ok(Tensor::from_slice(&img.data)
+        .view([h, w, 3])
+        .permute([2, 0, 1])
+        .to_kind(Kind::Float)
+        / 255.0)
 }
 
 /// The crops of one subject: its neutral faces and, per expression, its targets.
@@ -253,19 +320,36 @@ pub struct Subject {
 }
 
 /// Loads the subjects of `names` that have at least one neutral crop.
-pub fn load_subjects(cache: &Path, index: &Index, names: &[String], datasets: &[String]) -> Result<Vec<Subject>> {
+pub fn load_subjects(
+    cache: &Path,
+    index: &Index,
+    names: &[String],
+    datasets: &[String],
+) -> Result<Vec<Subject>> {
     let mut out = Vec::new();
     for name in names {
-        let mine: Vec<&Entry> = index.entries.iter().filter(|e| &e.subject == name && datasets.contains(&e.dataset)).collect();
+        let mine: Vec<&Entry> = index
+            .entries
+            .iter()
+            .filter(|e| &e.subject == name && datasets.contains(&e.dataset))
+            .collect();
         let mut groups: BTreeMap<String, Vec<Tensor>> = BTreeMap::new();
         for e in mine {
-            groups.entry(e.expression.clone()).or_default().push(load_crop(&cache.join(&e.path))?);
+            groups
+                .entry(e.expression.clone())
+                .or_default()
+                .push(load_crop(&cache.join(&e.path))?);
         }
-        let Some(neutral) = groups.remove("neutral") else { continue };
+        let Some(neutral) = groups.remove("neutral") else {
+            continue;
+        };
         out.push(Subject {
             name: name.clone(),
             neutral: Tensor::stack(&neutral, 0),
-            targets: groups.into_iter().map(|(e, v)| (e, Tensor::stack(&v, 0))).collect(),
+            targets: groups
+                .into_iter()
+                .map(|(e, v)| (e, Tensor::stack(&v, 0)))
+                .collect(),
         });
     }
     Ok(out)

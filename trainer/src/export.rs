@@ -12,19 +12,23 @@ use tch::{Kind, Tensor};
 
 use crate::data::{load_subjects, Index};
 use crate::onnx_export;
-use crate::regression::shifted;
+use crate::regression::{mean, shifted};
 use crate::weights::{Meta, Weights};
 
 /// Largest ORT-vs-tch difference `export` accepts.
 pub const MAX_DIFF: f32 = 1e-3;
 
 pub const TFEID_NAME: &str = "TFEID (Taiwanese Facial Expression Image Database)";
-pub const TFEID_LICENCE: &str = "research use only; models trained on it are for non-commercial research";
+pub const TFEID_LICENCE: &str =
+    "research use only; models trained on it are for non-commercial research";
 
 /// The model.json for fitted layers.
 pub fn manifest(meta: &Meta, fp16: bool) -> Manifest {
-    let data = if meta.datasets.iter().all(|d| d == "tfeid") { TFEID_NAME.to_string() } else { meta.datasets.join(", ") };
-    let mean = |m: &std::collections::BTreeMap<String, f64>| m.values().sum::<f64>() / m.len().max(1) as f64;
+    let data = if meta.datasets.iter().all(|d| d == "tfeid") {
+        TFEID_NAME.to_string()
+    } else {
+        meta.datasets.join(", ")
+    };
     Manifest {
         format_version: reggan::model::FORMAT_VERSION,
         family: "regression".into(),
@@ -55,7 +59,13 @@ pub fn manifest(meta: &Meta, fp16: bool) -> Manifest {
 }
 
 /// The layers' output in tch for faces [N,3,S,S] with per-face expression indices.
-pub fn tch_forward(w: &Tensor, b: &Tensor, k: usize, faces: &Tensor, expressions: &[i64]) -> Tensor {
+pub fn tch_forward(
+    w: &Tensor,
+    b: &Tensor,
+    k: usize,
+    faces: &Tensor,
+    expressions: &[i64],
+) -> Tensor {
     let idx = Tensor::from_slice(expressions);
     let (wg, bg) = (w.index_select(0, &idx), b.index_select(0, &idx));
     ((shifted(faces, k) * wg).sum_dim_intlist(2, false, None) + bg).clamp(0.0, 1.0)
@@ -64,19 +74,34 @@ pub fn tch_forward(w: &Tensor, b: &Tensor, k: usize, faces: &Tensor, expressions
 pub fn to_array(t: &Tensor) -> Result<Array4<f32>> {
     let shape: Vec<usize> = t.size().iter().map(|&d| d as usize).collect();
     let data = Vec::<f32>::try_from(&t.to_kind(Kind::Float).contiguous().flatten(0, -1))?;
-    Ok(Array4::from_shape_vec((shape[0], shape[1], shape[2], shape[3]), data)?)
+    Ok(Array4::from_shape_vec(
+        (shape[0], shape[1], shape[2], shape[3]),
+        data,
+    )?)
 }
 
 /// Runs the exported model through `reggan::ExpressionModel` on CPU and returns the
 /// largest absolute difference from tch.
-pub fn max_diff(dir: &Path, w: &Tensor, b: &Tensor, k: usize, faces: &Tensor, expressions: &[i64]) -> Result<f32> {
+pub fn max_diff(
+    dir: &Path,
+    w: &Tensor,
+    b: &Tensor,
+    k: usize,
+    faces: &Tensor,
+    expressions: &[i64],
+) -> Result<f32> {
     let mut model = ExpressionModel::load(dir, Device::Cpu, 1)?;
     let ort = model.run(to_array(faces)?.view(), expressions)?;
     let reference = to_array(&tch_forward(w, b, k, faces, expressions))?;
-    Ok(ort.iter().zip(reference.iter()).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max))
+    Ok(ort
+        .iter()
+        .zip(reference.iter())
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f32::max))
 }
 
-/// Faces to verify with: validation neutral crops, each expression in turn, or
+/// Faces to verify with: validation neutral crops (one per subject in turn), each
+/// expression in turn, or
 /// random faces when the cache is gone.
 pub fn verification_batch(meta: &Meta, per_expression: usize) -> Result<(Tensor, Vec<i64>)> {
     let cache = Path::new(&meta.cache);
@@ -84,8 +109,25 @@ pub fn verification_batch(meta: &Meta, per_expression: usize) -> Result<(Tensor,
     let neutrals = match Index::read(cache) {
         Ok(index) => {
             let subjects = load_subjects(cache, &index, &meta.val_subjects, &meta.datasets)?;
-            let all: Vec<Tensor> = subjects.iter().map(|s| s.neutral.shallow_clone()).collect();
-            if all.is_empty() { None } else { Some(Tensor::cat(&all, 0)) }
+            // Interleaved by subject, so the first faces are one per subject.
+            let most = subjects
+                .iter()
+                .map(|s| s.neutral.size()[0])
+                .max()
+                .unwrap_or(0);
+            let all: Vec<Tensor> = (0..most)
+                .flat_map(|j| {
+                    subjects
+                        .iter()
+                        .filter(move |s| j < s.neutral.size()[0])
+                        .map(move |s| s.neutral.get(j).unsqueeze(0))
+                })
+                .collect();
+            if all.is_empty() {
+                None
+            } else {
+                Some(Tensor::cat(&all, 0))
+            }
         }
         Err(err) => {
             eprintln!("no cached validation crops ({err:#}); verifying on random faces");
@@ -95,7 +137,10 @@ pub fn verification_batch(meta: &Meta, per_expression: usize) -> Result<(Tensor,
     let n = (e * per_expression) as i64;
     let s = meta.crop_size as i64;
     let faces = match neutrals {
-        Some(x) => x.index_select(0, &(Tensor::arange(n, (Kind::Int64, tch::Device::Cpu)).remainder(x.size()[0]))),
+        Some(x) => x.index_select(
+            0,
+            &(Tensor::arange(n, (Kind::Int64, tch::Device::Cpu)).remainder(x.size()[0])),
+        ),
         None => Tensor::rand([n, 3, s, s], (Kind::Float, tch::Device::Cpu)),
     };
     let exprs = (0..n).map(|i| i % e as i64).collect();
@@ -109,11 +154,42 @@ pub fn cpu_ms_per_face(dir: &Path, size: usize) -> Result<f64> {
     let mut times: Vec<f64> = (0..21)
         .map(|_| {
             let t = Instant::now();
-            model.run(face.view(), &[0]).map(|_| t.elapsed().as_secs_f64() * 1e3)
+            model
+                .run(face.view(), &[0])
+                .map(|_| t.elapsed().as_secs_f64() * 1e3)
         })
         .collect::<reggan::Result<_>>()?;
     times.sort_by(f64::total_cmp);
     Ok(times[times.len() / 2])
+}
+
+/// A strip of PNGs for the model card: each validation neutral face of `faces` given,
+/// then its ONNX Runtime output for every expression.
+pub fn preview(dir: &Path, faces: &Tensor, out: &Path) -> Result<()> {
+    let mut model = ExpressionModel::load(dir, Device::Cpu, 1)?;
+    let e = model.manifest().expressions.len() as i64;
+    let mut rows = Vec::new();
+    for i in 0..faces.size()[0] {
+        let x = faces.get(i).unsqueeze(0).repeat([e, 1, 1, 1]);
+        let y = model.run(to_array(&x)?.view(), &(0..e).collect::<Vec<_>>())?;
+        let y = Tensor::from_slice(y.as_slice().expect("ORT output is contiguous")).view_as(&x);
+        let row = Tensor::cat(&[faces.get(i).unsqueeze(0), y], 0); // [1+E,3,S,S]
+        rows.push(Tensor::cat(&row.unbind(0), 2)); // [3,S,(1+E)S]
+    }
+    let img = Tensor::cat(&rows, 1); // [3,rows*S,(1+E)S]
+    let (h, w) = (img.size()[1] as usize, img.size()[2] as usize);
+    let bytes = (img.permute([1, 2, 0]) * 255.0)
+        .round()
+        .clamp(0.0, 255.0)
+        .to_kind(Kind::Uint8)
+        .contiguous();
+    let rgb = reggan::RgbImage {
+        width: w,
+        height: h,
+        data: Vec::<u8>::try_from(&bytes.flatten(0, -1))?,
+    };
+    rgb.save(out)?;
+    Ok(())
 }
 
 /// Writes and verifies the model; returns (max diff, file size).
@@ -121,12 +197,22 @@ pub fn export(weights: &Weights, dir: &Path, fp16: bool) -> Result<(f32, u64)> {
     let meta = &weights.meta;
     let size = onnx_export::write(&weights.w, &weights.b, meta.k, fp16, dir)?;
     manifest(meta, fp16).write(dir)?;
-    println!("wrote {} ({:.2} MB) and model.json", dir.join("model.onnx").display(), size as f64 / 1e6);
+    println!(
+        "wrote {} ({:.2} MB) and model.json",
+        dir.join("model.onnx").display(),
+        size as f64 / 1e6
+    );
     // Compare against the weights as stored, so fp16 rounding is not counted as error.
-    let (w, b) = (onnx_export::stored(&weights.w, fp16), onnx_export::stored(&weights.b, fp16));
+    let (w, b) = (
+        onnx_export::stored(&weights.w, fp16),
+        onnx_export::stored(&weights.b, fp16),
+    );
     let (faces, exprs) = verification_batch(meta, 4)?;
     let diff = max_diff(dir, &w, &b, meta.k, &faces, &exprs)?;
-    println!("ONNX Runtime vs tch on {} faces (every expression): max abs diff {diff:.3e}", exprs.len());
+    println!(
+        "ONNX Runtime vs tch on {} faces (every expression): max abs diff {diff:.3e}",
+        exprs.len()
+    );
     if diff > MAX_DIFF || diff.is_nan() {
         bail!("exported model differs from tch by {diff} (> {MAX_DIFF})");
     }

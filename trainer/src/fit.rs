@@ -8,7 +8,7 @@ use std::time::Instant;
 use anyhow::{bail, Result};
 
 use crate::data::{load_subjects, Index};
-use crate::regression::{expressions_present, identity_mse, layer_mse, solve, sweep, Features, Sweep};
+use crate::regression::{expressions_present, identity_mse, layer_mse, solve, sweep, Features};
 use crate::weights::{Meta, Weights};
 
 /// λ grid of the sweep (on the summed normal equations).
@@ -31,7 +31,14 @@ pub fn run(cache: &Path, opts: &FitOptions) -> Result<Weights> {
     let index = Index::read(cache)?;
     let datasets: Vec<String> = match &opts.datasets {
         Some(d) => d.clone(),
-        None => index.entries.iter().map(|e| e.dataset.clone()).filter(|d| d != "london").collect::<BTreeSet<_>>().into_iter().collect(),
+        None => index
+            .entries
+            .iter()
+            .map(|e| e.dataset.clone())
+            .filter(|d| d != "london")
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect(),
     };
     let train = load_subjects(cache, &index, &index.train_subjects, &datasets)?;
     let val = load_subjects(cache, &index, &index.val_subjects, &datasets)?;
@@ -39,11 +46,19 @@ pub fn run(cache: &Path, opts: &FitOptions) -> Result<Weights> {
         bail!("data sets {datasets:?} give {} training and {} validation subjects with neutral crops; need both", train.len(), val.len());
     }
     let expressions = expressions_present(&train);
-    println!("training on {datasets:?}: {} train / {} validation subjects, expressions {expressions:?}", train.len(), val.len());
+    println!(
+        "training on {datasets:?}: {} train / {} validation subjects, expressions {expressions:?}",
+        train.len(),
+        val.len()
+    );
 
     let t = Instant::now();
     let table = sweep(&train, &val, &expressions, &opts.ks, &opts.lambdas);
-    println!("validation MSE (k x lambda), {:.1} s:\n{}", t.elapsed().as_secs_f64(), table.table());
+    println!(
+        "validation MSE (k x lambda), {:.1} s:\n{}",
+        t.elapsed().as_secs_f64(),
+        table.table()
+    );
     let (ki, li) = table.choose(K_TOLERANCE);
     let k = table.ks[ki];
     println!("chosen k = {k}");
@@ -65,11 +80,18 @@ pub fn run(cache: &Path, opts: &FitOptions) -> Result<Weights> {
         train_subjects: train.iter().map(|s| s.name.clone()).collect(),
         val_subjects: val.iter().map(|s| s.name.clone()).collect(),
         datasets,
-        cache: cache.canonicalize().unwrap_or(cache.into()).display().to_string(),
+        cache: cache
+            .canonicalize()
+            .unwrap_or(cache.into())
+            .display()
+            .to_string(),
         sweep: Some(table.clone()),
     };
     let mut layers = Vec::new();
-    println!("{:<10} {:>7} {:>6} {:>10} {:>10} {:>7} {:>8}", "expression", "lambda", "pairs", "val MSE", "identity", "ratio", "fit s");
+    println!(
+        "{:<10} {:>7} {:>6} {:>10} {:>10} {:>7} {:>8}",
+        "expression", "lambda", "pairs", "val MSE", "identity", "ratio", "fit s"
+    );
     for (e, &l) in expressions.iter().zip(&li) {
         let lambda = table.lambdas[l];
         let t = Instant::now();
@@ -77,7 +99,10 @@ pub fn run(cache: &Path, opts: &FitOptions) -> Result<Weights> {
         let layer = solve(&ata, &atb, lambda, k, feats.size);
         let secs = t.elapsed().as_secs_f64();
         let (mse, id) = (layer_mse(&layer, &val, e), identity_mse(&val, e));
-        println!("{e:<10} {lambda:>7.0e} {pairs:>6} {mse:>10.6} {id:>10.6} {:>7.3} {secs:>8.3}", mse / id);
+        println!(
+            "{e:<10} {lambda:>7.0e} {pairs:>6} {mse:>10.6} {id:>10.6} {:>7.3} {secs:>8.3}",
+            mse / id
+        );
         meta.lambda.insert(e.clone(), lambda);
         meta.val_mse.insert(e.clone(), mse);
         meta.identity_mse.insert(e.clone(), id);
@@ -93,14 +118,11 @@ pub fn parse_lambdas(s: &str) -> Result<Vec<f64>> {
     if s == "sweep" {
         return Ok(LAMBDAS.to_vec());
     }
-    let l: f64 = s.parse().map_err(|_| anyhow::anyhow!("--lambda takes a number or 'sweep', not '{s}'"))?;
-    if !(l > 0.0) {
+    let l: f64 = s
+        .parse()
+        .map_err(|_| anyhow::anyhow!("--lambda takes a number or 'sweep', not '{s}'"))?;
+    if l.is_nan() || l <= 0.0 {
         bail!("--lambda must be positive");
     }
     Ok(vec![l])
-}
-
-/// The sweep of a fitted model (for reports).
-pub fn sweep_of(w: &Weights) -> Option<&Sweep> {
-    w.meta.sweep.as_ref()
 }

@@ -10,7 +10,11 @@ use reggan_trainer::weights::Weights;
 use reggan_trainer::{export, onnx_export};
 
 #[derive(Parser)]
-#[command(name = "reggan-train", version, about = "Trains reggan expression models (LibTorch) and exports them to ONNX")]
+#[command(
+    name = "reggan-train",
+    version,
+    about = "Trains reggan expression models (LibTorch) and exports them to ONNX"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -67,16 +71,33 @@ enum Command {
         /// Store weights as float16 (half the file size; computation stays float32).
         #[arg(long)]
         fp16: bool,
+        /// Also write a PNG: validation faces and their outputs for every expression.
+        #[arg(long)]
+        preview: Option<PathBuf>,
     },
 }
 
-fn prepare(tfeid: Option<PathBuf>, no_tfeid: bool, agreeing_only: bool, london: Option<PathBuf>, pairs: Vec<PathBuf>, out: PathBuf) -> Result<()> {
+fn prepare(
+    tfeid: Option<PathBuf>,
+    no_tfeid: bool,
+    agreeing_only: bool,
+    london: Option<PathBuf>,
+    pairs: Vec<PathBuf>,
+    out: PathBuf,
+) -> Result<()> {
     let mut sources = Vec::new();
     if !no_tfeid {
-        sources.extend(data::tfeid_sources(&tfeid.unwrap_or_else(|| data_root().join("tfeid")), agreeing_only)?);
+        sources.extend(data::tfeid_sources(
+            &tfeid.unwrap_or_else(|| data_root().join("tfeid")),
+            agreeing_only,
+        )?);
     }
     if let Some(dir) = london {
-        let dir = if dir.as_os_str().is_empty() { data_root().join("london") } else { dir };
+        let dir = if dir.as_os_str().is_empty() {
+            data_root().join("london")
+        } else {
+            dir
+        };
         sources.extend(data::london_sources(&dir)?);
     }
     for dir in &pairs {
@@ -91,7 +112,14 @@ fn prepare(tfeid: Option<PathBuf>, no_tfeid: bool, agreeing_only: bool, london: 
     Ok(())
 }
 
-fn fit_cmd(method: String, cache: PathBuf, k: Option<usize>, lambda: String, datasets: Option<Vec<String>>, out: PathBuf) -> Result<()> {
+fn fit_cmd(
+    method: String,
+    cache: PathBuf,
+    k: Option<usize>,
+    lambda: String,
+    datasets: Option<Vec<String>>,
+    out: PathBuf,
+) -> Result<()> {
     let ks = match (method.as_str(), k) {
         ("pixel-rr", Some(k)) if k != 1 => bail!("pixel-rr is k = 1"),
         ("pixel-rr", _) => vec![1],
@@ -111,11 +139,25 @@ fn fit_cmd(method: String, cache: PathBuf, k: Option<usize>, lambda: String, dat
     Ok(())
 }
 
-fn export_cmd(weights: PathBuf, out: PathBuf, fp16: bool) -> Result<()> {
+fn export_cmd(weights: PathBuf, out: PathBuf, fp16: bool, preview: Option<PathBuf>) -> Result<()> {
     let weights = Weights::load(&weights)?;
     let (_, size) = export::export(&weights, &out, fp16)?;
+    if let Some(png) = preview {
+        // One validation face per validation subject (the batch cycles through them).
+        let (faces, _) = export::verification_batch(&weights.meta, 1)?;
+        let n = weights
+            .meta
+            .val_subjects
+            .len()
+            .min(faces.size()[0] as usize) as i64;
+        export::preview(&out, &faces.narrow(0, 0, n), &png)?;
+        println!("wrote {}", png.display());
+    }
     let ms = export::cpu_ms_per_face(&out, weights.meta.crop_size)?;
-    println!("model.onnx: {size} bytes, opset {}; CPU (1 thread) {ms:.2} ms per face", onnx_export::OPSET);
+    println!(
+        "model.onnx: {size} bytes, opset {}; CPU (1 thread) {ms:.2} ms per face",
+        onnx_export::OPSET
+    );
     Ok(())
 }
 
@@ -137,6 +179,11 @@ fn main() -> Result<()> {
             datasets,
             out,
         } => fit_cmd(method, cache, k, lambda, datasets, out),
-        Command::Export { weights, out, fp16 } => export_cmd(weights, out, fp16),
+        Command::Export {
+            weights,
+            out,
+            fp16,
+            preview,
+        } => export_cmd(weights, out, fp16, preview),
     }
 }

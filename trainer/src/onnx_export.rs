@@ -12,7 +12,10 @@ use onnx_protobuf::attribute_proto::AttributeType;
 use onnx_protobuf::tensor_proto::DataType;
 use onnx_protobuf::tensor_shape_proto::{dimension, Dimension};
 use onnx_protobuf::type_proto;
-use onnx_protobuf::{AttributeProto, GraphProto, Message, ModelProto, NodeProto, OperatorSetIdProto, TensorProto, TensorShapeProto, TypeProto, ValueInfoProto};
+use onnx_protobuf::{
+    AttributeProto, GraphProto, Message, ModelProto, NodeProto, OperatorSetIdProto, TensorProto,
+    TensorShapeProto, TypeProto, ValueInfoProto,
+};
 use tch::{Kind, Tensor};
 
 pub const OPSET: i64 = 17;
@@ -116,44 +119,93 @@ pub fn build(w: &Tensor, b: &Tensor, k: usize, fp16: bool) -> Result<ModelProto>
     let r = (k / 2) as i64;
     let mut g = GraphProto::new();
     g.name = "reggan_expression_layer".into();
-    g.input = vec![value_info("face", DataType::FLOAT, &[3, s, s]), value_info("expression", DataType::INT64, &[])];
+    g.input = vec![
+        value_info("face", DataType::FLOAT, &[3, s, s]),
+        value_info("expression", DataType::INT64, &[]),
+    ];
     g.output = vec![value_info("face_out", DataType::FLOAT, &[3, s, s])];
-    g.initializer = vec![initializer("W", w, fp16)?, initializer("B", b, fp16)?, int64s("axis2", &[2]), scalar_f32("zero", 0.0), scalar_f32("one", 1.0)];
+    g.initializer = vec![
+        initializer("W", w, fp16)?,
+        initializer("B", b, fp16)?,
+        int64s("axis2", &[2]),
+        scalar_f32("zero", 0.0),
+        scalar_f32("one", 1.0),
+    ];
 
     // Per-face weights; float16 storage is cast back so the arithmetic is float32.
     let (wg, bg) = if fp16 { ("W_h", "B_h") } else { ("W_g", "B_g") };
-    g.node.push(node("Gather", &["W", "expression"], wg, vec![attr_int("axis", 0)]));
-    g.node.push(node("Gather", &["B", "expression"], bg, vec![attr_int("axis", 0)]));
+    g.node.push(node(
+        "Gather",
+        &["W", "expression"],
+        wg,
+        vec![attr_int("axis", 0)],
+    ));
+    g.node.push(node(
+        "Gather",
+        &["B", "expression"],
+        bg,
+        vec![attr_int("axis", 0)],
+    ));
     if fp16 {
-        g.node.push(node("Cast", &["W_h"], "W_g", vec![attr_int("to", DataType::FLOAT as i64)]));
-        g.node.push(node("Cast", &["B_h"], "B_g", vec![attr_int("to", DataType::FLOAT as i64)]));
+        g.node.push(node(
+            "Cast",
+            &["W_h"],
+            "W_g",
+            vec![attr_int("to", DataType::FLOAT as i64)],
+        ));
+        g.node.push(node(
+            "Cast",
+            &["B_h"],
+            "B_g",
+            vec![attr_int("to", DataType::FLOAT as i64)],
+        ));
     }
 
     // Shifted copies of the edge-padded face, in the order of `regression::shifted`.
     if k == 1 {
-        g.node.push(node("Unsqueeze", &["face", "axis2"], "stack", vec![]));
+        g.node
+            .push(node("Unsqueeze", &["face", "axis2"], "stack", vec![]));
     } else {
-        g.initializer.push(int64s("pads", &[0, 0, r, r, 0, 0, r, r]));
+        g.initializer
+            .push(int64s("pads", &[0, 0, r, r, 0, 0, r, r]));
         g.initializer.push(int64s("hw_axes", &[2, 3]));
-        g.node.push(node("Pad", &["face", "pads"], "padded", vec![attr_str("mode", "edge")]));
+        g.node.push(node(
+            "Pad",
+            &["face", "pads"],
+            "padded",
+            vec![attr_str("mode", "edge")],
+        ));
         let mut copies = Vec::new();
         for dy in 0..k as i64 {
             for dx in 0..k as i64 {
-                let (st, en, sl, un) = (format!("st_{dy}_{dx}"), format!("en_{dy}_{dx}"), format!("sl_{dy}_{dx}"), format!("un_{dy}_{dx}"));
+                let (st, en, sl, un) = (
+                    format!("st_{dy}_{dx}"),
+                    format!("en_{dy}_{dx}"),
+                    format!("sl_{dy}_{dx}"),
+                    format!("un_{dy}_{dx}"),
+                );
                 g.initializer.push(int64s(&st, &[dy, dx]));
                 g.initializer.push(int64s(&en, &[dy + s, dx + s]));
-                g.node.push(node("Slice", &["padded", &st, &en, "hw_axes"], &sl, vec![]));
+                g.node
+                    .push(node("Slice", &["padded", &st, &en, "hw_axes"], &sl, vec![]));
                 g.node.push(node("Unsqueeze", &[&sl, "axis2"], &un, vec![]));
                 copies.push(un);
             }
         }
         let refs: Vec<&str> = copies.iter().map(|c| c.as_str()).collect();
-        g.node.push(node("Concat", &refs, "stack", vec![attr_int("axis", 2)]));
+        g.node
+            .push(node("Concat", &refs, "stack", vec![attr_int("axis", 2)]));
     }
     g.node.push(node("Mul", &["stack", "W_g"], "prod", vec![]));
-    g.node.push(node("ReduceSum", &["prod", "axis2"], "sum", vec![attr_int("keepdims", 0)]));
+    g.node.push(node(
+        "ReduceSum",
+        &["prod", "axis2"],
+        "sum",
+        vec![attr_int("keepdims", 0)],
+    ));
     g.node.push(node("Add", &["sum", "B_g"], "biased", vec![]));
-    g.node.push(node("Clip", &["biased", "zero", "one"], "face_out", vec![]));
+    g.node
+        .push(node("Clip", &["biased", "zero", "one"], "face_out", vec![]));
 
     let mut m = ModelProto::new();
     m.ir_version = IR_VERSION;

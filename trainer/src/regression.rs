@@ -46,7 +46,8 @@ impl Layer {
     /// The layer's output for faces [N,3,S,S], clipped to [0,1] like the exported graph.
     pub fn apply(&self, x: &Tensor) -> Tensor {
         let x = x.to_kind(self.w.kind());
-        let y = (shifted(&x, self.k) * self.w.unsqueeze(0)).sum_dim_intlist(2, false, None) + self.b.unsqueeze(0);
+        let y = (shifted(&x, self.k) * self.w.unsqueeze(0)).sum_dim_intlist(2, false, None)
+            + self.b.unsqueeze(0);
         y.clamp(0.0, 1.0)
     }
 }
@@ -63,19 +64,35 @@ pub struct Features {
 impl Features {
     pub fn new(subjects: &[Subject], k: usize) -> Self {
         let neutrals: Vec<&Tensor> = subjects.iter().map(|s| &s.neutral).collect();
-        let owner = subjects.iter().enumerate().flat_map(|(i, s)| std::iter::repeat_n(i, s.neutral.size()[0] as usize)).collect();
+        let owner = subjects
+            .iter()
+            .enumerate()
+            .flat_map(|(i, s)| std::iter::repeat_n(i, s.neutral.size()[0] as usize))
+            .collect();
         let x = Tensor::cat(&neutrals, 0).to_kind(Kind::Double);
         let (n, s) = (x.size()[0], x.size()[2]);
         let feats = shifted(&x, k);
         let ones = Tensor::ones([n, 3, 1, s, s], (Kind::Double, x.device()));
         // [Nn,3,K,S,S] -> [3,S,S,K,Nn] -> [3SS,K,Nn]: one small system per (c, pixel).
-        let f = Tensor::cat(&[feats, ones], 2).permute([1, 3, 4, 2, 0]).reshape([3 * s * s, (k * k + 1) as i64, n]).contiguous();
-        Features { k, size: s, f, owner }
+        let f = Tensor::cat(&[feats, ones], 2)
+            .permute([1, 3, 4, 2, 0])
+            .reshape([3 * s * s, (k * k + 1) as i64, n])
+            .contiguous();
+        Features {
+            k,
+            size: s,
+            f,
+            owner,
+        }
     }
 
     /// `AᵀA` [3SS,K,K] and `Aᵀt` [3SS,K,1] over every (neutral, `expression`) pair of
     /// the subjects, and the number of pairs.
-    pub fn normal_equations(&self, subjects: &[Subject], expression: &str) -> (Tensor, Tensor, usize) {
+    pub fn normal_equations(
+        &self,
+        subjects: &[Subject],
+        expression: &str,
+    ) -> (Tensor, Tensor, usize) {
         let s = self.size;
         let zero = Tensor::zeros([3, s, s], (Kind::Double, self.f.device()));
         let (mut counts, mut sums) = (Vec::new(), Vec::new());
@@ -96,7 +113,9 @@ impl Features {
         // Σ_n m_n F_nᵀF_n as one batched product over pixels.
         let ata = (&self.f * m.view([1, 1, -1])).bmm(&self.f.transpose(1, 2));
         // Target sums per neutral: [Nn,3,S,S] -> [3SS,Nn,1].
-        let tsum = Tensor::stack(&sums, 0).permute([1, 2, 3, 0]).reshape([3 * s * s, -1, 1]);
+        let tsum = Tensor::stack(&sums, 0)
+            .permute([1, 2, 3, 0])
+            .reshape([3 * s * s, -1, 1]);
         let atb = self.f.bmm(&tsum);
         (ata, atb, pairs)
     }
@@ -119,10 +138,16 @@ pub fn solve(ata: &Tensor, atb: &Tensor, lambda: f64, k: usize, size: i64) -> La
 
 /// Sum of squared errors and number of values over every (neutral, `expression`)
 /// pair of the subjects, for a predictor of the neutral crops.
-pub fn pair_sse(subjects: &[Subject], expression: &str, predict: impl Fn(&Tensor) -> Tensor) -> (f64, f64) {
+pub fn pair_sse(
+    subjects: &[Subject],
+    expression: &str,
+    predict: impl Fn(&Tensor) -> Tensor,
+) -> (f64, f64) {
     let (mut sse, mut count) = (0.0, 0.0);
     for subj in subjects {
-        let Some(t) = subj.targets.get(expression) else { continue };
+        let Some(t) = subj.targets.get(expression) else {
+            continue;
+        };
         let pred = predict(&subj.neutral).to_kind(Kind::Double);
         let t = t.to_kind(Kind::Double);
         let diff = pred.unsqueeze(1) - t.unsqueeze(0); // [Nn,Nt,3,S,S]
@@ -165,7 +190,13 @@ pub struct Sweep {
 }
 
 /// Fits every grid point on `train` and measures it on `val`.
-pub fn sweep(train: &[Subject], val: &[Subject], expressions: &[String], ks: &[usize], lambdas: &[f64]) -> Sweep {
+pub fn sweep(
+    train: &[Subject],
+    val: &[Subject],
+    expressions: &[String],
+    ks: &[usize],
+    lambdas: &[f64],
+) -> Sweep {
     let mut mse = Vec::new();
     for &k in ks {
         let feats = Features::new(train, k);
@@ -173,7 +204,10 @@ pub fn sweep(train: &[Subject], val: &[Subject], expressions: &[String], ks: &[u
             .iter()
             .map(|e| {
                 let (ata, atb, _) = feats.normal_equations(train, e);
-                lambdas.iter().map(|&l| layer_mse(&solve(&ata, &atb, l, k, feats.size), val, e)).collect()
+                lambdas
+                    .iter()
+                    .map(|&l| layer_mse(&solve(&ata, &atb, l, k, feats.size), val, e))
+                    .collect()
             })
             .collect();
         mse.push(per_expr);
@@ -189,8 +223,20 @@ pub fn sweep(train: &[Subject], val: &[Subject], expressions: &[String], ks: &[u
 impl Sweep {
     /// Best λ index per expression for k index `ki`, and the mean of those minima.
     pub fn best_for_k(&self, ki: usize) -> (Vec<usize>, f64) {
-        let best: Vec<usize> = self.mse[ki].iter().map(|row| (0..row.len()).min_by(|&a, &b| row[a].total_cmp(&row[b])).unwrap_or(0)).collect();
-        let mean = best.iter().zip(&self.mse[ki]).map(|(&i, row)| row[i]).sum::<f64>() / best.len().max(1) as f64;
+        let best: Vec<usize> = self.mse[ki]
+            .iter()
+            .map(|row| {
+                (0..row.len())
+                    .min_by(|&a, &b| row[a].total_cmp(&row[b]))
+                    .unwrap_or(0)
+            })
+            .collect();
+        let mean = best
+            .iter()
+            .zip(&self.mse[ki])
+            .map(|(&i, row)| row[i])
+            .sum::<f64>()
+            / best.len().max(1) as f64;
         (best, mean)
     }
 
@@ -202,7 +248,10 @@ impl Sweep {
         let best = means.iter().cloned().fold(f64::INFINITY, f64::min);
         let mut order: Vec<usize> = (0..self.ks.len()).collect();
         order.sort_by_key(|&i| self.ks[i]);
-        let ki = order.into_iter().find(|&i| means[i] <= best * (1.0 + tolerance)).unwrap_or(0);
+        let ki = order
+            .into_iter()
+            .find(|&i| means[i] <= best * (1.0 + tolerance))
+            .unwrap_or(0);
         (ki, self.best_for_k(ki).0)
     }
 
@@ -220,7 +269,10 @@ impl Sweep {
                 for v in &vals {
                     out += &format!(" {v:>10.6}");
                 }
-                out += &format!(" {:>10.6}\n", vals.iter().sum::<f64>() / vals.len().max(1) as f64);
+                out += &format!(
+                    " {:>10.6}\n",
+                    vals.iter().sum::<f64>() / vals.len().max(1) as f64
+                );
             }
         }
         out
@@ -229,7 +281,11 @@ impl Sweep {
 
 /// Expressions (in the product's order) that have training pairs.
 pub fn expressions_present(train: &[Subject]) -> Vec<String> {
-    reggan::EXPRESSIONS.iter().filter(|e| train.iter().any(|s| s.targets.contains_key(**e))).map(|e| e.to_string()).collect()
+    reggan::EXPRESSIONS
+        .iter()
+        .filter(|e| train.iter().any(|s| s.targets.contains_key(**e)))
+        .map(|e| e.to_string())
+        .collect()
 }
 
 /// The mean of a per-expression map (for summaries).

@@ -61,21 +61,45 @@ impl Weights {
 
     pub fn save(&self, dir: &Path) -> Result<()> {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-        Tensor::write_safetensors(&[("w", &self.w), ("b", &self.b)], dir.join("weights.safetensors"))?;
-        std::fs::write(dir.join("meta.json"), serde_json::to_string_pretty(&self.meta)? + "\n")?;
+        Tensor::write_safetensors(
+            &[("w", &self.w), ("b", &self.b)],
+            dir.join("weights.safetensors"),
+        )?;
+        std::fs::write(
+            dir.join("meta.json"),
+            serde_json::to_string_pretty(&self.meta)? + "\n",
+        )?;
         Ok(())
     }
 
     pub fn load(dir: &Path) -> Result<Self> {
         let meta_path = dir.join("meta.json");
-        let meta: Meta = serde_json::from_str(&std::fs::read_to_string(&meta_path).with_context(|| format!("cannot read {}", meta_path.display()))?)
-            .with_context(|| format!("{} is not valid", meta_path.display()))?;
-        let tensors = Tensor::read_safetensors(dir.join("weights.safetensors")).with_context(|| format!("cannot read weights in {}", dir.display()))?;
-        let get = |name: &str| tensors.iter().find(|(n, _)| n == name).map(|(_, t)| t.shallow_clone()).with_context(|| format!("weights lack tensor {name}"));
+        let meta: Meta = serde_json::from_str(
+            &std::fs::read_to_string(&meta_path)
+                .with_context(|| format!("cannot read {}", meta_path.display()))?,
+        )
+        .with_context(|| format!("{} is not valid", meta_path.display()))?;
+        let tensors = Tensor::read_safetensors(dir.join("weights.safetensors"))
+            .with_context(|| format!("cannot read weights in {}", dir.display()))?;
+        let get = |name: &str| {
+            tensors
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, t)| t.shallow_clone())
+                .with_context(|| format!("weights lack tensor {name}"))
+        };
         let (w, b) = (get("w")?, get("b")?);
-        let (e, k, s) = (meta.expressions.len() as i64, meta.k as i64, meta.crop_size as i64);
+        let (e, k, s) = (
+            meta.expressions.len() as i64,
+            meta.k as i64,
+            meta.crop_size as i64,
+        );
         if w.size() != [e, 3, k * k, s, s] || b.size() != [e, 3, s, s] {
-            bail!("weights have shapes {:?} and {:?}; meta.json says E={e}, k={k}, S={s}", w.size(), b.size());
+            bail!(
+                "weights have shapes {:?} and {:?}; meta.json says E={e}, k={k}, S={s}",
+                w.size(),
+                b.size()
+            );
         }
         Ok(Weights { meta, w, b })
     }

@@ -39,6 +39,9 @@ const DEFAULT_MAX_FACES: u32 = 4;
 const MAX_MAX_FACES: u32 = 32;
 const DEFAULT_MIN_FACE_SIZE: u32 = 32;
 const DEFAULT_THREADS: u32 = 0;
+const DEFAULT_DETECT_INTERVAL: u32 = 1;
+const DEFAULT_SMOOTHING: f64 = 0.0;
+const MAX_SMOOTHING: f64 = 0.95;
 
 const FORMATS: [gst_video::VideoFormat; 6] = [
     gst_video::VideoFormat::Rgb,
@@ -59,6 +62,8 @@ struct Settings {
     max_faces: u32,
     min_face_size: u32,
     threads: u32,
+    detect_interval: u32,
+    smoothing: f64,
 }
 
 impl Default for Settings {
@@ -72,6 +77,8 @@ impl Default for Settings {
             max_faces: DEFAULT_MAX_FACES,
             min_face_size: DEFAULT_MIN_FACE_SIZE,
             threads: DEFAULT_THREADS,
+            detect_interval: DEFAULT_DETECT_INTERVAL,
+            smoothing: DEFAULT_SMOOTHING,
         }
     }
 }
@@ -102,6 +109,9 @@ impl Settings {
 struct State {
     processor: reggan::FrameProcessor,
     loaded: (PathBuf, Device, Detector, u32),
+    /// Tracking settings last given to the processor (it has no getters for them).
+    detect_interval: u32,
+    smoothing: f64,
     frames: u64,
 }
 
@@ -119,12 +129,12 @@ fn error_message(err: &reggan::Error, what: &str) -> gst::ErrorMessage {
     use reggan::Error as E;
     match err {
         E::Model { .. } | E::Io { .. } | E::Detector { .. } => {
-            gst::error_msg!(gst::ResourceError::OpenRead, ["{what}: {err}"])
+            gst::error_msg!(gst::ResourceError::OpenRead, ("{what}: {err}"), ["{err:?}"])
         }
         E::UnknownExpression { .. } | E::Device(_) => {
-            gst::error_msg!(gst::ResourceError::Settings, ["{what}: {err}"])
+            gst::error_msg!(gst::ResourceError::Settings, ("{what}: {err}"), ["{err:?}"])
         }
-        _ => gst::error_msg!(gst::LibraryError::Init, ["{what}: {err}"]),
+        _ => gst::error_msg!(gst::LibraryError::Init, ("{what}: {err}"), ["{err:?}"]),
     }
 }
 
@@ -138,9 +148,8 @@ impl FaceExpression {
             settings.device,
             settings.detector
         );
-        let processor =
-            reggan::FrameProcessor::new(&settings.model, settings.processor_config())
-                .map_err(|e| error_message(&e, "Cannot load the expression model"))?;
+        let processor = reggan::FrameProcessor::new(&settings.model, settings.processor_config())
+            .map_err(|e| error_message(&e, "Cannot load the expression model"))?;
         let provider = processor.model().provider();
         gst::info!(
             CAT,
@@ -151,9 +160,14 @@ impl FaceExpression {
             processor.model().manifest().expressions
         );
         *self.provider.lock().unwrap() = provider.to_string();
+        let mut processor = processor;
+        processor.set_detect_interval(settings.detect_interval);
+        processor.set_smoothing(settings.smoothing as f32);
         Ok(State {
             processor,
             loaded: settings.load_key(),
+            detect_interval: settings.detect_interval,
+            smoothing: settings.smoothing,
             frames: 0,
         })
     }
@@ -179,6 +193,14 @@ impl FaceExpression {
         }
         if p.config().min_face_size != want.min_face_size {
             p.set_min_face_size(want.min_face_size);
+        }
+        if state.detect_interval != settings.detect_interval {
+            p.set_detect_interval(settings.detect_interval);
+            state.detect_interval = settings.detect_interval;
+        }
+        if state.smoothing != settings.smoothing {
+            p.set_smoothing(settings.smoothing as f32);
+            state.smoothing = settings.smoothing;
         }
         Ok(())
     }
@@ -243,6 +265,22 @@ impl ObjectImpl for FaceExpression {
                     .default_value(DEFAULT_MIN_FACE_SIZE)
                     .mutable_playing()
                     .build(),
+                glib::ParamSpecUInt::builder("detect-interval")
+                    .nick("Detection interval")
+                    .blurb("Run the face detector every N frames and reuse the tracked faces in between (1: every frame)")
+                    .minimum(1)
+                    .maximum(300)
+                    .default_value(DEFAULT_DETECT_INTERVAL)
+                    .mutable_playing()
+                    .build(),
+                glib::ParamSpecDouble::builder("smoothing")
+                    .nick("Smoothing")
+                    .blurb("Blend each face's keypoints with the previous frame's against jitter (0: off; 0.5 steadies a webcam)")
+                    .minimum(0.0)
+                    .maximum(MAX_SMOOTHING)
+                    .default_value(DEFAULT_SMOOTHING)
+                    .mutable_playing()
+                    .build(),
                 glib::ParamSpecUInt::builder("threads")
                     .nick("Threads")
                     .blurb("ONNX Runtime intra-op threads (0: one per CPU core); applies at the next load")
@@ -281,10 +319,12 @@ impl ObjectImpl for FaceExpression {
             "device" => settings.device = value.get().expect("type checked upstream"),
             "detector" => settings.detector = value.get().expect("type checked upstream"),
             "max-faces" => settings.max_faces = value.get().expect("type checked upstream"),
-            "min-face-size" => {
-                settings.min_face_size = value.get().expect("type checked upstream")
-            }
+            "min-face-size" => settings.min_face_size = value.get().expect("type checked upstream"),
             "threads" => settings.threads = value.get().expect("type checked upstream"),
+            "detect-interval" => {
+                settings.detect_interval = value.get().expect("type checked upstream")
+            }
+            "smoothing" => settings.smoothing = value.get().expect("type checked upstream"),
             _ => unimplemented!(),
         }
     }
@@ -303,6 +343,8 @@ impl ObjectImpl for FaceExpression {
             "max-faces" => settings.max_faces.to_value(),
             "min-face-size" => settings.min_face_size.to_value(),
             "threads" => settings.threads.to_value(),
+            "detect-interval" => settings.detect_interval.to_value(),
+            "smoothing" => settings.smoothing.to_value(),
             _ => unimplemented!(),
         }
     }
@@ -362,6 +404,25 @@ impl BaseTransformImpl for FaceExpression {
         Ok(())
     }
 
+    fn sink_event(&self, event: gst::Event) -> bool {
+        // A new stream or a seek: tracked faces from before do not apply any more.
+        if matches!(
+            event.type_(),
+            gst::EventType::FlushStop | gst::EventType::StreamStart
+        ) {
+            if let Some(state) = self.state.lock().unwrap().as_mut() {
+                gst::debug!(
+                    CAT,
+                    imp = self,
+                    "{:?}: resetting face tracking",
+                    event.type_()
+                );
+                state.processor.reset_tracking();
+            }
+        }
+        self.parent_sink_event(event)
+    }
+
     fn stop(&self) -> Result<(), gst::ErrorMessage> {
         if let Some(state) = self.state.lock().unwrap().take() {
             gst::info!(CAT, imp = self, "stopped after {} frames", state.frames);
@@ -401,7 +462,7 @@ impl VideoFilterImpl for FaceExpression {
         let settings = self.settings.lock().unwrap().clone();
         let mut state_guard = self.state.lock().unwrap();
         let state = state_guard.as_mut().ok_or_else(|| {
-            gst::element_imp_error!(self, gst::CoreError::Negotiation, ["Not started"]);
+            gst::element_imp_error!(self, gst::CoreError::Negotiation, ("Not started"));
             gst::FlowError::NotNegotiated
         })?;
         if let Err(msg) = self.sync(state, &settings) {
@@ -413,14 +474,14 @@ impl VideoFilterImpl for FaceExpression {
             gst::element_imp_error!(
                 self,
                 gst::CoreError::Negotiation,
-                ["Unsupported format {:?}", frame.format()]
+                ("Unsupported format {:?}", frame.format())
             );
             gst::FlowError::NotNegotiated
         })?;
         let (width, height) = (frame.width(), frame.height());
         let stride = frame.plane_stride()[0] as usize;
         let data = frame.plane_data_mut(0).map_err(|e| {
-            gst::element_imp_error!(self, gst::CoreError::Failed, ["Cannot map the frame: {e}"]);
+            gst::element_imp_error!(self, gst::CoreError::Failed, ("Cannot map the frame: {e}"));
             gst::FlowError::Error
         })?;
         let report = reggan::FrameMut::new(data, width as usize, height as usize, stride, layout)
@@ -429,7 +490,8 @@ impl VideoFilterImpl for FaceExpression {
                 gst::element_imp_error!(
                     self,
                     gst::StreamError::Failed,
-                    ["Processing a {width}x{height} {layout:?} frame failed: {e}"]
+                    ("Processing a {width}x{height} {layout:?} frame failed: {e}"),
+                    ["{e:?}"]
                 );
                 gst::FlowError::Error
             })?;
@@ -481,9 +543,18 @@ mod tests {
     #[test]
     fn clip_box_clips_to_the_frame() {
         let b = |x, y, w, h| reggan::detect::BoxF { x, y, w, h };
-        assert_eq!(clip_box(&b(10.2, 20.7, 30.0, 40.0), 100, 100), Some((10, 20, 31, 41)));
-        assert_eq!(clip_box(&b(-5.0, -5.0, 20.0, 20.0), 100, 100), Some((0, 0, 15, 15)));
-        assert_eq!(clip_box(&b(90.0, 90.0, 20.0, 20.0), 100, 100), Some((90, 90, 10, 10)));
+        assert_eq!(
+            clip_box(&b(10.2, 20.7, 30.0, 40.0), 100, 100),
+            Some((10, 20, 31, 41))
+        );
+        assert_eq!(
+            clip_box(&b(-5.0, -5.0, 20.0, 20.0), 100, 100),
+            Some((0, 0, 15, 15))
+        );
+        assert_eq!(
+            clip_box(&b(90.0, 90.0, 20.0, 20.0), 100, 100),
+            Some((90, 90, 10, 10))
+        );
         assert_eq!(clip_box(&b(120.0, 0.0, 20.0, 20.0), 100, 100), None);
     }
 }

@@ -67,7 +67,10 @@ impl From<Device> for reggan::Device {
 #[enum_type(name = "GstRegganDetector")]
 pub enum Detector {
     #[default]
-    #[enum_value(name = "Auto: BlazeFace front, then back when nothing is found", nick = "auto")]
+    #[enum_value(
+        name = "Auto: BlazeFace front, then back when nothing is found",
+        nick = "auto"
+    )]
     Auto = 0,
     #[enum_value(name = "BlazeFace front model (large faces, webcam)", nick = "front")]
     Front = 1,

@@ -1,0 +1,465 @@
+//! End-to-end tests of the `reggan` binary on the public-domain astronaut photo.
+//!
+//! They need the model (`$REGGAN_MODEL`, else the shipped `models/mr`) and the photo
+//! (`$REGGAN_TEST_IMAGE`, else `.deps/astronaut.png` from `scripts/setup.sh`); without
+//! them a test prints why and passes without checking anything.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::{Arc, Mutex};
+
+use gst::prelude::*;
+use reggan::{DetectorKind, FaceDetector, RgbImage, EXPRESSIONS};
+
+fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("cli/ sits in the repository")
+}
+
+fn model_dir() -> PathBuf {
+    std::env::var_os("REGGAN_MODEL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join("models/mr"))
+}
+
+fn photo() -> PathBuf {
+    std::env::var_os("REGGAN_TEST_IMAGE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join(".deps/astronaut.png"))
+}
+
+/// Says why a test checks nothing. Written to the real stderr, which libtest does not
+/// capture, so the reason shows in a normal `cargo test` run.
+fn skip(test: &str, why: String) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "SKIP {test}: {why}");
+}
+
+/// The model and photo, or `None` after saying which one is missing.
+fn fixtures(test: &str) -> Option<(PathBuf, PathBuf)> {
+    let (model, photo) = (model_dir(), photo());
+    if !model.join("model.json").is_file() {
+        skip(
+            test,
+            format!(
+                "no model at {} (train it or set REGGAN_MODEL)",
+                model.display()
+            ),
+        );
+        return None;
+    }
+    if !photo.is_file() {
+        skip(
+            test,
+            format!(
+                "no test photo at {} (run scripts/setup.sh)",
+                photo.display()
+            ),
+        );
+        return None;
+    }
+    Some((model, photo))
+}
+
+/// A fresh, empty directory for one test.
+fn scratch(test: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("reggan-cli-{}-{test}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn reggan(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_reggan"))
+        .args(args)
+        .output()
+        .expect("the binary runs")
+}
+
+fn path_str(p: &Path) -> &str {
+    p.to_str().expect("test paths are UTF-8")
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Mean absolute difference over a rectangle of two same-sized images.
+fn mean_diff(a: &RgbImage, b: &RgbImage, x0: usize, y0: usize, w: usize, h: usize) -> f64 {
+    let mut sum = 0u64;
+    for y in y0..(y0 + h).min(a.height) {
+        for x in x0..(x0 + w).min(a.width) {
+            let (p, q) = (a.pixel(x, y), b.pixel(x, y));
+            sum += (0..3).map(|c| p[c].abs_diff(q[c]) as u64).sum::<u64>();
+        }
+    }
+    sum as f64 / (w * h * 3) as f64
+}
+
+#[test]
+fn apply_changes_the_face_and_nothing_far_from_it() {
+    let Some((model, photo)) = fixtures("apply_changes_the_face_and_nothing_far_from_it") else {
+        return;
+    };
+    let dir = scratch("apply-image");
+    let out = dir.join("happy.png");
+    let run = reggan(&[
+        "apply",
+        path_str(&photo),
+        "-e",
+        "happy",
+        "--model",
+        path_str(&model),
+        "-o",
+        path_str(&out),
+    ]);
+    assert!(run.status.success(), "apply failed: {}", stderr(&run));
+    assert!(
+        String::from_utf8_lossy(&run.stdout).contains("1 face"),
+        "stdout: {}",
+        String::from_utf8_lossy(&run.stdout)
+    );
+
+    let before = RgbImage::load(&photo).unwrap();
+    let after = RgbImage::load(&out).unwrap();
+    assert_eq!((before.width, before.height), (after.width, after.height));
+
+    let mut copy = before.clone();
+    let faces = FaceDetector::new(DetectorKind::Auto)
+        .unwrap()
+        .detect(&copy.as_frame(), 32.0)
+        .unwrap();
+    let face = faces.first().expect("the photo has a face").bbox;
+    let inside = mean_diff(
+        &before,
+        &after,
+        face.x as usize,
+        face.y as usize,
+        face.w as usize,
+        face.h as usize,
+    );
+    assert!(
+        inside > 0.5,
+        "face region barely changed (mean abs diff {inside:.3})"
+    );
+
+    let (w, h, c) = (before.width, before.height, 32);
+    for (x0, y0) in [(0, 0), (w - c, 0), (0, h - c), (w - c, h - c)] {
+        assert_eq!(
+            mean_diff(&before, &after, x0, y0, c, c),
+            0.0,
+            "corner at ({x0},{y0}) changed"
+        );
+    }
+}
+
+#[test]
+fn side_by_side_puts_before_left_of_after() {
+    let Some((model, photo)) = fixtures("side_by_side_puts_before_left_of_after") else {
+        return;
+    };
+    let dir = scratch("side-by-side");
+    let out = dir.join("sbs.png");
+    let run = reggan(&[
+        "apply",
+        path_str(&photo),
+        "--side-by-side",
+        "--model",
+        path_str(&model),
+        "-o",
+        path_str(&out),
+    ]);
+    assert!(run.status.success(), "apply failed: {}", stderr(&run));
+    let before = RgbImage::load(&photo).unwrap();
+    let strip = RgbImage::load(&out).unwrap();
+    assert_eq!(
+        (strip.width, strip.height),
+        (2 * before.width, before.height)
+    );
+    assert_eq!(strip.pixel(10, 10), before.pixel(10, 10));
+    assert_eq!(strip.pixel(before.width + 10, 10), before.pixel(10, 10));
+}
+
+#[test]
+fn refuses_to_overwrite_the_input() {
+    let Some((model, photo)) = fixtures("refuses_to_overwrite_the_input") else {
+        return;
+    };
+    let dir = scratch("overwrite");
+    let input = dir.join("in.png");
+    std::fs::copy(&photo, &input).unwrap();
+    let original = std::fs::read(&input).unwrap();
+    // The same file under another spelling, with --force: still refused.
+    let other_spelling = dir.join(".").join("in.png");
+    for target in [&input, &other_spelling] {
+        let run = reggan(&[
+            "apply",
+            path_str(&input),
+            "--force",
+            "--model",
+            path_str(&model),
+            "-o",
+            path_str(target),
+        ]);
+        assert!(!run.status.success(), "overwriting the input must fail");
+        assert!(
+            stderr(&run).contains("overwrite"),
+            "stderr: {}",
+            stderr(&run)
+        );
+        assert_eq!(
+            std::fs::read(&input).unwrap(),
+            original,
+            "input file changed"
+        );
+    }
+}
+
+#[test]
+fn refuses_an_existing_output_without_force() {
+    let Some((model, photo)) = fixtures("refuses_an_existing_output_without_force") else {
+        return;
+    };
+    let dir = scratch("existing");
+    let out = dir.join("out.png");
+    std::fs::write(&out, b"keep me").unwrap();
+    let run = reggan(&[
+        "apply",
+        path_str(&photo),
+        "--model",
+        path_str(&model),
+        "-o",
+        path_str(&out),
+    ]);
+    assert!(!run.status.success());
+    assert!(stderr(&run).contains("--force"), "stderr: {}", stderr(&run));
+    assert_eq!(std::fs::read(&out).unwrap(), b"keep me");
+
+    let run = reggan(&[
+        "apply",
+        path_str(&photo),
+        "--force",
+        "--model",
+        path_str(&model),
+        "-o",
+        path_str(&out),
+    ]);
+    assert!(run.status.success(), "with --force: {}", stderr(&run));
+    assert!(RgbImage::load(&out).is_ok());
+}
+
+#[test]
+fn unknown_expression_lists_the_available_ones() {
+    let Some((model, photo)) = fixtures("unknown_expression_lists_the_available_ones") else {
+        return;
+    };
+    let dir = scratch("unknown-expression");
+    let run = reggan(&[
+        "apply",
+        path_str(&photo),
+        "-e",
+        "joyful",
+        "--model",
+        path_str(&model),
+        "-o",
+        path_str(&dir.join("o.png")),
+    ]);
+    assert!(!run.status.success());
+    let err = stderr(&run);
+    assert!(err.contains("joyful"), "stderr: {err}");
+    for name in EXPRESSIONS {
+        assert!(err.contains(name), "'{name}' missing from: {err}");
+    }
+    assert!(!dir.join("o.png").exists());
+}
+
+#[test]
+fn missing_model_is_named() {
+    let photo = photo();
+    if !photo.is_file() {
+        skip(
+            "missing_model_is_named",
+            format!("no test photo at {}", photo.display()),
+        );
+        return;
+    }
+    let dir = scratch("missing-model");
+    let missing = dir.join("no-such-model");
+    let run = reggan(&[
+        "apply",
+        path_str(&photo),
+        "--model",
+        path_str(&missing),
+        "-o",
+        path_str(&dir.join("o.png")),
+    ]);
+    assert!(!run.status.success());
+    assert!(
+        stderr(&run).contains(path_str(&missing)),
+        "stderr: {}",
+        stderr(&run)
+    );
+}
+
+#[test]
+fn unreadable_input_is_named() {
+    let Some((model, _)) = fixtures("unreadable_input_is_named") else {
+        return;
+    };
+    let dir = scratch("unreadable");
+    let junk = dir.join("junk.png");
+    std::fs::write(&junk, b"not a png").unwrap();
+    for input in [junk, dir.join("absent.png")] {
+        let run = reggan(&[
+            "apply",
+            path_str(&input),
+            "--model",
+            path_str(&model),
+            "-o",
+            path_str(&dir.join("o.png")),
+        ]);
+        assert!(!run.status.success());
+        assert!(
+            stderr(&run).contains(input.file_name().unwrap().to_str().unwrap()),
+            "stderr: {}",
+            stderr(&run)
+        );
+    }
+}
+
+/// Ten frames of the astronaut as H.264 in MP4.
+fn make_video(photo: &Path, path: &Path, frames: u32) {
+    let pipeline = gst::parse::launch(&format!(
+        "filesrc location=\"{}\" ! pngdec ! imagefreeze num-buffers={frames} ! video/x-raw,framerate=25/1 \
+         ! videoconvert ! video/x-raw,format=I420 ! x264enc ! mp4mux ! filesink location=\"{}\"",
+        photo.display(),
+        path.display()
+    ))
+    .unwrap();
+    run_pipeline(&pipeline);
+}
+
+fn run_pipeline(pipeline: &gst::Element) {
+    pipeline.set_state(gst::State::Playing).unwrap();
+    let bus = pipeline.bus().unwrap();
+    let msg = bus
+        .timed_pop_filtered(
+            gst::ClockTime::from_seconds(120),
+            &[gst::MessageType::Eos, gst::MessageType::Error],
+        )
+        .expect("pipeline finishes in time");
+    pipeline.set_state(gst::State::Null).unwrap();
+    if let gst::MessageView::Error(err) = msg.view() {
+        panic!("pipeline error: {} ({:?})", err.error(), err.debug());
+    }
+}
+
+/// Decodes a video and returns (frames, width, height).
+fn decode(path: &Path) -> (u64, i32, i32) {
+    let pipeline = gst::parse::launch(&format!(
+        "filesrc location=\"{}\" ! decodebin ! videoconvert ! video/x-raw,format=RGB ! fakesink name=sink",
+        path.display()
+    ))
+    .unwrap()
+    .downcast::<gst::Pipeline>()
+    .unwrap();
+    let pad = pipeline
+        .by_name("sink")
+        .unwrap()
+        .static_pad("sink")
+        .unwrap();
+    let seen = Arc::new(Mutex::new((0u64, 0i32, 0i32)));
+    let record = seen.clone();
+    // Caps are read while frames flow: the pad forgets them when the pipeline stops.
+    pad.add_probe(gst::PadProbeType::BUFFER, move |pad, _| {
+        let mut seen = record.lock().unwrap();
+        seen.0 += 1;
+        if let Some(s) = pad
+            .current_caps()
+            .as_ref()
+            .and_then(|c| c.structure(0).map(|s| s.to_owned()))
+        {
+            seen.1 = s.get("width").unwrap();
+            seen.2 = s.get("height").unwrap();
+        }
+        gst::PadProbeReturn::Ok
+    });
+    run_pipeline(pipeline.upcast_ref());
+    let seen = *seen.lock().unwrap();
+    seen
+}
+
+#[test]
+fn video_keeps_every_frame_and_the_size() {
+    let Some((model, photo)) = fixtures("video_keeps_every_frame_and_the_size") else {
+        return;
+    };
+    gst::init().unwrap();
+    let dir = scratch("video");
+    let input = dir.join("in.mp4");
+    let out = dir.join("out.mp4");
+    make_video(&photo, &input, 10);
+    let run = reggan(&[
+        "apply",
+        path_str(&input),
+        "-e",
+        "surprised",
+        "--model",
+        path_str(&model),
+        "-o",
+        path_str(&out),
+    ]);
+    assert!(run.status.success(), "apply failed: {}", stderr(&run));
+    assert!(String::from_utf8_lossy(&run.stdout).contains("10 frames"));
+    assert_eq!(decode(&out), (10, 512, 512));
+
+    let sbs = dir.join("sbs.mp4");
+    let run = reggan(&[
+        "apply",
+        path_str(&input),
+        "--side-by-side",
+        "--model",
+        path_str(&model),
+        "-o",
+        path_str(&sbs),
+    ]);
+    assert!(
+        run.status.success(),
+        "side-by-side failed: {}",
+        stderr(&run)
+    );
+    assert_eq!(decode(&sbs), (10, 1024, 512));
+}
+
+#[test]
+fn bench_writes_every_stage() {
+    let Some((model, photo)) = fixtures("bench_writes_every_stage") else {
+        return;
+    };
+    let dir = scratch("bench");
+    let json = dir.join("bench.json");
+    let run = reggan(&[
+        "bench",
+        "--frames",
+        "3",
+        "--image",
+        path_str(&photo),
+        "--model",
+        path_str(&model),
+        "--json",
+        path_str(&json),
+    ]);
+    assert!(run.status.success(), "bench failed: {}", stderr(&run));
+    let value: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let results = value["results"].as_array().unwrap();
+    assert_eq!(results.len(), 2);
+    for row in results {
+        for stage in ["detect", "align", "model", "composite", "total"] {
+            assert!(row["core"]["stages"][stage]["mean_ms"].as_f64().unwrap() >= 0.0);
+        }
+        assert!(row["core"]["fps"].as_f64().unwrap() > 0.0);
+        assert!(row["element_fps"].as_f64().unwrap() > 0.0);
+    }
+}

@@ -1,0 +1,29 @@
+#!/bin/sh
+# Post-process a recorded video: change every face's expression, re-encode to H.264/MP4.
+#
+# Environment: run `source .deps/env.sh` in the repository root first (GST_PLUGIN_PATH
+# to target/release with libgstreggan.so from `cargo build --release -p gst-plugin-reggan`,
+# ORT_DYLIB_PATH and REGGAN_BLAZEFACE_DIR for the model runtime and the face detector).
+#
+# Usage: examples/batch.sh input-video output.mp4 [expression] [intensity]
+# The input is anything decodebin reads (mp4, mkv, webm, ...). Only the video is kept.
+set -eu
+if [ $# -lt 2 ]; then
+  echo "usage: $0 input-video output.mp4 [expression] [intensity]" >&2
+  exit 2
+fi
+INPUT="$1"
+OUTPUT="$2"
+EXPRESSION="${3:-happy}"
+INTENSITY="${4:-1.0}"
+
+# faceexpression works in packed RGB-family formats, so videoconvert turns the decoder's
+# YUV into RGB before it and back to I420 for x264enc after it. -e sends EOS on Ctrl-C
+# so the MP4 is still finalised.
+exec gst-launch-1.0 -e \
+  filesrc location="$INPUT" ! decodebin ! queue ! \
+  videoconvert ! video/x-raw,format=RGB ! \
+  faceexpression expression="$EXPRESSION" intensity="$INTENSITY" ! \
+  videoconvert ! video/x-raw,format=I420 ! \
+  x264enc speed-preset=medium ! video/x-h264,profile=high ! \
+  mp4mux ! filesink location="$OUTPUT"

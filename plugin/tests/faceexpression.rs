@@ -1,0 +1,454 @@
+// SPDX-License-Identifier: MIT OR Apache-2.0
+//! `faceexpression` through gst_check::Harness and small pipelines: every caps format,
+//! odd strides, untouched frames, start-up errors and region-of-interest metas.
+//!
+//! Tests that need the shipped model (`reggan::default_model_dir()`, i.e. models/mr or
+//! $REGGAN_MODEL) or the test photo print "SKIPPED: ..." and return when they are absent.
+
+mod common;
+
+use common::*;
+use gst::prelude::*;
+use reggan::RgbImage;
+
+/// Checks one processed astronaut frame: changed inside the face (and in its lower
+/// half, where the mouth is), bit-identical far from it, padding and alpha untouched.
+/// Returns the face ROI.
+fn check_face_changed(
+    before: &[u8],
+    out: &gst::Buffer,
+    info: &gst_video::VideoInfo,
+) -> (u32, u32, u32, u32) {
+    let what = format!("{:?} {}x{}", info.format(), info.width(), info.height());
+    let after = bytes(out);
+    let rois = face_rois(out);
+    assert_eq!(rois.len(), 1, "{what}: expected one face ROI, got {rois:?}");
+    let roi = rois[0];
+    let d = diff(before, &after, info);
+    assert_eq!(d.padding, 0, "{what}: row padding changed");
+    assert_eq!(d.fourth, 0, "{what}: alpha/x bytes changed");
+
+    let face = grow(roi, 0.0);
+    let lower = (face.0, (roi.1 + roi.3 / 2) as usize, face.2, face.3);
+    let in_face = d.pixels.iter().filter(|&&p| inside(p, face)).count();
+    let in_lower = d.pixels.iter().filter(|&&p| inside(p, lower)).count();
+    assert!(
+        in_face >= 50 && in_lower >= 20,
+        "{what}: too little change in the face {roi:?}: {in_face} pixels, {in_lower} in its lower half"
+    );
+    // The aligned crop reaches beyond the detector's box, so "far" means more than half
+    // a face away from it.
+    let near = grow(roi, 0.5);
+    let far: Vec<_> = d
+        .pixels
+        .iter()
+        .filter(|&&p| !inside(p, near))
+        .take(5)
+        .collect();
+    assert!(
+        far.is_empty(),
+        "{what}: pixels changed far from the face {roi:?}: {far:?}"
+    );
+
+    // Corners and a band across the bottom third are bit-identical (explicitly).
+    let (w, h) = (info.width() as usize, info.height() as usize);
+    for &(x, y) in &[(0, 0), (w - 1, 0), (0, h - 1), (w - 1, h - 1)] {
+        assert!(
+            !d.pixels.contains(&(x, y)),
+            "{what}: corner ({x},{y}) changed"
+        );
+    }
+    assert!(
+        !d.pixels.iter().any(|&(_, y)| y >= 2 * h / 3),
+        "{what}: the bottom third changed"
+    );
+    roi
+}
+
+#[test]
+fn every_format_changes_the_face_and_nothing_far_from_it() {
+    let (Some(model), Some(img)) = (shipped_model(), astronaut()) else {
+        return;
+    };
+    let reference = core_reference(&model, &img, "happy");
+    for format in FORMATS {
+        let (buffer, info) = to_buffer(&img, format);
+        let mut h = harness(
+            &[
+                ("model", &model.to_str().unwrap()),
+                ("expression", &gstreggan::Expression::Happy),
+            ],
+            &info,
+        );
+        let (before, out) = run_one(&mut h, buffer);
+        let roi = check_face_changed(&before, &out, &info);
+        // The same change as the core library makes on packed RGB (a byte of rounding
+        // is allowed: BGR frames reach OpenCV's resampling in another channel order).
+        let off = count_differences(&to_rgb(&out, &info), &reference, 1);
+        eprintln!("{format:?}: face {roi:?}, {off} pixels off the core reference");
+        assert_eq!(
+            off, 0,
+            "{format:?}: output differs from the core library's on {off} pixels"
+        );
+    }
+}
+
+#[test]
+fn odd_width_and_height_rgb_keeps_padding() {
+    let (Some(model), Some(img)) = (shipped_model(), astronaut()) else {
+        return;
+    };
+    // 641x481: the photo's top 481 rows at x = 64 on a grey canvas. RGB rows of 641
+    // pixels are 1923 bytes, padded by GStreamer to a stride of 1924.
+    let (w, h) = (641, 481);
+    let mut canvas = RgbImage::new(w, h);
+    canvas.data.fill(128);
+    for y in 0..h {
+        let src = &img.data[y * img.width * 3..(y + 1) * img.width * 3];
+        canvas.data[(y * w + 64) * 3..(y * w + 64 + img.width) * 3].copy_from_slice(src);
+    }
+    let reference = core_reference(&model, &canvas, "happy");
+    for format in [gst_video::VideoFormat::Rgb, gst_video::VideoFormat::Bgr] {
+        let (buffer, info) = to_buffer(&canvas, format);
+        assert_eq!(info.stride()[0], 1924);
+        assert_ne!(
+            info.stride()[0] as usize,
+            w * 3,
+            "the test needs padded rows"
+        );
+        let mut hn = harness(&[("model", &model.to_str().unwrap())], &info);
+        let (before, out) = run_one(&mut hn, buffer);
+        let roi = check_face_changed(&before, &out, &info);
+        assert!(
+            roi.0 > 64 + 120 && roi.0 < 64 + 290,
+            "face box {roi:?} not where the photo put it"
+        );
+        // Exactly what the core library makes of the same pixels packed (stride 3*641):
+        // a wrong stride would skew the rows and detect or composite elsewhere.
+        let off = count_differences(&to_rgb(&out, &info), &reference, 1);
+        assert_eq!(
+            off, 0,
+            "{format:?}: {off} pixels differ from the core library's result"
+        );
+    }
+}
+
+#[test]
+fn frames_without_a_face_pass_bit_identical() {
+    let Some(model) = shipped_model() else {
+        return;
+    };
+    let mut grey = RgbImage::new(320, 240);
+    grey.data.fill(128);
+    let mut noise = RgbImage::new(321, 241);
+    let mut s = 0x1234_5678_u32;
+    for v in noise.data.iter_mut() {
+        s ^= s << 13;
+        s ^= s >> 17;
+        s ^= s << 5;
+        *v = (s >> 24) as u8;
+    }
+    for img in [&grey, &noise] {
+        for format in FORMATS {
+            let (buffer, info) = to_buffer(img, format);
+            let mut h = harness(&[("model", &model.to_str().unwrap())], &info);
+            let (before, out) = run_one(&mut h, buffer);
+            assert!(
+                before == bytes(&out),
+                "{format:?} {}x{}: a frame without a face changed",
+                img.width,
+                img.height
+            );
+            assert!(
+                face_rois(&out).is_empty(),
+                "{format:?}: ROI on a frame without a face"
+            );
+        }
+    }
+}
+
+#[test]
+fn intensity_zero_is_bit_identical_with_a_face() {
+    let (Some(model), Some(img)) = (shipped_model(), astronaut()) else {
+        return;
+    };
+    for format in [gst_video::VideoFormat::Rgb, gst_video::VideoFormat::Bgrx] {
+        let (buffer, info) = to_buffer(&img, format);
+        let mut h = harness(
+            &[("model", &model.to_str().unwrap()), ("intensity", &0.0f64)],
+            &info,
+        );
+        let (before, out) = run_one(&mut h, buffer);
+        assert!(
+            before == bytes(&out),
+            "{format:?}: intensity 0 changed the frame"
+        );
+    }
+}
+
+#[test]
+fn roi_meta_marks_the_astronaut_face() {
+    let (Some(model), Some(img)) = (shipped_model(), astronaut()) else {
+        return;
+    };
+    let (buffer, info) = to_buffer(&img, gst_video::VideoFormat::Rgb);
+    let mut h = harness(&[("model", &model.to_str().unwrap())], &info);
+    let (_, out) = run_one(&mut h, buffer);
+    let metas: Vec<_> = out
+        .iter_meta::<gst_video::VideoRegionOfInterestMeta>()
+        .collect();
+    assert_eq!(metas.len(), 1, "one ROI meta expected");
+    let m = &metas[0];
+    assert_eq!(m.roi_type(), "face");
+    let (x, y, w, hh) = m.rect();
+    // The face sits around x 170-230, y 70-140 in the 512x512 photo.
+    assert!(
+        (120..=200).contains(&x) && (30..=110).contains(&y),
+        "{:?}",
+        m.rect()
+    );
+    assert!(
+        (40..=140).contains(&w) && (40..=160).contains(&hh),
+        "{:?}",
+        m.rect()
+    );
+    assert!(x + w <= 512 && y + hh <= 512);
+    let p = m.param("detection").expect("detection param");
+    let conf = p.get::<f64>("confidence").unwrap();
+    assert!((0.5..=1.0).contains(&conf), "confidence {conf}");
+    assert_eq!(p.get::<&str>("expression").unwrap(), "happy");
+}
+
+#[test]
+fn expression_and_intensity_change_while_playing() {
+    let (Some(model), Some(img)) = (shipped_model(), astronaut()) else {
+        return;
+    };
+    let (buffer, info) = to_buffer(&img, gst_video::VideoFormat::Rgb);
+    let mut h = harness(&[("model", &model.to_str().unwrap())], &info);
+    let element = h.element().unwrap();
+    let provider = element.property::<String>("provider");
+    assert!(!provider.is_empty(), "provider empty after start");
+    let (before, happy) = run_one(&mut h, buffer.copy());
+    element.set_property("expression", gstreggan::Expression::Sad);
+    let (_, sad) = run_one(&mut h, buffer.copy());
+    element.set_property("intensity", 0.0f64);
+    let (_, zero) = run_one(&mut h, buffer.copy());
+    let (happy, sad, zero) = (bytes(&happy), bytes(&sad), bytes(&zero));
+    assert!(happy != before && sad != before, "no change");
+    assert!(
+        happy != sad,
+        "switching expression while playing had no effect"
+    );
+    assert!(
+        zero == before,
+        "intensity 0 set while playing still changed the frame"
+    );
+    assert_eq!(
+        element.property::<String>("provider"),
+        provider,
+        "switching reloaded the model"
+    );
+}
+
+#[test]
+fn properties_have_the_documented_defaults() {
+    init();
+    let e = gst::ElementFactory::make("faceexpression").build().unwrap();
+    assert_eq!(
+        e.property::<gstreggan::Expression>("expression"),
+        gstreggan::Expression::Happy
+    );
+    assert_eq!(e.property::<f64>("intensity"), 1.0);
+    assert_eq!(
+        e.property::<gstreggan::Device>("device"),
+        gstreggan::Device::Auto
+    );
+    assert_eq!(
+        e.property::<gstreggan::Detector>("detector"),
+        gstreggan::Detector::Auto
+    );
+    assert_eq!(e.property::<u32>("max-faces"), 4);
+    assert_eq!(e.property::<u32>("min-face-size"), 32);
+    assert_eq!(e.property::<String>("provider"), "");
+    assert_eq!(e.property::<u32>("detect-interval"), 1);
+    assert_eq!(e.property::<f64>("smoothing"), 0.0);
+    assert_eq!(
+        std::path::PathBuf::from(e.property::<String>("model")),
+        reggan::default_model_dir()
+    );
+    // gst-launch style string values for the enums.
+    e.set_property_from_str("expression", "surprised");
+    assert_eq!(
+        e.property::<gstreggan::Expression>("expression"),
+        gstreggan::Expression::Surprised
+    );
+    e.set_property_from_str("device", "cpu");
+    assert_eq!(
+        e.property::<gstreggan::Device>("device"),
+        gstreggan::Device::Cpu
+    );
+    let pspec = e.find_property("intensity").unwrap();
+    let d = pspec.downcast_ref::<glib::ParamSpecDouble>().unwrap();
+    assert_eq!((d.minimum(), d.maximum()), (0.0, 2.0));
+}
+
+use gst::glib;
+
+/// Starts `videotestsrc ! faceexpression ! fakesink` with the given model directory and
+/// returns the error message from the bus (panics if it started).
+fn start_error(model: &std::path::Path, expression: &str) -> String {
+    init();
+    let pipeline = gst::parse::launch(
+        "videotestsrc num-buffers=1 ! video/x-raw,format=RGB,width=64,height=64 ! faceexpression name=f ! fakesink",
+    )
+    .unwrap()
+    .downcast::<gst::Pipeline>()
+    .unwrap();
+    let f = pipeline.by_name("f").unwrap();
+    f.set_property("model", model.to_str().unwrap());
+    f.set_property_from_str("expression", expression);
+    let res = pipeline.set_state(gst::State::Paused);
+    let bus = pipeline.bus().unwrap();
+    let msg = bus.timed_pop_filtered(gst::ClockTime::from_seconds(10), &[gst::MessageType::Error]);
+    pipeline.set_state(gst::State::Null).unwrap();
+    assert!(
+        res.is_err(),
+        "the state change succeeded with model {}",
+        model.display()
+    );
+    let Some(msg) = msg else {
+        panic!("no error on the bus for {}", model.display())
+    };
+    let gst::MessageView::Error(err) = msg.view() else {
+        unreachable!()
+    };
+    assert_eq!(
+        msg.src().map(|s| s.name().to_string()).as_deref(),
+        Some("f"),
+        "error posted by the wrong element"
+    );
+    eprintln!("debug: {:?}", err.debug());
+    err.error().to_string()
+}
+
+fn manifest(expressions: &[&str]) -> reggan::Manifest {
+    reggan::Manifest {
+        format_version: reggan::model::FORMAT_VERSION,
+        family: "regression".into(),
+        method: "test".into(),
+        crop_size: 128,
+        template: reggan::Template::lsrf(128),
+        expressions: expressions.iter().map(|s| s.to_string()).collect(),
+        normalization: "rgb01".into(),
+        params: Default::default(),
+        training: Default::default(),
+        trainer_version: "test".into(),
+        quality: Default::default(),
+    }
+}
+
+fn temp_dir(name: &str) -> std::path::PathBuf {
+    let dir =
+        std::env::temp_dir().join(format!("faceexpression-test-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[test]
+fn missing_model_dir_fails_start_naming_the_path() {
+    let dir = std::env::temp_dir().join("faceexpression-no-such-model-dir");
+    let text = start_error(&dir, "happy");
+    eprintln!("{text}");
+    assert!(
+        text.contains(dir.to_str().unwrap()),
+        "error does not name {}: {text}",
+        dir.display()
+    );
+}
+
+#[test]
+fn corrupt_model_onnx_fails_start_naming_the_path() {
+    let dir = temp_dir("corrupt");
+    manifest(&reggan::EXPRESSIONS).write(&dir).unwrap();
+    std::fs::write(
+        dir.join("model.onnx"),
+        b"this is not an ONNX protobuf \x00\xff\x13\x37 at all",
+    )
+    .unwrap();
+    let text = start_error(&dir, "happy");
+    eprintln!("{text}");
+    let onnx = dir.join("model.onnx");
+    assert!(
+        text.contains(onnx.to_str().unwrap()),
+        "error does not name {}: {text}",
+        onnx.display()
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn corrupt_model_json_fails_start_naming_the_path() {
+    let dir = temp_dir("badjson");
+    std::fs::write(dir.join("model.json"), b"{ not json").unwrap();
+    std::fs::write(dir.join("model.onnx"), b"").unwrap();
+    let text = start_error(&dir, "happy");
+    let json = dir.join("model.json");
+    assert!(
+        text.contains(json.to_str().unwrap()),
+        "error does not name {}: {text}",
+        json.display()
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn expression_missing_from_the_model_fails_start() {
+    let Some(model) = shipped_model() else {
+        return;
+    };
+    let dir = temp_dir("oneexpr");
+    let mut m = reggan::Manifest::read(&model).unwrap();
+    m.expressions.truncate(1);
+    m.write(&dir).unwrap();
+    std::fs::copy(model.join("model.onnx"), dir.join("model.onnx")).unwrap();
+    let missing = reggan::EXPRESSIONS
+        .iter()
+        .find(|e| **e != m.expressions[0])
+        .unwrap();
+    let text = start_error(&dir, missing);
+    eprintln!("{text}");
+    assert!(
+        text.contains(&format!("'{missing}'")),
+        "error does not name the expression: {text}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn model_swapped_while_playing_is_loaded_or_fails_the_flow_cleanly() {
+    let (Some(model), Some(img)) = (shipped_model(), astronaut()) else {
+        return;
+    };
+    let (buffer, info) = to_buffer(&img, gst_video::VideoFormat::Rgb);
+    let mut h = harness(&[("model", &model.to_str().unwrap())], &info);
+    let element = h.element().unwrap();
+    let (before, first) = run_one(&mut h, buffer.copy());
+    // A copy of the same model in another directory: hot-swapped, same result.
+    let dir = temp_dir("swap");
+    for f in ["model.json", "model.onnx"] {
+        std::fs::copy(model.join(f), dir.join(f)).unwrap();
+    }
+    element.set_property("model", dir.to_str().unwrap());
+    let (_, second) = run_one(&mut h, buffer.copy());
+    assert!(
+        bytes(&first) != before && bytes(&first) == bytes(&second),
+        "hot-swapped copy gave another result"
+    );
+    // A broken one: the frame fails with a flow error (and an element error), no panic.
+    let missing = dir.join("nope");
+    element.set_property("model", missing.to_str().unwrap());
+    assert_eq!(h.push(buffer.copy()), Err(gst::FlowError::Error));
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -1,0 +1,275 @@
+//! ONNX export parity: the exported graph, run by the core library's ONNX Runtime
+//! loader, must compute what tch computes.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use reggan::{Device, ExpressionModel, Template};
+use reggan_trainer::data::{self, Index, Subject};
+use reggan_trainer::export::{self, max_diff, to_array};
+use reggan_trainer::onnx_export::stored;
+use reggan_trainer::regression::{fit_layer, identity_mse, Layer};
+use reggan_trainer::weights::{Meta, Weights};
+use tch::{Kind, Tensor};
+
+fn temp_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("reggan-trainer-test-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn meta(k: usize, s: usize, expressions: &[&str]) -> Meta {
+    let per = |v: f64| {
+        expressions
+            .iter()
+            .map(|e| (e.to_string(), v))
+            .collect::<BTreeMap<_, _>>()
+    };
+    Meta {
+        method: "mr".into(),
+        k,
+        crop_size: s,
+        template: Template::lsrf(s),
+        expressions: expressions.iter().map(|e| e.to_string()).collect(),
+        lambda: per(0.1),
+        val_mse: per(0.0),
+        identity_mse: per(0.0),
+        fit_seconds: per(0.0),
+        train_pairs: BTreeMap::new(),
+        train_subjects: vec![],
+        val_subjects: vec![],
+        datasets: vec!["random".into()],
+        cache: "/nonexistent".into(),
+        sweep: None,
+    }
+}
+
+/// Layers fitted on random data (so weights are realistic, not just random).
+fn random_weights(k: usize, s: i64, expressions: &[&str]) -> Weights {
+    tch::manual_seed(7);
+    let subjects: Vec<Subject> = (0..4)
+        .map(|i| {
+            let neutral = Tensor::rand([2, 3, s, s], (Kind::Float, tch::Device::Cpu));
+            let targets = expressions
+                .iter()
+                .map(|e| {
+                    (
+                        e.to_string(),
+                        Tensor::rand([2, 3, s, s], (Kind::Float, tch::Device::Cpu)) * 0.5
+                            + &neutral.narrow(0, 0, 1) * 0.5,
+                    )
+                })
+                .collect();
+            Subject {
+                name: format!("s{i}"),
+                neutral,
+                targets,
+            }
+        })
+        .collect();
+    let layers: Vec<Layer> = expressions
+        .iter()
+        .map(|e| fit_layer(&subjects, e, k, 0.1).unwrap())
+        .collect();
+    Weights::from_layers(meta(k, s as usize, expressions), &layers)
+}
+
+fn parity(k: usize, fp16: bool) {
+    let s = 16;
+    let w = random_weights(k, s, &["happy", "sad", "angry"]);
+    let dir = temp_dir(&format!("parity-k{k}-fp16-{fp16}"));
+    reggan_trainer::onnx_export::write(&w.w, &w.b, k, fp16, &dir).unwrap();
+    export::manifest(&w.meta, fp16).write(&dir).unwrap();
+    let faces = Tensor::rand([5, 3, s, s], (Kind::Float, tch::Device::Cpu));
+    let exprs = [0, 1, 2, 1, 0];
+    let diff = max_diff(
+        &dir,
+        &stored(&w.w, fp16),
+        &stored(&w.b, fp16),
+        k,
+        &faces,
+        &exprs,
+    )
+    .unwrap();
+    assert!(
+        diff < 1e-5,
+        "k={k} fp16={fp16}: ORT vs tch max abs diff {diff}"
+    );
+    // The graph really depends on the expression: another index changes the output.
+    let other = max_diff(
+        &dir,
+        &stored(&w.w, fp16),
+        &stored(&w.b, fp16),
+        k,
+        &faces,
+        &[1, 2, 0, 0, 1],
+    )
+    .unwrap();
+    let mut model = ExpressionModel::load(&dir, Device::Cpu, 1).unwrap();
+    let a = model.run(to_array(&faces).unwrap().view(), &exprs).unwrap();
+    let b = model
+        .run(to_array(&faces).unwrap().view(), &[1, 2, 0, 0, 1])
+        .unwrap();
+    assert!(
+        other < 1e-5 && (&a - &b).iter().any(|v| v.abs() > 1e-3),
+        "expression index has no effect"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn onnx_matches_tch_k3() {
+    parity(3, false);
+}
+
+#[test]
+fn onnx_matches_tch_k5_fp16() {
+    parity(5, true);
+}
+
+#[test]
+fn onnx_matches_tch_pixel_rr() {
+    parity(1, false);
+}
+
+#[test]
+fn wrong_expression_index_is_rejected() {
+    let w = random_weights(3, 16, &["happy", "sad"]);
+    let dir = temp_dir("bad-index");
+    reggan_trainer::onnx_export::write(&w.w, &w.b, 3, false, &dir).unwrap();
+    export::manifest(&w.meta, false).write(&dir).unwrap();
+    let mut model = ExpressionModel::load(&dir, Device::Cpu, 1).unwrap();
+    let faces = ndarray::Array4::<f32>::from_elem((1, 3, 16, 16), 0.5);
+    for bad in [2, -1] {
+        let err = model
+            .run(faces.view(), &[bad])
+            .expect_err("index out of range must fail")
+            .to_string();
+        assert!(
+            err.contains("out of range"),
+            "unclear error for index {bad}: {err}"
+        );
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+fn tfeid_dir() -> Option<PathBuf> {
+    let d = data::data_root().join("tfeid");
+    if d.join("index.csv").is_file() {
+        Some(d)
+    } else {
+        eprintln!(
+            "SKIPPED: TFEID not found at {} (set REGGAN_DATA)",
+            d.display()
+        );
+        None
+    }
+}
+
+/// Crops three TFEID subjects with the real detector and aligner.
+fn real_cache(name: &str) -> Option<(PathBuf, Index)> {
+    let dir = tfeid_dir()?;
+    let keep = ["tfeid/01", "tfeid/02", "tfeid/05"];
+    let sources: Vec<_> = data::tfeid_sources(&dir, false)
+        .unwrap()
+        .into_iter()
+        .filter(|s| keep.contains(&s.subject.as_str()))
+        .collect();
+    let cache = temp_dir(name);
+    let index = data::prepare(&sources, &cache).unwrap();
+    assert!(
+        index.skipped.is_empty(),
+        "faces not found in {:?}",
+        index.skipped
+    );
+    Some((cache, index))
+}
+
+#[test]
+fn onnx_matches_tch_on_real_crops() {
+    let Some((cache, index)) = real_cache("real") else {
+        return;
+    };
+    let subjects = data::load_subjects(
+        &cache,
+        &index,
+        &["tfeid/01".into(), "tfeid/02".into(), "tfeid/05".into()],
+        &["tfeid".into()],
+    )
+    .unwrap();
+    let exprs = ["happy", "surprised"];
+    let layers: Vec<Layer> = exprs
+        .iter()
+        .map(|e| fit_layer(&subjects, e, 3, 1.0).unwrap())
+        .collect();
+    let mut m = meta(3, 128, &exprs);
+    m.cache = cache.display().to_string();
+    m.val_subjects = vec!["tfeid/05".into()];
+    m.datasets = vec!["tfeid".into()];
+    let w = Weights::from_layers(m, &layers);
+    let out = cache.join("model");
+    let (diff, size) = export::export(&w, &out, true).unwrap();
+    assert!(diff < 1e-5, "max abs diff {diff}");
+    assert!(
+        size > 2 * 2 * 9 * 3 * 128 * 128,
+        "fp16 weights missing? {size} bytes"
+    );
+    std::fs::remove_dir_all(&cache).ok();
+}
+
+fn shipped_model() -> Option<PathBuf> {
+    let d = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/mr");
+    if d.join("model.onnx").is_file() {
+        Some(d)
+    } else {
+        eprintln!("SKIPPED: no shipped model at {}", d.display());
+        None
+    }
+}
+
+/// The shipped MR model must beat the identity baseline on a held-out subject's real
+/// pairs (performer 30 is a validation subject), for every expression.
+#[test]
+fn shipped_model_beats_identity_on_validation_subject() {
+    let Some(model_dir) = shipped_model() else {
+        return;
+    };
+    let Some(dir) = tfeid_dir() else { return };
+    let sources: Vec<_> = data::tfeid_sources(&dir, false)
+        .unwrap()
+        .into_iter()
+        .filter(|s| s.subject == "tfeid/30")
+        .collect();
+    let cache = temp_dir("shipped");
+    let index = data::prepare(&sources, &cache).unwrap();
+    let subjects =
+        data::load_subjects(&cache, &index, &["tfeid/30".into()], &["tfeid".into()]).unwrap();
+    let mut model = ExpressionModel::load(&model_dir, Device::Cpu, 1).unwrap();
+    let manifest = model.manifest().clone();
+    assert!(
+        manifest.training["val_subjects"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s == "tfeid/30"),
+        "tfeid/30 must be held out"
+    );
+    for (i, e) in manifest.expressions.iter().enumerate() {
+        let x = &subjects[0].neutral;
+        let n = x.size()[0] as usize;
+        let y = model
+            .run(to_array(x).unwrap().view(), &vec![i as i64; n])
+            .unwrap();
+        let y = Tensor::from_slice(y.as_slice().unwrap()).view_as(x);
+        let (sse, count) =
+            reggan_trainer::regression::pair_sse(&subjects, e, |_| y.shallow_clone());
+        let (mse, id) = (sse / count, identity_mse(&subjects, e));
+        eprintln!("{e}: model {mse:.5} vs identity {id:.5}");
+        assert!(
+            mse < id,
+            "{e}: shipped model MSE {mse} is not below identity {id}"
+        );
+    }
+    std::fs::remove_dir_all(&cache).ok();
+}
