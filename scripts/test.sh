@@ -9,4 +9,7 @@ cd "$ROOT"
 source .deps/env.sh
 cargo fmt --all --check
 cargo clippy --release --workspace --all-targets -- -D warnings
+# Build first: the gst-launch test loads target/release/libgstreggan.so, which
+# `cargo test` alone does not rebuild.
+cargo build --release --workspace --all-targets
 cargo test --release --workspace
