@@ -135,7 +135,8 @@ impl FrameProcessor {
         self.tracker.smoothing = smoothing.clamp(0.0, 0.95);
     }
 
-    /// Video: run the detector every `n` frames and reuse the tracked faces in between.
+    /// Video: search the whole frame every `n` frames; in between, look for each tracked
+    /// face only around its last position (new faces appear within `n` frames).
     pub fn set_detect_interval(&mut self, n: u32) {
         self.detect_interval = n.max(1);
     }
@@ -154,13 +155,21 @@ impl FrameProcessor {
     /// Runs the whole path on one frame, in place.
     pub fn process(&mut self, frame: &mut FrameMut) -> Result<FrameReport> {
         let t0 = Instant::now();
-        let reuse = !self.frames_since_detection.is_multiple_of(self.detect_interval) && !self.tracker.faces.is_empty();
-        let faces = if reuse {
-            self.tracker.faces.clone()
+        // Full-frame search every `detect_interval` frames; in between, each tracked face
+        // is searched for again only around where it was.
+        let full = self.frames_since_detection.is_multiple_of(self.detect_interval);
+        let found = if full {
+            self.detect(frame)?
         } else {
-            let found = self.detect(frame)?;
-            self.tracker.update(found)
+            let mut near = Vec::new();
+            for previous in self.tracker.faces.clone() {
+                if let Some(face) = self.detector.detect_near(frame, &previous)? {
+                    near.push(face);
+                }
+            }
+            crate::detect::weighted_nms(near, 0.3)
         };
+        let faces = self.tracker.update(found);
         self.frames_since_detection = self.frames_since_detection.wrapping_add(1);
         let detect = t0.elapsed();
         let mut report = self.process_faces(frame, faces)?;

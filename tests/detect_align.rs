@@ -54,3 +54,48 @@ fn aligned_crop_puts_the_eyes_on_the_template() {
     }
     let _ = Point::default();
 }
+
+/// The astronaut shifted right/down by (dx, dy) inside a larger grey frame.
+fn shifted(img: &RgbImage, w: usize, h: usize, dx: usize, dy: usize) -> RgbImage {
+    let mut out = RgbImage {
+        width: w,
+        height: h,
+        data: vec![90; w * h * 3],
+    };
+    for y in 0..img.height.min(h - dy) {
+        let src = &img.data[y * img.width * 3..(y + 1) * img.width * 3];
+        let o = ((y + dy) * w + dx) * 3;
+        let n = (img.width.min(w - dx)) * 3;
+        out.data[o..o + n].copy_from_slice(&src[..n]);
+    }
+    out
+}
+
+#[test]
+fn a_face_is_found_again_near_its_last_position_after_it_moves() {
+    let Some(img) = astronaut() else { return };
+    let mut det = FaceDetector::new(DetectorKind::Auto).unwrap();
+    let mut a = shifted(&img, 1280, 720, 100, 50);
+    let first = det.detect(&a.as_frame(), 20.0).unwrap().remove(0);
+    let mut b = shifted(&img, 1280, 720, 112, 58);
+    let again = det.detect_near(&b.as_frame(), &first).unwrap().expect("found near the last position");
+    // Compare the eyes, nose and mouth (the box conventions of the two BlazeFace models
+    // differ a little; the keypoints are what alignment uses).
+    let centre = |f: &reggan::Face| {
+        let p = f.alignment_points();
+        (p.iter().map(|q| q.x).sum::<f32>() / 4.0, p.iter().map(|q| q.y).sum::<f32>() / 4.0)
+    };
+    let same = det.detect_near(&a.as_frame(), &first).unwrap().expect("found where it was");
+    let ((x0, y0), (x1, y1)) = (centre(&same), centre(&again));
+    let (fx, fy) = centre(&first);
+    assert!((x0 - fx).abs() < 5.0 && (y0 - fy).abs() < 5.0, "near search disagrees with the full search");
+    let (dx, dy) = (x1 - x0, y1 - y0);
+    assert!((dx - 12.0).abs() < 3.0 && (dy - 8.0).abs() < 3.0, "moved by ({dx}, {dy}), expected (12, 8)");
+    // Nothing there any more: no face, rather than a stale one.
+    let mut empty = RgbImage {
+        width: 1280,
+        height: 720,
+        data: vec![90; 1280 * 720 * 3],
+    };
+    assert!(det.detect_near(&empty.as_frame(), &first).unwrap().is_none());
+}

@@ -39,6 +39,9 @@ pub struct BenchArgs {
     pub core_only: bool,
     #[arg(long, default_value = "happy")]
     pub expression: String,
+    /// Full-frame face search every N frames, tracking search in between (1 = every frame)
+    #[arg(long, default_value_t = 1)]
+    pub detect_interval: u32,
     #[command(flatten)]
     pub model: ModelArgs,
 }
@@ -88,18 +91,21 @@ pub fn run(args: BenchArgs) -> Result<()> {
         .model
         .processor_config(&args.expression, 1.0, args.threads)?;
     let mut processor = FrameProcessor::new(&args.model.model_dir(), config)?;
+    processor.set_detect_interval(args.detect_interval);
     let provider = processor.model().provider();
     let method = processor.model().manifest().method.clone();
     println!(
-        "reggan bench: model {} ({method}) on {provider}, {} thread(s), {} frames per row, one face",
+        "reggan bench: model {} ({method}) on {provider}, {} thread(s), {} frames per row, one face, detect-interval {}",
         args.model.model_dir().display(),
         args.threads,
-        args.frames
+        args.frames,
+        args.detect_interval
     );
 
     let mut rows = Vec::new();
     for (w, h) in SIZES {
         let frame = images::letterbox(&photo, w, h)?;
+        processor.reset_tracking();
         let core = bench_core(&mut processor, &frame, args.frames)?;
         if core.faces == 0 {
             bail!("no face found in the {w}x{h} bench frame");
@@ -173,6 +179,7 @@ fn bench_element(args: &BenchArgs, frame: &RgbImage) -> Result<f64> {
     ))?;
     let fx = gstutil::by_name(&pipeline, "fx")?;
     gstutil::configure(&fx, &args.model, &args.expression, 1.0, args.threads);
+    fx.set_property("detect-interval", args.detect_interval);
     let arrivals = record_arrivals(&gstutil::by_name(&pipeline, "sink")?);
     let appsrc = gstutil::by_name(&pipeline, "src")?
         .downcast::<gst_app::AppSrc>()
