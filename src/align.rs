@@ -74,11 +74,26 @@ impl Alignment {
     /// inlier, and the Levenberg-Marquardt refinement then fits all four).
     pub fn estimate(points: &[Point; 4], template: &Template) -> Result<Self> {
         let from: Vector<Point2f> = points.iter().map(|p| Point2f::new(p.x, p.y)).collect();
-        let to: Vector<Point2f> = template.points.iter().map(|p| Point2f::new(p[0], p[1])).collect();
+        let to: Vector<Point2f> = template
+            .points
+            .iter()
+            .map(|p| Point2f::new(p[0], p[1]))
+            .collect();
         let mut inliers = Mat::default();
-        let m = calib3d::estimate_affine_partial_2d(&from, &to, &mut inliers, calib3d::RANSAC, 1e6, 2000, 0.99, 30)?;
+        let m = calib3d::estimate_affine_partial_2d(
+            &from,
+            &to,
+            &mut inliers,
+            calib3d::RANSAC,
+            1e6,
+            2000,
+            0.99,
+            30,
+        )?;
         if m.empty() || m.typ() != CV_64F {
-            return Err(Error::Frame("face keypoints are degenerate: no similarity transform fits them".into()));
+            return Err(Error::Frame(
+                "face keypoints are degenerate: no similarity transform fits them".into(),
+            ));
         }
         let mut to_crop = [[0.0; 3]; 2];
         for (r, row) in to_crop.iter_mut().enumerate() {
@@ -102,7 +117,15 @@ impl Alignment {
         let mut crop = Mat::default();
         let m = affine_mat(&self.to_crop)?;
         let s = self.size as i32;
-        imgproc::warp_affine(&frame.as_mat()?, &mut crop, &m, Size::new(s, s), imgproc::INTER_LINEAR, opencv::core::BORDER_REPLICATE, Scalar::default())?;
+        imgproc::warp_affine(
+            &frame.as_mat()?,
+            &mut crop,
+            &m,
+            Size::new(s, s),
+            imgproc::INTER_LINEAR,
+            opencv::core::BORDER_REPLICATE,
+            Scalar::default(),
+        )?;
         Ok(crop)
     }
 
@@ -127,13 +150,20 @@ pub(crate) fn affine_mat(m: &Affine) -> Result<Mat> {
 
 /// Writes a crop in the frame's layout into planar RGB floats in [0, 1] (`out` holds
 /// 3*S*S values: the model's input layout).
-pub fn crop_to_planar(crop: &Mat, layout: crate::frame::PixelLayout, out: &mut [f32]) -> Result<()> {
+pub fn crop_to_planar(
+    crop: &Mat,
+    layout: crate::frame::PixelLayout,
+    out: &mut [f32],
+) -> Result<()> {
     let bpp = layout.bytes_per_pixel();
     let offsets = layout.rgb_offsets();
     let src = crop.data_bytes()?;
     let n = src.len() / bpp;
     if out.len() != 3 * n {
-        return Err(Error::Frame(format!("crop has {n} pixels, output buffer {}", out.len())));
+        return Err(Error::Frame(format!(
+            "crop has {n} pixels, output buffer {}",
+            out.len()
+        )));
     }
     for (c, &o) in offsets.iter().enumerate() {
         let plane = &mut out[c * n..(c + 1) * n];

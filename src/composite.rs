@@ -54,7 +54,12 @@ impl Compositor {
         Ok(Compositor {
             size,
             mask: face_mask(size),
-            residual: Mat::new_rows_cols_with_default(size as i32, size as i32, CV_32FC3, Scalar::all(0.0))?,
+            residual: Mat::new_rows_cols_with_default(
+                size as i32,
+                size as i32,
+                CV_32FC3,
+                Scalar::all(0.0),
+            )?,
             warped: Mat::default(),
         })
     }
@@ -65,7 +70,14 @@ impl Compositor {
 
     /// Adds the model's change to one face back into the frame. `crop` and `out` are
     /// planar RGB in [0, 1] (3*S*S values each).
-    pub fn apply(&mut self, frame: &mut FrameMut, crop: &[f32], out: &[f32], alignment: &Alignment, intensity: f32) -> Result<()> {
+    pub fn apply(
+        &mut self,
+        frame: &mut FrameMut,
+        crop: &[f32],
+        out: &[f32],
+        alignment: &Alignment,
+        intensity: f32,
+    ) -> Result<()> {
         if intensity == 0.0 {
             return Ok(());
         }
@@ -76,7 +88,11 @@ impl Compositor {
             for (i, r) in res.iter_mut().enumerate() {
                 let m = self.mask[i] * gain;
                 for c in 0..3 {
-                    r[c] = if m == 0.0 { 0.0 } else { m * (out[c * n + i] - crop[c * n + i]) };
+                    r[c] = if m == 0.0 {
+                        0.0
+                    } else {
+                        m * (out[c * n + i] - crop[c * n + i])
+                    };
                 }
             }
         }
@@ -86,7 +102,15 @@ impl Compositor {
         let mut m = alignment.to_frame;
         m[0][2] -= x0 as f64;
         m[1][2] -= y0 as f64;
-        imgproc::warp_affine(&self.residual, &mut self.warped, &affine_mat(&m)?, Size::new(w as i32, h as i32), imgproc::INTER_LINEAR, opencv::core::BORDER_CONSTANT, Scalar::all(0.0))?;
+        imgproc::warp_affine(
+            &self.residual,
+            &mut self.warped,
+            &affine_mat(&m)?,
+            Size::new(w as i32, h as i32),
+            imgproc::INTER_LINEAR,
+            opencv::core::BORDER_CONSTANT,
+            Scalar::all(0.0),
+        )?;
         add_residual(frame, &self.warped, x0, y0, w, h)
     }
 }
@@ -94,16 +118,28 @@ impl Compositor {
 /// The frame rectangle covered by the crop (clipped), or None if it is off-frame.
 fn frame_roi(frame: &FrameMut, alignment: &Alignment) -> Option<(usize, usize, usize, usize)> {
     let s = alignment.size as f32;
-    let corners = [(0.0, 0.0), (s, 0.0), (0.0, s), (s, s)].map(|(x, y)| apply(&alignment.to_frame, Point { x, y }));
-    let fx = |f: fn(f32, f32) -> f32, init: f32, get: fn(&Point) -> f32| corners.iter().map(get).fold(init, f);
+    let corners = [(0.0, 0.0), (s, 0.0), (0.0, s), (s, s)]
+        .map(|(x, y)| apply(&alignment.to_frame, Point { x, y }));
+    let fx = |f: fn(f32, f32) -> f32, init: f32, get: fn(&Point) -> f32| {
+        corners.iter().map(get).fold(init, f)
+    };
     let x0 = fx(f32::min, f32::MAX, |p| p.x).floor().max(0.0) as usize;
     let y0 = fx(f32::min, f32::MAX, |p| p.y).floor().max(0.0) as usize;
-    let x1 = (fx(f32::max, f32::MIN, |p| p.x).ceil() as isize + 1).clamp(0, frame.width() as isize) as usize;
-    let y1 = (fx(f32::max, f32::MIN, |p| p.y).ceil() as isize + 1).clamp(0, frame.height() as isize) as usize;
+    let x1 = (fx(f32::max, f32::MIN, |p| p.x).ceil() as isize + 1).clamp(0, frame.width() as isize)
+        as usize;
+    let y1 = (fx(f32::max, f32::MIN, |p| p.y).ceil() as isize + 1).clamp(0, frame.height() as isize)
+        as usize;
     (x1 > x0 && y1 > y0).then(|| (x0, y0, x1 - x0, y1 - y0))
 }
 
-fn add_residual(frame: &mut FrameMut, warped: &Mat, x0: usize, y0: usize, w: usize, h: usize) -> Result<()> {
+fn add_residual(
+    frame: &mut FrameMut,
+    warped: &Mat,
+    x0: usize,
+    y0: usize,
+    w: usize,
+    h: usize,
+) -> Result<()> {
     let bpp = frame.layout().bytes_per_pixel();
     let offsets = frame.layout().rgb_offsets();
     let stride = frame.stride();

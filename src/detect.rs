@@ -51,7 +51,14 @@ impl BoxF {
 }
 
 /// Keypoint order of BlazeFace (image-left eye first when the face looks at the camera).
-pub const KEYPOINT_NAMES: [&str; 6] = ["eye_right", "eye_left", "nose", "mouth", "ear_right", "ear_left"];
+pub const KEYPOINT_NAMES: [&str; 6] = [
+    "eye_right",
+    "eye_left",
+    "nose",
+    "mouth",
+    "ear_right",
+    "ear_left",
+];
 
 /// One detected face: box, the six BlazeFace keypoints, and a confidence in [0, 1].
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -220,7 +227,10 @@ impl Letterbox {
     }
 
     pub fn face_to_frame(&self, f: &Face) -> Face {
-        let tl = self.to_frame(Point { x: f.bbox.x, y: f.bbox.y });
+        let tl = self.to_frame(Point {
+            x: f.bbox.x,
+            y: f.bbox.y,
+        });
         let br = self.to_frame(Point {
             x: f.bbox.x + f.bbox.w,
             y: f.bbox.y + f.bbox.h,
@@ -307,8 +317,17 @@ impl BlazeFace {
         })?;
         // Identity:0 / Identity_1:0 are the scores of the two anchor groups,
         // Identity_2:0 / Identity_3:0 their 16 regressor values.
-        let output_names = Vector::<String>::from_iter(["Identity:0", "Identity_1:0", "Identity_2:0", "Identity_3:0"]);
-        let blob = Mat::new_nd_with_default(&[1, input_size as i32, input_size as i32, 3], CV_32F, Scalar::all(0.0))?;
+        let output_names = Vector::<String>::from_iter([
+            "Identity:0",
+            "Identity_1:0",
+            "Identity_2:0",
+            "Identity_3:0",
+        ]);
+        let blob = Mat::new_nd_with_default(
+            &[1, input_size as i32, input_size as i32, 3],
+            CV_32F,
+            Scalar::all(0.0),
+        )?;
         Ok(BlazeFace {
             net,
             input_size,
@@ -320,14 +339,30 @@ impl BlazeFace {
     }
 
     /// Faces inside `region` of the frame (the whole frame when `None`), in frame pixels.
-    fn detect(&mut self, frame: &FrameMut, region: Option<Rect>, score_threshold: f32) -> Result<Vec<Face>> {
+    fn detect(
+        &mut self,
+        frame: &FrameMut,
+        region: Option<Rect>,
+        score_threshold: f32,
+    ) -> Result<Vec<Face>> {
         let region = region.unwrap_or(Rect::new(0, 0, frame.width() as i32, frame.height() as i32));
-        let lb = Letterbox::new(region.width as usize, region.height as usize, self.input_size);
+        let lb = Letterbox::new(
+            region.width as usize,
+            region.height as usize,
+            self.input_size,
+        );
         let rw = ((region.width as f32 * lb.scale).round() as i32).max(1);
         let rh = ((region.height as f32 * lb.scale).round() as i32).max(1);
         let full = frame.as_mat()?;
         let view = Mat::roi(&full, region)?;
-        imgproc::resize(&view, &mut self.resized, Size::new(rw, rh), 0.0, 0.0, imgproc::INTER_AREA)?;
+        imgproc::resize(
+            &view,
+            &mut self.resized,
+            Size::new(rw, rh),
+            0.0,
+            0.0,
+            imgproc::INTER_AREA,
+        )?;
         self.fill_blob(frame, &lb, rw as usize, rh as usize)?;
         self.net.set_input(&self.blob, "", 1.0, Scalar::default())?;
         let mut outs: Vector<Mat> = Vector::new();
@@ -343,13 +378,21 @@ impl BlazeFace {
                 let score = sigmoid(raw);
                 if score >= score_threshold {
                     let anchor = &self.anchors[anchor_base + i];
-                    candidates.push(decode_anchor(&regs[i * 16..i * 16 + 16], anchor, self.input_size as f32, score));
+                    candidates.push(decode_anchor(
+                        &regs[i * 16..i * 16 + 16],
+                        anchor,
+                        self.input_size as f32,
+                        score,
+                    ));
                 }
             }
             anchor_base += scores.len();
         }
         let (ox, oy) = (region.x as f32, region.y as f32);
-        Ok(weighted_nms(candidates, 0.3).iter().map(|f| lb.face_to_frame(f).translated(ox, oy)).collect())
+        Ok(weighted_nms(candidates, 0.3)
+            .iter()
+            .map(|f| lb.face_to_frame(f).translated(ox, oy))
+            .collect())
     }
 
     /// NHWC float RGB in [-1, 1], letterboxed with black (-1) padding.
@@ -401,9 +444,17 @@ impl Haar {
         })
     }
 
-    fn detect(&mut self, frame: &FrameMut, region: Option<Rect>, min_size: i32) -> Result<Vec<Face>> {
+    fn detect(
+        &mut self,
+        frame: &FrameMut,
+        region: Option<Rect>,
+        min_size: i32,
+    ) -> Result<Vec<Face>> {
         let region = region.unwrap_or(Rect::new(0, 0, frame.width() as i32, frame.height() as i32));
-        let code = match (frame.layout().bytes_per_pixel(), frame.layout().rgb_offsets()[0]) {
+        let code = match (
+            frame.layout().bytes_per_pixel(),
+            frame.layout().rgb_offsets()[0],
+        ) {
             (3, 0) => imgproc::COLOR_RGB2GRAY,
             (3, _) => imgproc::COLOR_BGR2GRAY,
             (_, 0) => imgproc::COLOR_RGBA2GRAY,
@@ -413,19 +464,47 @@ impl Haar {
         imgproc::cvt_color_def(&Mat::roi(&full, region)?, &mut self.gray, code)?;
         let mut rects = Vector::new();
         let m = min_size.max(24);
-        self.cascade.detect_multi_scale(&self.gray, &mut rects, 1.1, 5, 0, Size::new(m, m), Size::default())?;
+        self.cascade.detect_multi_scale(
+            &self.gray,
+            &mut rects,
+            1.1,
+            5,
+            0,
+            Size::new(m, m),
+            Size::default(),
+        )?;
         let (ox, oy) = (region.x as f32, region.y as f32);
-        Ok(rects.iter().map(|r| face_from_box(r.x as f32 + ox, r.y as f32 + oy, r.width as f32, r.height as f32)).collect())
+        Ok(rects
+            .iter()
+            .map(|r| {
+                face_from_box(
+                    r.x as f32 + ox,
+                    r.y as f32 + oy,
+                    r.width as f32,
+                    r.height as f32,
+                )
+            })
+            .collect())
     }
 }
 
 /// Keypoints estimated from a Haar box at the average positions BlazeFace reports for
 /// frontal faces, so the rest of the pipeline sees the same kind of face either way.
 pub fn face_from_box(x: f32, y: f32, w: f32, h: f32) -> Face {
-    let p = |fx: f32, fy: f32| Point { x: x + fx * w, y: y + fy * h };
+    let p = |fx: f32, fy: f32| Point {
+        x: x + fx * w,
+        y: y + fy * h,
+    };
     Face {
         bbox: BoxF { x, y, w, h },
-        keypoints: [p(0.31, 0.38), p(0.69, 0.38), p(0.5, 0.58), p(0.5, 0.77), p(0.08, 0.45), p(0.92, 0.45)],
+        keypoints: [
+            p(0.31, 0.38),
+            p(0.69, 0.38),
+            p(0.5, 0.58),
+            p(0.5, 0.77),
+            p(0.08, 0.45),
+            p(0.92, 0.45),
+        ],
         score: 1.0,
     }
 }
@@ -446,8 +525,20 @@ impl FaceDetector {
     }
 
     pub fn with_dirs(kind: DetectorKind, blazeface_dir: &Path, haar_dir: &Path) -> Result<Self> {
-        let front = || BlazeFace::load(&blazeface_dir.join("face_detection_front_128x128_barracuda.onnx"), 128, &[8, 16, 16, 16]);
-        let back = || BlazeFace::load(&blazeface_dir.join("face_detection_back_256x256_barracuda.onnx"), 256, &[16, 32, 32, 32]);
+        let front = || {
+            BlazeFace::load(
+                &blazeface_dir.join("face_detection_front_128x128_barracuda.onnx"),
+                128,
+                &[8, 16, 16, 16],
+            )
+        };
+        let back = || {
+            BlazeFace::load(
+                &blazeface_dir.join("face_detection_back_256x256_barracuda.onnx"),
+                256,
+                &[16, 32, 32, 32],
+            )
+        };
         let (f, b, h) = match kind {
             DetectorKind::Auto => (Some(front()?), Some(back()?), None),
             DetectorKind::BlazeFaceFront => (Some(front()?), None, None),
@@ -482,7 +573,10 @@ impl FaceDetector {
     /// finds small faces that the full-frame front model misses.
     pub fn detect_near(&mut self, frame: &FrameMut, previous: &Face) -> Result<Option<Face>> {
         let side = 2.0 * previous.bbox.w.max(previous.bbox.h);
-        let (cx, cy) = (previous.bbox.x + previous.bbox.w / 2.0, previous.bbox.y + previous.bbox.h / 2.0);
+        let (cx, cy) = (
+            previous.bbox.x + previous.bbox.w / 2.0,
+            previous.bbox.y + previous.bbox.h / 2.0,
+        );
         let x0 = (cx - side / 2.0).max(0.0).floor() as i32;
         let y0 = (cy - side / 2.0).max(0.0).floor() as i32;
         let x1 = ((cx + side / 2.0).ceil() as i32).min(frame.width() as i32);
@@ -498,14 +592,27 @@ impl FaceDetector {
             .max_by(|a, b| a.score.total_cmp(&b.score)))
     }
 
-    fn detect_in(&mut self, frame: &FrameMut, region: Option<Rect>, min_face_size: f32) -> Result<Vec<Face>> {
+    fn detect_in(
+        &mut self,
+        frame: &FrameMut,
+        region: Option<Rect>,
+        min_face_size: f32,
+    ) -> Result<Vec<Face>> {
         let t = self.score_threshold;
         // Near a known face the front model suits best (the face fills the region).
         let front_first = region.is_some() || self.prefer_front;
-        let order: [bool; 2] = if front_first { [true, false] } else { [false, true] };
+        let order: [bool; 2] = if front_first {
+            [true, false]
+        } else {
+            [false, true]
+        };
         let mut faces = Vec::new();
         for use_front in order {
-            let model = if use_front { self.front.as_mut() } else { self.back.as_mut() };
+            let model = if use_front {
+                self.front.as_mut()
+            } else {
+                self.back.as_mut()
+            };
             if let Some(model) = model {
                 faces = model.detect(frame, region, t)?;
                 if !faces.is_empty() {

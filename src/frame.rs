@@ -153,7 +153,8 @@ impl RgbImage {
 
     pub fn as_frame(&mut self) -> FrameMut<'_> {
         let (w, h) = (self.width, self.height);
-        FrameMut::new(&mut self.data, w, h, w * 3, PixelLayout::Rgb).expect("packed RGB image is a valid frame")
+        FrameMut::new(&mut self.data, w, h, w * 3, PixelLayout::Rgb)
+            .expect("packed RGB image is a valid frame")
     }
 
     /// Reads a PNG/JPEG (anything OpenCV's imgcodecs reads) as RGB.
@@ -162,7 +163,10 @@ impl RgbImage {
         if bgr.empty() {
             return Err(Error::Io {
                 path: path.into(),
-                source: std::io::Error::new(std::io::ErrorKind::InvalidData, "not a readable image"),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    "not a readable image",
+                ),
             });
         }
         Self::from_bgr_mat(&bgr)
@@ -171,7 +175,11 @@ impl RgbImage {
     pub fn from_bgr_mat(bgr: &Mat) -> Result<Self> {
         let mut rgb = Mat::default();
         opencv::imgproc::cvt_color_def(bgr, &mut rgb, opencv::imgproc::COLOR_BGR2RGB)?;
-        let rgb = if rgb.is_continuous() { rgb } else { rgb.try_clone()? };
+        let rgb = if rgb.is_continuous() {
+            rgb
+        } else {
+            rgb.try_clone()?
+        };
         Ok(RgbImage {
             width: rgb.cols() as usize,
             height: rgb.rows() as usize,
@@ -194,7 +202,9 @@ impl RgbImage {
         if !ok {
             return Err(Error::Io {
                 path: path.into(),
-                source: std::io::Error::other("OpenCV could not write this file (unknown extension?)"),
+                source: std::io::Error::other(
+                    "OpenCV could not write this file (unknown extension?)",
+                ),
             });
         }
         Ok(())

@@ -53,10 +53,18 @@ pub struct Manifest {
 impl Manifest {
     pub fn read(dir: &Path) -> Result<Self> {
         let path = dir.join("model.json");
-        let text = std::fs::read_to_string(&path).map_err(|e| Error::model(&path, format!("cannot read: {e}")))?;
-        let m: Manifest = serde_json::from_str(&text).map_err(|e| Error::model(&path, format!("not a valid model.json: {e}")))?;
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| Error::model(&path, format!("cannot read: {e}")))?;
+        let m: Manifest = serde_json::from_str(&text)
+            .map_err(|e| Error::model(&path, format!("not a valid model.json: {e}")))?;
         if m.format_version != FORMAT_VERSION {
-            return Err(Error::model(&path, format!("format_version {} (this build reads {FORMAT_VERSION})", m.format_version)));
+            return Err(Error::model(
+                &path,
+                format!(
+                    "format_version {} (this build reads {FORMAT_VERSION})",
+                    m.format_version
+                ),
+            ));
         }
         if m.expressions.is_empty() {
             return Err(Error::model(&path, "lists no expressions"));
@@ -74,10 +82,13 @@ impl Manifest {
     }
 
     pub fn expression_index(&self, name: &str) -> Result<usize> {
-        self.expressions.iter().position(|e| e == name).ok_or_else(|| Error::UnknownExpression {
-            name: name.into(),
-            available: self.expressions.join(", "),
-        })
+        self.expressions
+            .iter()
+            .position(|e| e == name)
+            .ok_or_else(|| Error::UnknownExpression {
+                name: name.into(),
+                available: self.expressions.join(", "),
+            })
     }
 }
 
@@ -110,7 +121,10 @@ pub fn onnxruntime_path() -> PathBuf {
     std::env::var_os("ORT_DYLIB_PATH")
         .map(PathBuf::from)
         .or_else(|| option_env!("ORT_DYLIB_PATH").map(PathBuf::from))
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".deps/onnxruntime/libonnxruntime.so.1.31.1"))
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join(".deps/onnxruntime/libonnxruntime.so.1.31.1")
+        })
 }
 
 /// One ONNX Runtime environment per process, loaded on first use.
@@ -119,10 +133,17 @@ pub fn environment() -> Result<&'static Environment> {
     ENV.get_or_init(|| {
         let path = onnxruntime_path();
         if !path.is_file() {
-            return Err(format!("ONNX Runtime library {} not found (run scripts/setup.sh or set ORT_DYLIB_PATH)", path.display()));
+            return Err(format!(
+                "ONNX Runtime library {} not found (run scripts/setup.sh or set ORT_DYLIB_PATH)",
+                path.display()
+            ));
         }
-        let builder = ort::init_from(&path).map_err(|e| format!("cannot load {}: {e}", path.display()))?;
-        builder.with_name("reggan").build().map_err(|e| e.to_string())
+        let builder =
+            ort::init_from(&path).map_err(|e| format!("cannot load {}: {e}", path.display()))?;
+        builder
+            .with_name("reggan")
+            .build()
+            .map_err(|e| e.to_string())
     })
     .as_ref()
     .map_err(|e| Error::Runtime(e.clone()))
@@ -171,17 +192,38 @@ impl ExpressionModel {
     }
 
     fn check_contract(&mut self, onnx: &Path) -> Result<()> {
-        let inputs: Vec<String> = self.session.inputs().iter().map(|i| i.name().to_string()).collect();
-        let outputs: Vec<String> = self.session.outputs().iter().map(|o| o.name().to_string()).collect();
-        if !(inputs.iter().any(|n| n == "face") && inputs.iter().any(|n| n == "expression") && outputs.iter().any(|n| n == "face_out")) {
+        let inputs: Vec<String> = self
+            .session
+            .inputs()
+            .iter()
+            .map(|i| i.name().to_string())
+            .collect();
+        let outputs: Vec<String> = self
+            .session
+            .outputs()
+            .iter()
+            .map(|o| o.name().to_string())
+            .collect();
+        if !(inputs.iter().any(|n| n == "face")
+            && inputs.iter().any(|n| n == "expression")
+            && outputs.iter().any(|n| n == "face_out"))
+        {
             return Err(Error::model(onnx, format!("graph has inputs {inputs:?} and outputs {outputs:?}; the contract needs inputs face, expression and output face_out")));
         }
         // One real run: a graph that loads but cannot execute fails here, at start-up.
         let s = self.manifest.crop_size;
         let probe = Array4::<f32>::from_elem((1, 3, s, s), 0.5);
-        let out = self.run(probe.view(), &[0]).map_err(|e| Error::model(onnx, format!("test inference failed: {e}")))?;
+        let out = self
+            .run(probe.view(), &[0])
+            .map_err(|e| Error::model(onnx, format!("test inference failed: {e}")))?;
         if out.shape() != [1, 3, s, s] {
-            return Err(Error::model(onnx, format!("face_out has shape {:?}, expected [1, 3, {s}, {s}]", out.shape())));
+            return Err(Error::model(
+                onnx,
+                format!(
+                    "face_out has shape {:?}, expected [1, 3, {s}, {s}]",
+                    out.shape()
+                ),
+            ));
         }
         Ok(())
     }
@@ -213,7 +255,9 @@ impl ExpressionModel {
         }
         let count = self.manifest.expressions.len() as i64;
         if let Some(bad) = expressions.iter().find(|&&e| e < 0 || e >= count) {
-            return Err(Error::Frame(format!("expression index {bad} out of range 0..{count}")));
+            return Err(Error::Frame(format!(
+                "expression index {bad} out of range 0..{count}"
+            )));
         }
         let faces = faces.as_standard_layout();
         let expr = Array1::from_vec(expressions.to_vec());
@@ -224,14 +268,20 @@ impl ExpressionModel {
                 "expression" => TensorRef::from_array_view(expr.view()).map_err(Error::runtime)?,
             ])
             .map_err(Error::runtime)?;
-        let out = outputs["face_out"].try_extract_array::<f32>().map_err(Error::runtime)?;
-        out.into_dimensionality::<ndarray::Ix4>().map_err(Error::runtime).map(|a| a.to_owned())
+        let out = outputs["face_out"]
+            .try_extract_array::<f32>()
+            .map_err(Error::runtime)?;
+        out.into_dimensionality::<ndarray::Ix4>()
+            .map_err(Error::runtime)
+            .map(|a| a.to_owned())
     }
 }
 
 fn builder(threads: usize) -> Result<ort::session::builder::SessionBuilder> {
     let b = Session::builder(environment()?).map_err(Error::runtime)?;
-    let b = b.with_optimization_level(GraphOptimizationLevel::Level3).map_err(Error::runtime)?;
+    let b = b
+        .with_optimization_level(GraphOptimizationLevel::Level3)
+        .map_err(Error::runtime)?;
     b.with_intra_threads(threads.max(1)).map_err(Error::runtime)
 }
 
@@ -242,9 +292,15 @@ fn build_session(onnx: &Path, device: Device, threads: usize) -> Result<(Session
     let candidates: Vec<(&'static str, Option<ort::ep::ExecutionProviderDispatch>)> = match device {
         Device::Cpu => vec![("CPU", None)],
         Device::Cuda => vec![("CUDA", Some(ep::CUDA::default().build().error_on_failure()))],
-        Device::TensorRt => vec![("TensorRT", Some(ep::TensorRT::default().build().error_on_failure()))],
+        Device::TensorRt => vec![(
+            "TensorRT",
+            Some(ep::TensorRT::default().build().error_on_failure()),
+        )],
         Device::Auto => vec![
-            ("TensorRT", Some(ep::TensorRT::default().build().error_on_failure())),
+            (
+                "TensorRT",
+                Some(ep::TensorRT::default().build().error_on_failure()),
+            ),
             ("CUDA", Some(ep::CUDA::default().build().error_on_failure())),
             ("CPU", None),
         ],
@@ -265,9 +321,17 @@ fn build_session(onnx: &Path, device: Device, threads: usize) -> Result<(Session
         let mut b = b;
         match b.commit_from_file(onnx) {
             Ok(s) => return Ok((s, name)),
-            Err(e) if name == "CPU" => return Err(Error::model(onnx, format!("ONNX Runtime cannot load it: {e}"))),
+            Err(e) if name == "CPU" => {
+                return Err(Error::model(
+                    onnx,
+                    format!("ONNX Runtime cannot load it: {e}"),
+                ))
+            }
             Err(e) => reasons.push(format!("{name}: {e}")),
         }
     }
-    Err(Error::Device(format!("no requested execution provider is usable: {}", reasons.join("; "))))
+    Err(Error::Device(format!(
+        "no requested execution provider is usable: {}",
+        reasons.join("; ")
+    )))
 }

@@ -87,7 +87,11 @@ impl FrameProcessor {
         Self::from_parts(model, detector, config)
     }
 
-    pub fn from_parts(model: ExpressionModel, detector: FaceDetector, config: ProcessorConfig) -> Result<Self> {
+    pub fn from_parts(
+        model: ExpressionModel,
+        detector: FaceDetector,
+        config: ProcessorConfig,
+    ) -> Result<Self> {
         let expression_index = model.manifest().expression_index(&config.expression)? as i64;
         let template = model.manifest().template.clone();
         let compositor = Compositor::new(template.size)?;
@@ -157,7 +161,9 @@ impl FrameProcessor {
         let t0 = Instant::now();
         // Full-frame search every `detect_interval` frames; in between, each tracked face
         // is searched for again only around where it was.
-        let full = self.frames_since_detection.is_multiple_of(self.detect_interval);
+        let full = self
+            .frames_since_detection
+            .is_multiple_of(self.detect_interval);
         let found = if full {
             self.detect(frame)?
         } else {
@@ -178,7 +184,11 @@ impl FrameProcessor {
     }
 
     /// Runs align -> model -> composite for faces found elsewhere (e.g. a tracker).
-    pub fn process_faces(&mut self, frame: &mut FrameMut, mut faces: Vec<Face>) -> Result<FrameReport> {
+    pub fn process_faces(
+        &mut self,
+        frame: &mut FrameMut,
+        mut faces: Vec<Face>,
+    ) -> Result<FrameReport> {
         let mut report = FrameReport {
             detected: faces.len(),
             ..Default::default()
@@ -199,7 +209,11 @@ impl FrameProcessor {
             let alignment = Alignment::for_face(face, &self.template)?;
             let crop = alignment.warp_crop(frame)?;
             let mut slot = batch.index_axis_mut(ndarray::Axis(0), i);
-            crop_to_planar(&crop, frame.layout(), slot.as_slice_mut().expect("standard layout"))?;
+            crop_to_planar(
+                &crop,
+                frame.layout(),
+                slot.as_slice_mut().expect("standard layout"),
+            )?;
             alignments.push(alignment);
         }
         report.timings.align = t.elapsed();
@@ -213,7 +227,13 @@ impl FrameProcessor {
         for (i, alignment) in alignments.iter().enumerate() {
             let crop = batch.index_axis(ndarray::Axis(0), i);
             let result = out.index_axis(ndarray::Axis(0), i);
-            self.compositor.apply(frame, crop.as_slice().expect("standard layout"), result.as_slice().expect("standard layout"), alignment, self.config.intensity)?;
+            self.compositor.apply(
+                frame,
+                crop.as_slice().expect("standard layout"),
+                result.as_slice().expect("standard layout"),
+                alignment,
+                self.config.intensity,
+            )?;
         }
         report.timings.composite = t.elapsed();
         report.faces = faces;

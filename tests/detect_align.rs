@@ -12,7 +12,10 @@ fn astronaut() -> Option<RgbImage> {
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".deps/astronaut.png"));
     if !path.is_file() {
-        eprintln!("skipping: {} missing (run scripts/setup.sh)", path.display());
+        eprintln!(
+            "skipping: {} missing (run scripts/setup.sh)",
+            path.display()
+        );
         return None;
     }
     Some(RgbImage::load(&path).expect("astronaut.png loads"))
@@ -29,10 +32,20 @@ fn blazeface_finds_the_astronaut_with_plausible_eyes() {
     eprintln!("{f:?}");
     // The face sits around x 170-230, y 70-140 in the 512x512 photo.
     let [le, re, nose, mouth] = f.alignment_points();
-    assert!(f.bbox.x > 120.0 && f.bbox.x + f.bbox.w < 290.0, "{:?}", f.bbox);
-    assert!(le.y < nose.y && re.y < nose.y && nose.y < mouth.y, "eyes above nose above mouth");
+    assert!(
+        f.bbox.x > 120.0 && f.bbox.x + f.bbox.w < 290.0,
+        "{:?}",
+        f.bbox
+    );
+    assert!(
+        le.y < nose.y && re.y < nose.y && nose.y < mouth.y,
+        "eyes above nose above mouth"
+    );
     let eye_dist = ((re.x - le.x).powi(2) + (re.y - le.y).powi(2)).sqrt();
-    assert!((20.0..80.0).contains(&eye_dist), "inter-ocular distance {eye_dist}");
+    assert!(
+        (20.0..80.0).contains(&eye_dist),
+        "inter-ocular distance {eye_dist}"
+    );
 }
 
 #[test]
@@ -44,11 +57,15 @@ fn aligned_crop_puts_the_eyes_on_the_template() {
     let t = Template::lsrf(128);
     let a = Alignment::for_face(&face, &t).unwrap();
     let crop = a.crop_rgb(&frame).unwrap();
-    crop.save(&std::env::temp_dir().join("reggan_astronaut_crop.png")).unwrap();
+    crop.save(&std::env::temp_dir().join("reggan_astronaut_crop.png"))
+        .unwrap();
     for (p, q) in face.alignment_points().iter().zip(t.points) {
         let m = apply(&a.to_crop, *p);
         // A similarity cannot fit four points exactly; a few pixels is a good fit.
-        assert!((m.x - q[0]).abs() < 8.0 && (m.y - q[1]).abs() < 8.0, "{m:?} vs {q:?}");
+        assert!(
+            (m.x - q[0]).abs() < 8.0 && (m.y - q[1]).abs() < 8.0,
+            "{m:?} vs {q:?}"
+        );
         let back = apply(&a.to_frame, m);
         assert!((back.x - p.x).abs() < 1e-3 && (back.y - p.y).abs() < 1e-3);
     }
@@ -78,24 +95,42 @@ fn a_face_is_found_again_near_its_last_position_after_it_moves() {
     let mut a = shifted(&img, 1280, 720, 100, 50);
     let first = det.detect(&a.as_frame(), 20.0).unwrap().remove(0);
     let mut b = shifted(&img, 1280, 720, 112, 58);
-    let again = det.detect_near(&b.as_frame(), &first).unwrap().expect("found near the last position");
+    let again = det
+        .detect_near(&b.as_frame(), &first)
+        .unwrap()
+        .expect("found near the last position");
     // Compare the eyes, nose and mouth (the box conventions of the two BlazeFace models
     // differ a little; the keypoints are what alignment uses).
     let centre = |f: &reggan::Face| {
         let p = f.alignment_points();
-        (p.iter().map(|q| q.x).sum::<f32>() / 4.0, p.iter().map(|q| q.y).sum::<f32>() / 4.0)
+        (
+            p.iter().map(|q| q.x).sum::<f32>() / 4.0,
+            p.iter().map(|q| q.y).sum::<f32>() / 4.0,
+        )
     };
-    let same = det.detect_near(&a.as_frame(), &first).unwrap().expect("found where it was");
+    let same = det
+        .detect_near(&a.as_frame(), &first)
+        .unwrap()
+        .expect("found where it was");
     let ((x0, y0), (x1, y1)) = (centre(&same), centre(&again));
     let (fx, fy) = centre(&first);
-    assert!((x0 - fx).abs() < 5.0 && (y0 - fy).abs() < 5.0, "near search disagrees with the full search");
+    assert!(
+        (x0 - fx).abs() < 5.0 && (y0 - fy).abs() < 5.0,
+        "near search disagrees with the full search"
+    );
     let (dx, dy) = (x1 - x0, y1 - y0);
-    assert!((dx - 12.0).abs() < 3.0 && (dy - 8.0).abs() < 3.0, "moved by ({dx}, {dy}), expected (12, 8)");
+    assert!(
+        (dx - 12.0).abs() < 3.0 && (dy - 8.0).abs() < 3.0,
+        "moved by ({dx}, {dy}), expected (12, 8)"
+    );
     // Nothing there any more: no face, rather than a stale one.
     let mut empty = RgbImage {
         width: 1280,
         height: 720,
         data: vec![90; 1280 * 720 * 3],
     };
-    assert!(det.detect_near(&empty.as_frame(), &first).unwrap().is_none());
+    assert!(det
+        .detect_near(&empty.as_frame(), &first)
+        .unwrap()
+        .is_none());
 }

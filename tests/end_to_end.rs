@@ -4,7 +4,9 @@ use std::path::{Path, PathBuf};
 
 use reggan::align::apply;
 use reggan::detect::Point;
-use reggan::{default_model_dir, Device, Error, ExpressionModel, FrameProcessor, ProcessorConfig, RgbImage};
+use reggan::{
+    default_model_dir, Device, Error, ExpressionModel, FrameProcessor, ProcessorConfig, RgbImage,
+};
 
 fn inputs() -> Option<(PathBuf, RgbImage)> {
     let model = default_model_dir();
@@ -12,7 +14,11 @@ fn inputs() -> Option<(PathBuf, RgbImage)> {
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".deps/astronaut.png"));
     if !model.join("model.onnx").is_file() || !image.is_file() {
-        eprintln!("skipping: needs {} and {} (run scripts/setup.sh)", model.display(), image.display());
+        eprintln!(
+            "skipping: needs {} and {} (run scripts/setup.sh)",
+            model.display(),
+            image.display()
+        );
         return None;
     }
     Some((model, RgbImage::load(&image).unwrap()))
@@ -32,8 +38,13 @@ fn change_around(a: &RgbImage, b: &RgbImage, p: Point, r: i32) -> f64 {
     let (mut sum, mut n) = (0.0, 0);
     for y in (p.y as i32 - r)..(p.y as i32 + r) {
         for x in (p.x as i32 - r)..(p.x as i32 + r) {
-            let (pa, pb) = (a.pixel(x as usize, y as usize), b.pixel(x as usize, y as usize));
-            sum += (0..3).map(|c| (pa[c] as f64 - pb[c] as f64).abs()).sum::<f64>();
+            let (pa, pb) = (
+                a.pixel(x as usize, y as usize),
+                b.pixel(x as usize, y as usize),
+            );
+            sum += (0..3)
+                .map(|c| (pa[c] as f64 - pb[c] as f64).abs())
+                .sum::<f64>();
             n += 3;
         }
     }
@@ -42,7 +53,9 @@ fn change_around(a: &RgbImage, b: &RgbImage, p: Point, r: i32) -> f64 {
 
 #[test]
 fn every_expression_changes_the_mouth_and_nothing_outside_the_face() {
-    let Some((model, original)) = inputs() else { return };
+    let Some((model, original)) = inputs() else {
+        return;
+    };
     let mut p = processor(&model, "happy");
     let expressions = p.model().manifest().expressions.clone();
     assert_eq!(expressions.len(), 6, "{expressions:?}");
@@ -57,12 +70,19 @@ fn every_expression_changes_the_mouth_and_nothing_outside_the_face() {
         assert!(d > 2.0, "{name}: mean change at the mouth only {d:.2}");
         // Outside a generous face box nothing moves.
         let b = face.bbox;
-        let (x0, y0) = ((b.x - 0.6 * b.w).max(0.0) as usize, (b.y - 0.6 * b.h).max(0.0) as usize);
+        let (x0, y0) = (
+            (b.x - 0.6 * b.w).max(0.0) as usize,
+            (b.y - 0.6 * b.h).max(0.0) as usize,
+        );
         let (x1, y1) = ((b.x + 1.6 * b.w) as usize, (b.y + 1.6 * b.h) as usize);
         for y in 0..img.height {
             for x in 0..img.width {
                 if x < x0 || x > x1 || y < y0 || y > y1 {
-                    assert_eq!(original.pixel(x, y), img.pixel(x, y), "{name}: pixel ({x},{y}) outside the face changed");
+                    assert_eq!(
+                        original.pixel(x, y),
+                        img.pixel(x, y),
+                        "{name}: pixel ({x},{y}) outside the face changed"
+                    );
                 }
             }
         }
@@ -71,7 +91,9 @@ fn every_expression_changes_the_mouth_and_nothing_outside_the_face() {
 
 #[test]
 fn different_expressions_give_different_faces_and_intensity_scales_the_change() {
-    let Some((model, original)) = inputs() else { return };
+    let Some((model, original)) = inputs() else {
+        return;
+    };
     let mut p = processor(&model, "happy");
     let run = |p: &mut FrameProcessor| {
         let mut img = original.clone();
@@ -81,13 +103,19 @@ fn different_expressions_give_different_faces_and_intensity_scales_the_change() 
     let (happy, mouth) = run(&mut p);
     p.set_expression("surprised").unwrap();
     let (surprised, _) = run(&mut p);
-    assert!(change_around(&happy, &surprised, mouth, 10) > 1.5, "happy and surprised look alike");
+    assert!(
+        change_around(&happy, &surprised, mouth, 10) > 1.5,
+        "happy and surprised look alike"
+    );
     p.set_expression("happy").unwrap();
     p.set_intensity(0.5);
     let (half, _) = run(&mut p);
     let full_change = change_around(&original, &happy, mouth, 10);
     let half_change = change_around(&original, &half, mouth, 10);
-    assert!(half_change < 0.75 * full_change && half_change > 0.25 * full_change, "half {half_change:.2} vs full {full_change:.2}");
+    assert!(
+        half_change < 0.75 * full_change && half_change > 0.25 * full_change,
+        "half {half_change:.2} vs full {full_change:.2}"
+    );
 }
 
 #[test]
@@ -108,7 +136,12 @@ fn tfeid_faces_change_towards_their_own_expression() {
     let faces_h = p.detect(&happy_img.as_frame()).unwrap();
     assert!(!faces_n.is_empty() && !faces_h.is_empty());
     let template = p.model().manifest().template.clone();
-    let crop = |img: &mut RgbImage, f: &reggan::Face| reggan::Alignment::for_face(f, &template).unwrap().crop_rgb(&img.as_frame()).unwrap();
+    let crop = |img: &mut RgbImage, f: &reggan::Face| {
+        reggan::Alignment::for_face(f, &template)
+            .unwrap()
+            .crop_rgb(&img.as_frame())
+            .unwrap()
+    };
     let neutral_crop = crop(&mut neutral_img, &faces_n[0]);
     let happy_crop = crop(&mut happy_img, &faces_h[0]);
     // Run the model on the aligned crop directly.
@@ -120,7 +153,12 @@ fn tfeid_faces_change_towards_their_own_expression() {
             x[[0, c, i / s, i % s]] = px[c] as f32 / 255.0;
         }
     }
-    let out = m.run(x.view(), &[m.manifest().expression_index("happy").unwrap() as i64]).unwrap();
+    let out = m
+        .run(
+            x.view(),
+            &[m.manifest().expression_index("happy").unwrap() as i64],
+        )
+        .unwrap();
     let mut err_in = 0.0;
     let mut err_out = 0.0;
     let mask = reggan::composite::face_mask(s);
@@ -139,18 +177,25 @@ fn tfeid_faces_change_towards_their_own_expression() {
 fn a_missing_or_corrupt_model_is_a_clear_error() {
     let missing = std::env::temp_dir().join("reggan-no-such-model");
     let e = ExpressionModel::load(&missing, Device::Cpu, 1).unwrap_err();
-    assert!(matches!(e, Error::Model { .. }) && e.to_string().contains("reggan-no-such-model"), "{e}");
+    assert!(
+        matches!(e, Error::Model { .. }) && e.to_string().contains("reggan-no-such-model"),
+        "{e}"
+    );
 
     let Some((model, _)) = inputs() else { return };
     let dir = tempdir("corrupt");
     std::fs::copy(model.join("model.json"), dir.join("model.json")).unwrap();
     std::fs::write(dir.join("model.onnx"), b"this is not an onnx graph").unwrap();
-    let e = ExpressionModel::load(&dir, Device::Cpu, 1).unwrap_err().to_string();
+    let e = ExpressionModel::load(&dir, Device::Cpu, 1)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("model.onnx") && e.contains("cannot load"), "{e}");
 
     std::fs::copy(model.join("model.onnx"), dir.join("model.onnx")).unwrap();
     std::fs::write(dir.join("model.json"), b"{\"format_version\": 1}").unwrap();
-    let e = ExpressionModel::load(&dir, Device::Cpu, 1).unwrap_err().to_string();
+    let e = ExpressionModel::load(&dir, Device::Cpu, 1)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("model.json") && e.contains("not a valid"), "{e}");
 }
 
@@ -159,7 +204,10 @@ fn an_unknown_expression_names_the_available_ones() {
     let Some((model, _)) = inputs() else { return };
     let mut p = processor(&model, "happy");
     let e = p.set_expression("bored").unwrap_err().to_string();
-    assert!(e.contains("bored") && e.contains("happy") && e.contains("surprised"), "{e}");
+    assert!(
+        e.contains("bored") && e.contains("happy") && e.contains("surprised"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -169,7 +217,9 @@ fn an_unusable_explicit_device_is_an_error_not_a_silent_fallback() {
         eprintln!("skipping: a GPU is present, CUDA may well work");
         return;
     }
-    let e = ExpressionModel::load(&model, Device::Cuda, 1).unwrap_err().to_string();
+    let e = ExpressionModel::load(&model, Device::Cuda, 1)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("CUDA"), "{e}");
     let auto = ExpressionModel::load(&model, Device::Auto, 1).unwrap();
     assert_eq!(auto.provider(), "CPU");

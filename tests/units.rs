@@ -3,13 +3,18 @@
 
 use reggan::align::{apply, invert, Alignment, Template};
 use reggan::composite::{face_mask, Compositor};
-use reggan::detect::{decode_anchor, ssd_anchors, weighted_nms, Anchor, BoxF, Face, Letterbox, Point};
+use reggan::detect::{
+    decode_anchor, ssd_anchors, weighted_nms, Anchor, BoxF, Face, Letterbox, Point,
+};
 use reggan::{FrameMut, PixelLayout, RgbImage};
 
 fn face(x: f32, y: f32, w: f32, h: f32, score: f32) -> Face {
     Face {
         bbox: BoxF { x, y, w, h },
-        keypoints: [Point { x: x + w / 2.0, y: y + h / 2.0 }; 6],
+        keypoints: [Point {
+            x: x + w / 2.0,
+            y: y + h / 2.0,
+        }; 6],
         score,
     }
 }
@@ -19,16 +24,46 @@ fn front_and_back_anchor_layouts_match_mediapipe() {
     let front = ssd_anchors(128, &[8, 16, 16, 16]);
     assert_eq!(front.len(), 896);
     // First grid 16x16 with 2 anchors per cell, centred on the cell.
-    assert_eq!(front[0], Anchor { cx: 0.5 / 16.0, cy: 0.5 / 16.0 });
+    assert_eq!(
+        front[0],
+        Anchor {
+            cx: 0.5 / 16.0,
+            cy: 0.5 / 16.0
+        }
+    );
     assert_eq!(front[1], front[0]);
-    assert_eq!(front[2], Anchor { cx: 1.5 / 16.0, cy: 0.5 / 16.0 });
+    assert_eq!(
+        front[2],
+        Anchor {
+            cx: 1.5 / 16.0,
+            cy: 0.5 / 16.0
+        }
+    );
     // Second grid 8x8 with 6 anchors per cell starts at index 512.
-    assert_eq!(front[512], Anchor { cx: 0.5 / 8.0, cy: 0.5 / 8.0 });
+    assert_eq!(
+        front[512],
+        Anchor {
+            cx: 0.5 / 8.0,
+            cy: 0.5 / 8.0
+        }
+    );
     assert_eq!(front[517], front[512]);
-    assert_eq!(front[518], Anchor { cx: 1.5 / 8.0, cy: 0.5 / 8.0 });
+    assert_eq!(
+        front[518],
+        Anchor {
+            cx: 1.5 / 8.0,
+            cy: 0.5 / 8.0
+        }
+    );
     let back = ssd_anchors(256, &[16, 32, 32, 32]);
     assert_eq!(back.len(), 896);
-    assert_eq!(back[512], Anchor { cx: 0.5 / 8.0, cy: 0.5 / 8.0 });
+    assert_eq!(
+        back[512],
+        Anchor {
+            cx: 0.5 / 8.0,
+            cy: 0.5 / 8.0
+        }
+    );
 }
 
 #[test]
@@ -63,9 +98,23 @@ fn weighted_nms_merges_overlaps_by_score_and_keeps_separate_faces() {
     assert!((out[0].bbox.x - 11.2).abs() < 1e-5, "{:?}", out[0]);
     assert_eq!(out[0].score, 0.9);
     assert!((out[0].keypoints[0].x - 16.2).abs() < 1e-5);
-    assert_eq!(out[1].bbox, BoxF { x: 100.0, y: 100.0, w: 20.0, h: 20.0 });
+    assert_eq!(
+        out[1].bbox,
+        BoxF {
+            x: 100.0,
+            y: 100.0,
+            w: 20.0,
+            h: 20.0
+        }
+    );
     // Below the threshold nothing merges.
-    let apart = weighted_nms(vec![face(0.0, 0.0, 10.0, 10.0, 0.8), face(8.0, 0.0, 10.0, 10.0, 0.7)], 0.3);
+    let apart = weighted_nms(
+        vec![
+            face(0.0, 0.0, 10.0, 10.0, 0.8),
+            face(8.0, 0.0, 10.0, 10.0, 0.7),
+        ],
+        0.3,
+    );
     assert_eq!(apart.len(), 2); // IoU = 20/180
 }
 
@@ -75,7 +124,10 @@ fn letterbox_maps_normalised_coordinates_back_to_frame_pixels() {
     assert!((lb.scale - 0.1).abs() < 1e-6 && lb.pad_x == 0.0 && (lb.pad_y - 28.0).abs() < 1e-4);
     let p = lb.to_frame(Point { x: 0.5, y: 0.5 });
     assert!((p.x - 640.0).abs() < 1e-3 && (p.y - 360.0).abs() < 1e-3);
-    let top = lb.to_frame(Point { x: 0.0, y: 28.0 / 128.0 });
+    let top = lb.to_frame(Point {
+        x: 0.0,
+        y: 28.0 / 128.0,
+    });
     assert!(top.x.abs() < 1e-3 && top.y.abs() < 1e-3);
 }
 
@@ -97,12 +149,18 @@ fn alignment_recovers_a_known_similarity_exactly_and_inverts() {
     let t = Template::lsrf(128);
     // Face = template rotated by 20 degrees, scaled by 2.5 and moved.
     let (s, th) = (2.5f64, 20f64.to_radians());
-    let m = [[s * th.cos(), -s * th.sin(), 300.0], [s * th.sin(), s * th.cos(), 120.0]];
+    let m = [
+        [s * th.cos(), -s * th.sin(), 300.0],
+        [s * th.sin(), s * th.cos(), 120.0],
+    ];
     let pts = t.points.map(|[x, y]| apply(&m, Point { x, y }));
     let a = Alignment::estimate(&pts, &t).unwrap();
     for (p, q) in pts.iter().zip(t.points) {
         let c = apply(&a.to_crop, *p);
-        assert!((c.x - q[0]).abs() < 1e-3 && (c.y - q[1]).abs() < 1e-3, "{c:?} vs {q:?}");
+        assert!(
+            (c.x - q[0]).abs() < 1e-3 && (c.y - q[1]).abs() < 1e-3,
+            "{c:?} vs {q:?}"
+        );
     }
     let inv = invert(&a.to_crop).unwrap();
     for r in 0..2 {
@@ -133,12 +191,18 @@ fn composite_case(intensity: f32) -> (RgbImage, RgbImage) {
     }
     let before = img.clone();
     let t = Template::lsrf(64);
-    let pts = t.points.map(|[x, y]| Point { x: x + 60.0, y: y + 40.0 });
+    let pts = t.points.map(|[x, y]| Point {
+        x: x + 60.0,
+        y: y + 40.0,
+    });
     let a = Alignment::estimate(&pts, &t).unwrap();
     let mut frame = img.as_frame();
     let crop = vec![0.5f32; 3 * 64 * 64];
     let out = vec![0.7f32; 3 * 64 * 64];
-    Compositor::new(64).unwrap().apply(&mut frame, &crop, &out, &a, intensity).unwrap();
+    Compositor::new(64)
+        .unwrap()
+        .apply(&mut frame, &crop, &out, &a, intensity)
+        .unwrap();
     (before, img)
 }
 
@@ -171,13 +235,19 @@ fn compositing_respects_stride_and_layout() {
     let (w, h, stride) = (100, 80, 100 * 4 + 8);
     let mut data = vec![7u8; stride * h];
     let t = Template::lsrf(32);
-    let pts = t.points.map(|[x, y]| Point { x: x + 30.0, y: y + 20.0 });
+    let pts = t.points.map(|[x, y]| Point {
+        x: x + 30.0,
+        y: y + 20.0,
+    });
     let a = Alignment::estimate(&pts, &t).unwrap();
     let mut frame = FrameMut::new(&mut data, w, h, stride, PixelLayout::Bgrx).unwrap();
     let crop = vec![0.0f32; 3 * 32 * 32];
     let mut out = vec![0.0f32; 3 * 32 * 32];
     out[..32 * 32].fill(0.4); // red plane only
-    Compositor::new(32).unwrap().apply(&mut frame, &crop, &out, &a, 1.0).unwrap();
+    Compositor::new(32)
+        .unwrap()
+        .apply(&mut frame, &crop, &out, &a, 1.0)
+        .unwrap();
     let px = |x: usize, y: usize| &data[y * stride + x * 4..y * stride + x * 4 + 4];
     let centre = px(46, 37);
     assert_eq!(centre[0], 7, "blue untouched");
@@ -185,17 +255,31 @@ fn compositing_respects_stride_and_layout() {
     assert_eq!(centre[2], 7 + 102, "red gained 0.4*255");
     assert_eq!(centre[3], 7, "x byte untouched");
     for y in 0..h {
-        assert!(data[y * stride + w * 4..(y + 1) * stride].iter().all(|&v| v == 7), "padding of row {y}");
+        assert!(
+            data[y * stride + w * 4..(y + 1) * stride]
+                .iter()
+                .all(|&v| v == 7),
+            "padding of row {y}"
+        );
     }
 }
 
 #[test]
 fn frames_with_bad_geometry_are_rejected_with_reasons() {
     let mut data = vec![0u8; 100];
-    let e = FrameMut::new(&mut data, 10, 10, 20, PixelLayout::Rgb).err().unwrap().to_string();
+    let e = FrameMut::new(&mut data, 10, 10, 20, PixelLayout::Rgb)
+        .err()
+        .unwrap()
+        .to_string();
     assert!(e.contains("stride 20") && e.contains("30 bytes"), "{e}");
-    let e = FrameMut::new(&mut data, 10, 10, 30, PixelLayout::Rgb).err().unwrap().to_string();
+    let e = FrameMut::new(&mut data, 10, 10, 30, PixelLayout::Rgb)
+        .err()
+        .unwrap()
+        .to_string();
     assert!(e.contains("too small"), "{e}");
-    let e = FrameMut::new(&mut data, 0, 10, 30, PixelLayout::Rgb).err().unwrap().to_string();
+    let e = FrameMut::new(&mut data, 0, 10, 30, PixelLayout::Rgb)
+        .err()
+        .unwrap()
+        .to_string();
     assert!(e.contains("empty"), "{e}");
 }
