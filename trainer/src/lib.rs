@@ -5,10 +5,22 @@
 //! - [`fit`] - cross-validation of k and λ, and the final layers
 //! - [`weights`] - fitted layers on disk
 //! - [`onnx_export`], [`export`] - the ONNX graph of the model contract, and its check
+//! - [`lsrf`] (+ [`npz`]) - `import-lsrf`: the LSRF/OMP authors' sparse weights as a model
+//! - [`eval`] - `eval`: ECS, FSS, Fréchet proxy, sharpness; tables and grid
+//! - [`kernel`] - Pixel-KR (Gaussian-kernel ridge regression per pixel) and its ONNX graph
+//! - [`augment`] - colour augmentation of training pairs
+//! - [`measure`] - pair MSE of an exported model
 
+pub mod augment;
 pub mod data;
+pub mod eval;
 pub mod export;
 pub mod fit;
+pub mod gan;
+pub mod kernel;
+pub mod lsrf;
+pub mod measure;
+pub mod npz;
 pub mod onnx_export;
 pub mod regression;
 pub mod weights;

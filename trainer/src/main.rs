@@ -45,7 +45,7 @@ enum Command {
     },
     /// Fit the closed-form expression layers (cross-validating k and lambda).
     Fit {
-        #[arg(long, default_value = "mr", value_parser = ["mr", "pixel-rr"])]
+        #[arg(long, default_value = "mr", value_parser = ["mr", "pixel-rr", "pixel-kr"])]
         method: String,
         #[arg(long)]
         cache: PathBuf,
@@ -61,6 +61,53 @@ enum Command {
         /// Output folder (weights.safetensors + meta.json).
         #[arg(long)]
         out: PathBuf,
+        #[command(flatten)]
+        extra: FitExtra,
+    },
+    /// Train RegGAN's refinement network (on the fitted MR layer), US-GAN or SARGAN.
+    Gan {
+        #[arg(long, value_parser = ["reggan", "usgan", "sargan"])]
+        model: String,
+        #[arg(long, default_value = "small", value_parser = ["small", "paper"])]
+        config: String,
+        #[arg(long)]
+        cache: PathBuf,
+        /// Fitted MR layer (RegGAN only).
+        #[arg(long)]
+        mr_weights: Option<PathBuf>,
+        /// Run folder: config.json, checkpoints, losses.png, samples.png.
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value_t = 100_000)]
+        steps: usize,
+        /// Stop (and checkpoint) after this many minutes.
+        #[arg(long)]
+        max_minutes: Option<f64>,
+        /// Continue the run in --out from its last checkpoint.
+        #[arg(long)]
+        resume: bool,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        #[arg(long, default_value = "cpu", value_parser = ["cpu", "cuda"])]
+        device: String,
+        /// Perceptual backbone: random-convnet, vgg19:<weights.safetensors> or none.
+        #[arg(long)]
+        perceptual: Option<String>,
+        #[arg(long)]
+        batch: Option<i64>,
+        /// Steps between checkpoints / sample grids / loss plots.
+        #[arg(long)]
+        every: Option<usize>,
+    },
+    /// Export a GAN run to model.onnx + model.json and verify ONNX Runtime against tch.
+    ExportGan {
+        #[arg(long)]
+        run: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        /// Store RegGAN's MR weights as float16.
+        #[arg(long)]
+        fp16: bool,
     },
     /// Write model.onnx + model.json and verify ONNX Runtime against tch.
     Export {
@@ -75,6 +122,41 @@ enum Command {
         #[arg(long)]
         preview: Option<PathBuf>,
     },
+    /// Pair MSE of an exported model on a prepare cache (per expression, vs identity).
+    Mse {
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long)]
+        cache: PathBuf,
+        /// All subjects of the cache (default: its validation subjects).
+        #[arg(long)]
+        all: bool,
+    },
+    /// Import the LSRF/OMP authors' published weights (scipy CSR .npz) as a model.
+    ImportLsrf {
+        /// The .npz (S² x S²+1 CSR: weights + bias column).
+        file: PathBuf,
+        /// The expression the weights synthesise.
+        #[arg(long, default_value = "happy")]
+        expression: String,
+        /// faithful: the authors' per-image min-max of input and output (flickers on
+        /// video); video: weights applied to the [0,1] input, clipped.
+        #[arg(long, default_value = "video")]
+        mode: reggan_trainer::lsrf::Mode,
+        /// A prepare cache: validation crops to verify and measure on.
+        #[arg(long)]
+        cache: Option<PathBuf>,
+        /// Further prepare caches to measure on, all subjects (e.g. London).
+        #[arg(long)]
+        ood: Vec<PathBuf>,
+        #[arg(long)]
+        preview: Option<PathBuf>,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Score models the papers' way: ECS, FSS, Fréchet proxy (or FID), sharpness, ms;
+    /// writes eval.md, eval.json and grid.png.
+    Eval(reggan_trainer::eval::EvalArgs),
 }
 
 fn prepare(
@@ -112,6 +194,21 @@ fn prepare(
     Ok(())
 }
 
+/// `fit` options of Pixel-KR and colour augmentation.
+#[derive(clap::Args)]
+struct FitExtra {
+    /// Pixel-KR: Gaussian kernel width on the [0,1] pixel scale, or "sweep".
+    #[arg(long, default_value = "sweep")]
+    sigma: String,
+    /// Pixel-KR: kernel centres (training neutral crops, evenly spaced) per pixel.
+    #[arg(long, default_value_t = reggan_trainer::kernel::DEFAULT_CENTRES)]
+    centres: usize,
+    /// Recolour each training subject N times (same colour transform for a pair's
+    /// input and target); 0 = off.
+    #[arg(long, default_value_t = 0)]
+    colour_augment: usize,
+}
+
 fn fit_cmd(
     method: String,
     cache: PathBuf,
@@ -119,7 +216,33 @@ fn fit_cmd(
     lambda: String,
     datasets: Option<Vec<String>>,
     out: PathBuf,
+    extra: FitExtra,
 ) -> Result<()> {
+    if method == "pixel-kr" {
+        if k.is_some_and(|k| k != 1) {
+            bail!("pixel-kr is k = 1");
+        }
+        if extra.centres < 2 {
+            bail!("--centres must be at least 2");
+        }
+        let lambdas = if lambda == "sweep" {
+            reggan_trainer::kernel::LAMBDAS.to_vec()
+        } else {
+            fit::parse_lambdas(&lambda)?
+        };
+        let opts = FitOptions {
+            method,
+            ks: vec![1],
+            lambdas,
+            datasets,
+            colour_augment: extra.colour_augment,
+        };
+        let sigmas = reggan_trainer::kernel::parse_sigmas(&extra.sigma)?;
+        let w = reggan_trainer::kernel::run(&cache, &opts, extra.centres, &sigmas)?;
+        w.save(&out)?;
+        println!("wrote {}", out.display());
+        return Ok(());
+    }
     let ks = match (method.as_str(), k) {
         ("pixel-rr", Some(k)) if k != 1 => bail!("pixel-rr is k = 1"),
         ("pixel-rr", _) => vec![1],
@@ -132,6 +255,7 @@ fn fit_cmd(
         ks,
         lambdas: fit::parse_lambdas(&lambda)?,
         datasets,
+        colour_augment: extra.colour_augment,
     };
     let weights = fit::run(&cache, &opts)?;
     weights.save(&out)?;
@@ -140,6 +264,9 @@ fn fit_cmd(
 }
 
 fn export_cmd(weights: PathBuf, out: PathBuf, fp16: bool, preview: Option<PathBuf>) -> Result<()> {
+    if reggan_trainer::kernel::KrWeights::is_kr(&weights) {
+        return reggan_trainer::kernel::export_cmd(&weights, &out, fp16, preview.as_deref());
+    }
     let weights = Weights::load(&weights)?;
     let (_, size) = export::export(&weights, &out, fp16)?;
     if let Some(png) = preview {
@@ -178,12 +305,70 @@ fn main() -> Result<()> {
             lambda,
             datasets,
             out,
-        } => fit_cmd(method, cache, k, lambda, datasets, out),
+            extra,
+        } => fit_cmd(method, cache, k, lambda, datasets, out, extra),
+        Command::Gan {
+            model,
+            config,
+            cache,
+            mr_weights,
+            out,
+            steps,
+            max_minutes,
+            resume,
+            seed,
+            device,
+            perceptual,
+            batch,
+            every,
+        } => reggan_trainer::gan::train::run(reggan_trainer::gan::train::GanArgs {
+            model,
+            config,
+            cache,
+            mr_weights,
+            out,
+            steps,
+            max_minutes,
+            resume,
+            seed,
+            device: if device == "cuda" {
+                tch::Device::Cuda(0)
+            } else {
+                tch::Device::Cpu
+            },
+            perceptual,
+            batch,
+            every,
+        }),
+        Command::ExportGan { run, out, fp16 } => {
+            reggan_trainer::gan::export::export_run(&run, &out, fp16)
+        }
         Command::Export {
             weights,
             out,
             fp16,
             preview,
         } => export_cmd(weights, out, fp16, preview),
+        Command::Mse { model, cache, all } => {
+            reggan_trainer::measure::run_cmd(&model, &cache, all).map(|_| ())
+        }
+        Command::ImportLsrf {
+            file,
+            expression,
+            mode,
+            cache,
+            ood,
+            preview,
+            out,
+        } => reggan_trainer::lsrf::run_import(&reggan_trainer::lsrf::ImportOptions {
+            file,
+            expression,
+            mode,
+            out,
+            cache,
+            ood,
+            preview,
+        }),
+        Command::Eval(args) => reggan_trainer::eval::run_cli(args),
     }
 }

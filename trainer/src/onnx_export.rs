@@ -19,7 +19,7 @@ use onnx_protobuf::{
 use tch::{Kind, Tensor};
 
 pub const OPSET: i64 = 17;
-const IR_VERSION: i64 = 8;
+pub const IR_VERSION: i64 = 8;
 
 /// W/B as stored in the file: float32, or float16 rounded (what the graph computes
 /// with after its Cast back to float).
@@ -31,7 +31,7 @@ pub fn stored(t: &Tensor, fp16: bool) -> Tensor {
     }
 }
 
-fn initializer(name: &str, t: &Tensor, fp16: bool) -> Result<TensorProto> {
+pub fn initializer(name: &str, t: &Tensor, fp16: bool) -> Result<TensorProto> {
     let mut p = TensorProto::new();
     p.name = name.into();
     p.dims = t.size();
@@ -48,7 +48,7 @@ fn initializer(name: &str, t: &Tensor, fp16: bool) -> Result<TensorProto> {
     Ok(p)
 }
 
-fn int64s(name: &str, vals: &[i64]) -> TensorProto {
+pub fn int64s(name: &str, vals: &[i64]) -> TensorProto {
     let mut p = TensorProto::new();
     p.name = name.into();
     p.dims = vec![vals.len() as i64];
@@ -57,7 +57,7 @@ fn int64s(name: &str, vals: &[i64]) -> TensorProto {
     p
 }
 
-fn scalar_f32(name: &str, v: f32) -> TensorProto {
+pub fn scalar_f32(name: &str, v: f32) -> TensorProto {
     let mut p = TensorProto::new();
     p.name = name.into();
     p.data_type = DataType::FLOAT as i32;
@@ -65,7 +65,7 @@ fn scalar_f32(name: &str, v: f32) -> TensorProto {
     p
 }
 
-fn attr_int(name: &str, v: i64) -> AttributeProto {
+pub fn attr_int(name: &str, v: i64) -> AttributeProto {
     let mut a = AttributeProto::new();
     a.name = name.into();
     a.type_ = AttributeType::INT.into();
@@ -73,7 +73,7 @@ fn attr_int(name: &str, v: i64) -> AttributeProto {
     a
 }
 
-fn attr_str(name: &str, v: &str) -> AttributeProto {
+pub fn attr_str(name: &str, v: &str) -> AttributeProto {
     let mut a = AttributeProto::new();
     a.name = name.into();
     a.type_ = AttributeType::STRING.into();
@@ -81,7 +81,7 @@ fn attr_str(name: &str, v: &str) -> AttributeProto {
     a
 }
 
-fn node(op: &str, inputs: &[&str], output: &str, attrs: Vec<AttributeProto>) -> NodeProto {
+pub fn node(op: &str, inputs: &[&str], output: &str, attrs: Vec<AttributeProto>) -> NodeProto {
     let mut n = NodeProto::new();
     n.op_type = op.into();
     n.name = format!("{op}_{output}");
@@ -92,7 +92,7 @@ fn node(op: &str, inputs: &[&str], output: &str, attrs: Vec<AttributeProto>) -> 
 }
 
 /// A tensor value with a symbolic batch dimension "N" first.
-fn value_info(name: &str, elem: DataType, dims: &[i64]) -> ValueInfoProto {
+pub fn value_info(name: &str, elem: DataType, dims: &[i64]) -> ValueInfoProto {
     let mut shape = TensorShapeProto::new();
     let mut n = Dimension::new();
     n.value = Some(dimension::Value::DimParam("N".into()));
@@ -222,6 +222,37 @@ pub fn build(w: &Tensor, b: &Tensor, k: usize, fp16: bool) -> Result<ModelProto>
 pub fn write(w: &Tensor, b: &Tensor, k: usize, fp16: bool, dir: &Path) -> Result<u64> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let bytes = build(w, b, k, fp16)?.write_to_bytes()?;
+    let path = dir.join("model.onnx");
+    std::fs::write(&path, &bytes).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(bytes.len() as u64)
+}
+
+/// An attribute holding a list of ints (e.g. `axes` of ReduceMin/ReduceMax in opset 17).
+pub fn attr_ints(name: &str, v: &[i64]) -> AttributeProto {
+    let mut a = AttributeProto::new();
+    a.name = name.into();
+    a.type_ = AttributeType::INTS.into();
+    a.ints = v.to_vec();
+    a
+}
+
+/// Wraps a graph into a model of this trainer's IR version and opset.
+pub fn model_of(g: GraphProto) -> ModelProto {
+    let mut m = ModelProto::new();
+    m.ir_version = IR_VERSION;
+    m.producer_name = "reggan-trainer".into();
+    m.producer_version = env!("CARGO_PKG_VERSION").into();
+    let mut opset = OperatorSetIdProto::new();
+    opset.version = OPSET;
+    m.opset_import = vec![opset];
+    m.graph = protobuf::MessageField::some(g);
+    m
+}
+
+/// Writes a model as `dir/model.onnx`; returns its size in bytes.
+pub fn write_model(m: &ModelProto, dir: &Path) -> Result<u64> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let bytes = m.write_to_bytes()?;
     let path = dir.join("model.onnx");
     std::fs::write(&path, &bytes).with_context(|| format!("cannot write {}", path.display()))?;
     Ok(bytes.len() as u64)
