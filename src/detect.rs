@@ -560,8 +560,25 @@ impl FaceDetector {
     }
 
     /// Faces in frame pixels, best first, at least `min_face_size` pixels wide.
+    ///
+    /// Every face found in the whole frame is then looked at again in a square around it
+    /// (`detect_near`), so its keypoints always come from the same view of the face as on
+    /// the tracked frames in between: without this the keypoints of a small face jump by
+    /// several pixels between the full-frame (256 px model) and the near (128 px model)
+    /// searches, and the synthesised expression flickers. When the face fills the frame,
+    /// as in the training photos, the square is the whole frame and nothing changes.
     pub fn detect(&mut self, frame: &FrameMut, min_face_size: f32) -> Result<Vec<Face>> {
-        let mut faces = self.detect_in(frame, None, min_face_size)?;
+        let found = self.detect_in(frame, None, min_face_size)?;
+        let mut faces = Vec::with_capacity(found.len());
+        for face in found {
+            let refined = if self.haar.is_some() {
+                None
+            } else {
+                self.detect_near(frame, &face)?
+            };
+            faces.push(refined.unwrap_or(face));
+        }
+        let mut faces = weighted_nms(faces, 0.3);
         faces.retain(|f| f.bbox.w >= min_face_size);
         Ok(faces)
     }

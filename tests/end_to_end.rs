@@ -230,3 +230,61 @@ fn tempdir(tag: &str) -> PathBuf {
     std::fs::create_dir_all(&d).unwrap();
     d
 }
+
+/// The astronaut pasted at (dx, dy) into a 960x640 grey frame (or no face at all).
+fn scene(img: &RgbImage, dx: usize, dy: usize, with_face: bool) -> RgbImage {
+    let (w, h) = (960, 640);
+    let mut out = RgbImage {
+        width: w,
+        height: h,
+        data: vec![100; w * h * 3],
+    };
+    if with_face {
+        for y in 0..img.height {
+            let o = ((y + dy) * w + dx) * 3;
+            out.data[o..o + img.width * 3]
+                .copy_from_slice(&img.data[y * img.width * 3..(y + 1) * img.width * 3]);
+        }
+    }
+    out
+}
+
+#[test]
+fn with_a_detect_interval_faces_are_followed_between_full_searches() {
+    let Some((model, original)) = inputs() else {
+        return;
+    };
+    let mut p = processor(&model, "happy");
+    p.set_detect_interval(3);
+    let mut previous_x: Option<f32> = None;
+    for i in 0..7 {
+        // The face moves 6 px right and 3 px down per frame.
+        let mut frame = scene(&original, 100 + 6 * i, 40 + 3 * i, true);
+        let report = p.process(&mut frame.as_frame()).unwrap();
+        assert_eq!(report.faces.len(), 1, "frame {i}");
+        let x: f32 = report.faces[0].alignment_points()[2].x;
+        if let Some(px) = previous_x {
+            let moved = x - px;
+            assert!(
+                (moved - 6.0).abs() < 3.0,
+                "frame {i}: nose moved {moved:.1} px, the face 6"
+            );
+        }
+        previous_x = Some(x);
+    }
+    // A face that appears between full searches is picked up at the next one.
+    p.reset_tracking();
+    let mut empty = scene(&original, 0, 0, false);
+    assert!(p.process(&mut empty.as_frame()).unwrap().faces.is_empty());
+    let found: Vec<usize> = (1..4)
+        .map(|_| {
+            let mut frame = scene(&original, 200, 60, true);
+            p.process(&mut frame.as_frame()).unwrap().faces.len()
+        })
+        .collect();
+    assert_eq!(
+        found,
+        vec![0, 0, 1],
+        "searched on frames 1 and 2 only around known faces, fully on frame 3"
+    );
+}

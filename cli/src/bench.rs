@@ -39,8 +39,9 @@ pub struct BenchArgs {
     pub core_only: bool,
     #[arg(long, default_value = "happy")]
     pub expression: String,
-    /// Full-frame face search every N frames, tracking search in between (1 = every frame)
-    #[arg(long, default_value_t = 1)]
+    /// Full-frame face search every N frames, tracking search in between (1 = every
+    /// frame; 3 = the element's default)
+    #[arg(long, default_value_t = 3)]
     pub detect_interval: u32,
     #[command(flatten)]
     pub model: ModelArgs,

@@ -271,7 +271,7 @@ fn properties_have_the_documented_defaults() {
     assert_eq!(e.property::<u32>("max-faces"), 4);
     assert_eq!(e.property::<u32>("min-face-size"), 32);
     assert_eq!(e.property::<String>("provider"), "");
-    assert_eq!(e.property::<u32>("detect-interval"), 1);
+    assert_eq!(e.property::<u32>("detect-interval"), 3);
     assert_eq!(e.property::<f64>("smoothing"), 0.0);
     assert_eq!(
         std::path::PathBuf::from(e.property::<String>("model")),

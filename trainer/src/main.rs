@@ -35,8 +35,8 @@ enum Command {
         agreeing_only: bool,
         /// Add the London face set (neutral + smiling); without a value, the shared copy.
         /// Not used by `fit` unless asked for with --datasets (it is the OOD test set).
-        #[arg(long, num_args = 0..=1, default_missing_value = "")]
-        london: Option<PathBuf>,
+        #[arg(long, num_args = 0..=1)]
+        london: Option<Option<PathBuf>>,
         /// Generic paired data: DIR/neutral/<subject>* and DIR/<expression>/<subject>*.
         #[arg(long)]
         pairs: Vec<PathBuf>,
@@ -98,6 +98,12 @@ enum Command {
         /// Steps between checkpoints / sample grids / loss plots.
         #[arg(long)]
         every: Option<usize>,
+        /// Weight of the adversarial loss (default: the config's, 1.0).
+        #[arg(long)]
+        adv_weight: Option<f64>,
+        /// Learning rate of generator and discriminator (default: the config's).
+        #[arg(long)]
+        lr: Option<f64>,
     },
     /// Export a GAN run to model.onnx + model.json and verify ONNX Runtime against tch.
     ExportGan {
@@ -163,7 +169,7 @@ fn prepare(
     tfeid: Option<PathBuf>,
     no_tfeid: bool,
     agreeing_only: bool,
-    london: Option<PathBuf>,
+    london: Option<Option<PathBuf>>,
     pairs: Vec<PathBuf>,
     out: PathBuf,
 ) -> Result<()> {
@@ -175,11 +181,7 @@ fn prepare(
         )?);
     }
     if let Some(dir) = london {
-        let dir = if dir.as_os_str().is_empty() {
-            data_root().join("london")
-        } else {
-            dir
-        };
+        let dir = dir.unwrap_or_else(|| data_root().join("london"));
         sources.extend(data::london_sources(&dir)?);
     }
     for dir in &pairs {
@@ -321,6 +323,8 @@ fn main() -> Result<()> {
             perceptual,
             batch,
             every,
+            adv_weight,
+            lr,
         } => reggan_trainer::gan::train::run(reggan_trainer::gan::train::GanArgs {
             model,
             config,
@@ -339,6 +343,8 @@ fn main() -> Result<()> {
             perceptual,
             batch,
             every,
+            adv_weight,
+            lr,
         }),
         Command::ExportGan { run, out, fp16 } => {
             reggan_trainer::gan::export::export_run(&run, &out, fp16)

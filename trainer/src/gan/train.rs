@@ -744,6 +744,10 @@ pub struct GanArgs {
     pub perceptual: Option<String>,
     pub batch: Option<i64>,
     pub every: Option<usize>,
+    /// Overrides the adversarial loss weight (λ_adv) of the config.
+    pub adv_weight: Option<f64>,
+    /// Overrides both learning rates of the config.
+    pub lr: Option<f64>,
 }
 
 /// Available memory in bytes: MemAvailable on CPU; for CUDA $REGGAN_GPU_MEM_GB (default 16).
@@ -803,6 +807,13 @@ pub fn run(args: GanArgs) -> Result<()> {
         }
         if let Some(e) = args.every {
             cfg.every = e;
+        }
+        if let Some(a) = args.adv_weight {
+            cfg.lambdas.adv = a;
+        }
+        if let Some(lr) = args.lr {
+            cfg.lr_g = lr;
+            cfg.lr_d = lr;
         }
         cfg
     };
