@@ -309,6 +309,27 @@ pub fn load_crop(path: &Path) -> Result<Tensor> {
         / 255.0)
 }
 
+/// A float tensor [3,H,W] in [0,1] as an 8-bit RGB image (the inverse of `load_crop`).
+pub fn to_rgb_image(img: &Tensor) -> Result<RgbImage> {
+    let (h, w) = (img.size()[1] as usize, img.size()[2] as usize);
+    let bytes = (img.permute([1, 2, 0]) * 255.0)
+        .round()
+        .clamp(0.0, 255.0)
+        .to_kind(Kind::Uint8)
+        .contiguous();
+    Ok(RgbImage {
+        width: w,
+        height: h,
+        data: Vec::<u8>::try_from(&bytes.flatten(0, -1))?,
+    })
+}
+
+/// Writes a float tensor [3,H,W] in [0,1] as an image (format from the extension).
+pub fn save_png(img: &Tensor, path: &Path) -> Result<()> {
+    to_rgb_image(img)?.save(path)?;
+    Ok(())
+}
+
 /// The crops of one subject: its neutral faces and, per expression, its targets.
 #[derive(Debug)]
 pub struct Subject {

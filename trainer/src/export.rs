@@ -176,20 +176,7 @@ pub fn preview(dir: &Path, faces: &Tensor, out: &Path) -> Result<()> {
         let row = Tensor::cat(&[faces.get(i).unsqueeze(0), y], 0); // [1+E,3,S,S]
         rows.push(Tensor::cat(&row.unbind(0), 2)); // [3,S,(1+E)S]
     }
-    let img = Tensor::cat(&rows, 1); // [3,rows*S,(1+E)S]
-    let (h, w) = (img.size()[1] as usize, img.size()[2] as usize);
-    let bytes = (img.permute([1, 2, 0]) * 255.0)
-        .round()
-        .clamp(0.0, 255.0)
-        .to_kind(Kind::Uint8)
-        .contiguous();
-    let rgb = reggan::RgbImage {
-        width: w,
-        height: h,
-        data: Vec::<u8>::try_from(&bytes.flatten(0, -1))?,
-    };
-    rgb.save(out)?;
-    Ok(())
+    crate::data::save_png(&Tensor::cat(&rows, 1), out) // [3,rows*S,(1+E)S]
 }
 
 /// Writes and verifies the model; returns (max diff, file size).

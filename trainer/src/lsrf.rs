@@ -552,18 +552,5 @@ pub fn preview(layer: &SparseLayer, dir: &Path, faces: &Tensor, png: &Path) -> R
             .view([3, s, s]);
         rows.push(Tensor::cat(&[x, out.get(i), o, bias.shallow_clone()], 2));
     }
-    let img = Tensor::cat(&rows, 1);
-    let (h, w) = (img.size()[1] as usize, img.size()[2] as usize);
-    let bytes = (img.permute([1, 2, 0]) * 255.0)
-        .round()
-        .clamp(0.0, 255.0)
-        .to_kind(Kind::Uint8)
-        .contiguous();
-    reggan::RgbImage {
-        width: w,
-        height: h,
-        data: Vec::<u8>::try_from(&bytes.flatten(0, -1))?,
-    }
-    .save(png)?;
-    Ok(())
+    crate::data::save_png(&Tensor::cat(&rows, 1), png)
 }

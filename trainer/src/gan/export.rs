@@ -7,12 +7,7 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use onnx_protobuf::tensor_proto::DataType;
-use onnx_protobuf::tensor_shape_proto::{dimension, Dimension};
-use onnx_protobuf::type_proto;
-use onnx_protobuf::{
-    GraphProto, Message, ModelProto, OperatorSetIdProto, TensorShapeProto, TypeProto,
-    ValueInfoProto,
-};
+use onnx_protobuf::{GraphProto, Message, ModelProto, OperatorSetIdProto};
 use reggan::{Device, ExpressionModel, Manifest};
 use serde_json::json;
 use tch::{Kind, Tensor};
@@ -23,26 +18,7 @@ use super::{Gen, Nets, RunConfig, EXPRESSIONS};
 use crate::export::{to_array, TFEID_LICENCE, TFEID_NAME};
 use crate::onnx_export;
 
-fn value_info(name: &str, elem: DataType, dims: &[i64]) -> ValueInfoProto {
-    let mut shape = TensorShapeProto::new();
-    let mut n = Dimension::new();
-    n.value = Some(dimension::Value::DimParam("N".into()));
-    shape.dim.push(n);
-    for &d in dims {
-        let mut dim = Dimension::new();
-        dim.value = Some(dimension::Value::DimValue(d));
-        shape.dim.push(dim);
-    }
-    let mut tt = type_proto::Tensor::new();
-    tt.elem_type = elem as i32;
-    tt.shape = protobuf::MessageField::some(shape);
-    let mut ty = TypeProto::new();
-    ty.value = Some(type_proto::Value::TensorType(tt));
-    let mut v = ValueInfoProto::new();
-    v.name = name.into();
-    v.type_ = protobuf::MessageField::some(ty);
-    v
-}
+use onnx_export::value_info;
 
 /// The model contract's graph for a generator (and, for RegGAN, the MR layer; `fp16`
 /// stores the MR weights as float16, the network's weights stay float32).

@@ -593,22 +593,7 @@ impl Trainer {
     }
 }
 
-/// Writes an RGB image [3,H,W] in [0,1] as PNG.
-pub fn save_png(img: &Tensor, path: &Path) -> Result<()> {
-    let (h, w) = (img.size()[1] as usize, img.size()[2] as usize);
-    let bytes = (img.permute([1, 2, 0]) * 255.0)
-        .round()
-        .clamp(0.0, 255.0)
-        .to_kind(Kind::Uint8)
-        .contiguous();
-    reggan::RgbImage {
-        width: w,
-        height: h,
-        data: Vec::<u8>::try_from(&bytes.flatten(0, -1))?,
-    }
-    .save(path)?;
-    Ok(())
-}
+pub use crate::data::save_png;
 
 /// Sample grid: per validation subject a row (neutral, then the six expressions); for
 /// RegGAN a second row with the MR layer's outputs (what the refinement network saw).
