@@ -38,8 +38,20 @@ pub struct DemoArgs {
     pub width: usize,
     #[arg(long, default_value_t = 480)]
     pub height: usize,
+    /// Expression strength, 0..2 (the video eases in to it at the start of each segment)
+    #[arg(long, default_value_t = 1.0, value_parser = parse_intensity)]
+    pub intensity: f64,
     #[command(flatten)]
     pub model: ModelArgs,
+}
+
+fn parse_intensity(s: &str) -> Result<f64, String> {
+    let v: f64 = s.parse().map_err(|e| format!("{e}"))?;
+    if (0.0..=2.0).contains(&v) {
+        Ok(v)
+    } else {
+        Err(format!("{v} is outside 0..2"))
+    }
 }
 
 pub fn run(args: DemoArgs) -> Result<()> {
@@ -55,6 +67,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
     let mut processor = FrameProcessor::new(&args.model.model_dir(), config)?;
     let face = largest_face(&mut processor, &photo)?;
     let still = args.out.join("demo.png");
+    processor.set_intensity(args.intensity as f32);
     write_strip(&mut processor, &photo, &face, &expressions, &still)?;
     drop(processor);
     println!("still: {}", still.display());
@@ -99,7 +112,6 @@ fn write_strip(
         images::label(&images::resize(&crop, TILE, TILE)?, text)
     };
     let mut tiles = vec![tile(photo, "input")?];
-    processor.set_intensity(1.0);
     for expression in expressions {
         processor.set_expression(expression)?;
         let mut changed = photo.clone();
@@ -137,7 +149,12 @@ fn write_video(
     let fx = gstutil::by_name(&pipeline, "fx")?;
     gstutil::configure(&fx, &args.model, &expressions[0], 0.0, 0);
     let total = args.frames_per_expression * expressions.len() as u64;
-    cycle_expressions(&fx, expressions.to_vec(), args.frames_per_expression);
+    cycle_expressions(
+        &fx,
+        expressions.to_vec(),
+        args.frames_per_expression,
+        args.intensity,
+    );
     let done = gstutil::count_buffers(&fx.static_pad("src").expect("element has a src pad"));
 
     let appsrc = gstutil::by_name(&pipeline, "src")?
@@ -171,7 +188,12 @@ fn frame_bar(total: u64) -> ProgressBar {
 /// Sets expression and intensity on the element from each frame's timestamp, right
 /// before the element sees that frame, so the switch lands exactly on segment
 /// boundaries whatever the queueing between feeder and element.
-fn cycle_expressions(fx: &gst::Element, expressions: Vec<String>, frames_per_expression: u64) {
+fn cycle_expressions(
+    fx: &gst::Element,
+    expressions: Vec<String>,
+    frames_per_expression: u64,
+    intensity: f64,
+) {
     let element = fx.clone();
     let last_segment = Arc::new(AtomicU64::new(u64::MAX));
     let sink = fx.static_pad("sink").expect("element has a sink pad");
@@ -186,7 +208,7 @@ fn cycle_expressions(fx: &gst::Element, expressions: Vec<String>, frames_per_exp
         }
         element.set_property(
             "intensity",
-            ramp(frame % frames_per_expression, frames_per_expression),
+            intensity * ramp(frame % frames_per_expression, frames_per_expression),
         );
         gst::PadProbeReturn::Ok
     });
