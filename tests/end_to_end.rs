@@ -288,3 +288,98 @@ fn with_a_detect_interval_faces_are_followed_between_full_searches() {
         "searched on frames 1 and 2 only around known faces, fully on frame 3"
     );
 }
+
+/// The astronaut's face region (about 160 px around the face) scaled to `side` pixels.
+fn face_tile(original: &RgbImage, side: usize) -> RgbImage {
+    let (x0, y0, src) = (150.0, 50.0, 170.0);
+    let mut img = RgbImage::new(side, side);
+    for y in 0..side {
+        for x in 0..side {
+            let sx = (x0 + x as f32 * src / side as f32) as usize;
+            let sy = (y0 + y as f32 * src / side as f32) as usize;
+            let i = (y * side + x) * 3;
+            img.data[i..i + 3].copy_from_slice(&original.pixel(sx, sy));
+        }
+    }
+    img
+}
+
+fn paste(dst: &mut RgbImage, src: &RgbImage, x0: usize, y0: usize) {
+    for y in 0..src.height {
+        let o = ((y0 + y) * dst.width + x0) * 3;
+        dst.data[o..o + src.width * 3]
+            .copy_from_slice(&src.data[y * src.width * 3..(y + 1) * src.width * 3]);
+    }
+}
+
+#[test]
+fn twenty_faces_are_limited_to_max_faces() {
+    let Some((model, original)) = inputs() else {
+        return;
+    };
+    // 5 x 4 faces of about 140 px in a 1280x1024 frame.
+    let tile = face_tile(&original, 256);
+    let (w, h) = (1280, 1024);
+    let mut frame = RgbImage {
+        width: w,
+        height: h,
+        data: vec![0; w * h * 3],
+    };
+    for t in 0..20 {
+        paste(&mut frame, &tile, (t % 5) * 256, (t / 5) * 256);
+    }
+    let before = frame.clone();
+    let mut p = processor(&model, "happy");
+    p.set_max_faces(3);
+    let report = p.process(&mut frame.as_frame()).unwrap();
+    assert!(
+        report.detected >= 15,
+        "only {} of 20 faces detected",
+        report.detected
+    );
+    assert_eq!(report.faces.len(), 3);
+    let changed_tiles = (0..20)
+        .filter(|t| {
+            let (tx, ty) = (t % 5, t / 5);
+            (0..256).any(|y| {
+                let o = ((ty * 256 + y) * w + tx * 256) * 3;
+                frame.data[o..o + 256 * 3] != before.data[o..o + 256 * 3]
+            })
+        })
+        .count();
+    assert_eq!(
+        changed_tiles, 3,
+        "max-faces 3 must change exactly three faces"
+    );
+}
+
+#[test]
+fn tiny_and_huge_frames_are_processed_without_error() {
+    let Some((model, original)) = inputs() else {
+        return;
+    };
+    let mut p = processor(&model, "happy");
+    for (w, h) in [(1, 1), (2, 3), (17, 9), (64, 48)] {
+        let mut img = RgbImage::new(w, h);
+        let before = img.clone();
+        let report = p.process(&mut img.as_frame()).unwrap();
+        assert!(report.faces.is_empty(), "{w}x{h}");
+        assert_eq!(img, before, "{w}x{h} changed without a face");
+    }
+    // 4K UHD with a 600 px face in a corner: found and changed, the rest untouched.
+    let (w, h) = (3840, 2160);
+    let mut big = RgbImage {
+        width: w,
+        height: h,
+        data: vec![50; w * h * 3],
+    };
+    paste(&mut big, &face_tile(&original, 1000), 0, 0);
+    let before = big.clone();
+    let report = p.process(&mut big.as_frame()).unwrap();
+    assert_eq!(report.faces.len(), 1);
+    assert_ne!(big, before);
+    assert!(
+        big.data[(1100 * w) * 3..].iter().all(|&v| v == 50),
+        "pixels far from the face changed"
+    );
+}

@@ -68,7 +68,7 @@ impl From<Device> for reggan::Device {
 pub enum Detector {
     #[default]
     #[enum_value(
-        name = "Auto: BlazeFace front, then back when nothing is found",
+        name = "Auto: both BlazeFace models (near and far faces), merged",
         nick = "auto"
     )]
     Auto = 0,
