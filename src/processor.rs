@@ -195,18 +195,23 @@ impl FrameProcessor {
         };
         faces.retain(|f| f.bbox.w >= self.config.min_face_size);
         faces.sort_by(|a, b| b.bbox.area().total_cmp(&a.bbox.area()));
-        faces.truncate(self.config.max_faces);
+        // A face whose keypoints admit no similarity transform (a detector glitch) is
+        // left alone rather than failing the whole frame.
+        let t = Instant::now();
+        let template = &self.template;
+        let (faces, alignments): (Vec<Face>, Vec<Alignment>) = faces
+            .into_iter()
+            .filter_map(|f| Alignment::for_face(&f, template).ok().map(|a| (f, a)))
+            .take(self.config.max_faces)
+            .unzip();
         if faces.is_empty() || self.config.intensity == 0.0 {
             report.faces = faces;
             return Ok(report);
         }
 
-        let t = Instant::now();
         let s = self.template.size;
         let mut batch = Array4::<f32>::zeros((faces.len(), 3, s, s));
-        let mut alignments = Vec::with_capacity(faces.len());
-        for (i, face) in faces.iter().enumerate() {
-            let alignment = Alignment::for_face(face, &self.template)?;
+        for (i, alignment) in alignments.iter().enumerate() {
             let crop = alignment.warp_crop(frame)?;
             let mut slot = batch.index_axis_mut(ndarray::Axis(0), i);
             crop_to_planar(
@@ -214,7 +219,6 @@ impl FrameProcessor {
                 frame.layout(),
                 slot.as_slice_mut().expect("standard layout"),
             )?;
-            alignments.push(alignment);
         }
         report.timings.align = t.elapsed();
 

@@ -383,3 +383,22 @@ fn tiny_and_huge_frames_are_processed_without_error() {
         "pixels far from the face changed"
     );
 }
+
+#[test]
+fn a_degenerate_face_is_skipped_without_failing_the_frame() {
+    let Some((model, original)) = inputs() else {
+        return;
+    };
+    let mut p = processor(&model, "happy");
+    let mut img = original.clone();
+    let real = p.detect(&img.as_frame()).unwrap().remove(0);
+    // A detector glitch: every keypoint on one spot, so no similarity transform exists.
+    let mut glitch = real.clone();
+    glitch.bbox.w *= 1.5;
+    glitch.keypoints = [reggan::detect::Point { x: 10.0, y: 10.0 }; 6];
+    let report = p
+        .process_faces(&mut img.as_frame(), vec![glitch, real])
+        .unwrap();
+    assert_eq!(report.faces.len(), 1, "the real face is still processed");
+    assert_ne!(img, original);
+}
