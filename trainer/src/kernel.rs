@@ -22,7 +22,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use onnx_protobuf::tensor_proto::DataType;
 use onnx_protobuf::GraphProto;
 use serde::{Deserialize, Serialize};
@@ -230,16 +230,12 @@ pub struct KrWeights {
 
 impl KrWeights {
     pub fn save(&self, dir: &Path) -> Result<()> {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-        Tensor::write_safetensors(
+        crate::weights::write_folder(
+            dir,
+            "kr.safetensors",
+            &self.meta,
             &[("x", &self.x), ("c", &self.c), ("g", &self.g)],
-            dir.join("kr.safetensors"),
-        )?;
-        std::fs::write(
-            dir.join("meta.json"),
-            serde_json::to_string_pretty(&self.meta)? + "\n",
-        )?;
-        Ok(())
+        )
     }
 
     /// Is `dir` a Pixel-KR weights folder?
@@ -248,22 +244,13 @@ impl KrWeights {
     }
 
     pub fn load(dir: &Path) -> Result<Self> {
-        let path = dir.join("meta.json");
-        let meta: KrMeta = serde_json::from_str(
-            &std::fs::read_to_string(&path)
-                .with_context(|| format!("cannot read {}", path.display()))?,
-        )
-        .with_context(|| format!("{} is not Pixel-KR metadata", path.display()))?;
-        let tensors = Tensor::read_safetensors(dir.join("kr.safetensors"))
-            .with_context(|| format!("cannot read {}/kr.safetensors", dir.display()))?;
-        let get = |n: &str| {
-            tensors
-                .iter()
-                .find(|(k, _)| k == n)
-                .map(|(_, t)| t.shallow_clone())
-                .with_context(|| format!("kr.safetensors lacks {n}"))
-        };
-        let (x, c, g) = (get("x")?, get("c")?, get("g")?);
+        let (meta, t): (KrMeta, _) =
+            crate::weights::read_folder(dir, "kr.safetensors", &["x", "c", "g"])?;
+        let (x, c, g) = (
+            t[0].shallow_clone(),
+            t[1].shallow_clone(),
+            t[2].shallow_clone(),
+        );
         let (e, m, s) = (
             meta.meta.expressions.len() as i64,
             meta.centres as i64,

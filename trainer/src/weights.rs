@@ -60,35 +60,17 @@ impl Weights {
     }
 
     pub fn save(&self, dir: &Path) -> Result<()> {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-        Tensor::write_safetensors(
+        write_folder(
+            dir,
+            "weights.safetensors",
+            &self.meta,
             &[("w", &self.w), ("b", &self.b)],
-            dir.join("weights.safetensors"),
-        )?;
-        std::fs::write(
-            dir.join("meta.json"),
-            serde_json::to_string_pretty(&self.meta)? + "\n",
-        )?;
-        Ok(())
+        )
     }
 
     pub fn load(dir: &Path) -> Result<Self> {
-        let meta_path = dir.join("meta.json");
-        let meta: Meta = serde_json::from_str(
-            &std::fs::read_to_string(&meta_path)
-                .with_context(|| format!("cannot read {}", meta_path.display()))?,
-        )
-        .with_context(|| format!("{} is not valid", meta_path.display()))?;
-        let tensors = Tensor::read_safetensors(dir.join("weights.safetensors"))
-            .with_context(|| format!("cannot read weights in {}", dir.display()))?;
-        let get = |name: &str| {
-            tensors
-                .iter()
-                .find(|(n, _)| n == name)
-                .map(|(_, t)| t.shallow_clone())
-                .with_context(|| format!("weights lack tensor {name}"))
-        };
-        let (w, b) = (get("w")?, get("b")?);
+        let (meta, t): (Meta, _) = read_folder(dir, "weights.safetensors", &["w", "b"])?;
+        let (w, b) = (t[0].shallow_clone(), t[1].shallow_clone());
         let (e, k, s) = (
             meta.expressions.len() as i64,
             meta.k as i64,
@@ -103,4 +85,48 @@ impl Weights {
         }
         Ok(Weights { meta, w, b })
     }
+}
+
+/// Writes a weights folder: `dir/meta.json` and the named tensors in `dir/<file>`.
+pub fn write_folder<M: Serialize>(
+    dir: &Path,
+    file: &str,
+    meta: &M,
+    tensors: &[(&str, &Tensor)],
+) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    Tensor::write_safetensors(tensors, dir.join(file))?;
+    std::fs::write(
+        dir.join("meta.json"),
+        serde_json::to_string_pretty(meta)? + "\n",
+    )?;
+    Ok(())
+}
+
+/// Reads a weights folder written by [`write_folder`]: its metadata and the tensors
+/// named in `names`, in that order.
+pub fn read_folder<M: serde::de::DeserializeOwned>(
+    dir: &Path,
+    file: &str,
+    names: &[&str],
+) -> Result<(M, Vec<Tensor>)> {
+    let meta_path = dir.join("meta.json");
+    let meta: M = serde_json::from_str(
+        &std::fs::read_to_string(&meta_path)
+            .with_context(|| format!("cannot read {}", meta_path.display()))?,
+    )
+    .with_context(|| format!("{} is not valid", meta_path.display()))?;
+    let tensors = Tensor::read_safetensors(dir.join(file))
+        .with_context(|| format!("cannot read {}/{file}", dir.display()))?;
+    let picked = names
+        .iter()
+        .map(|name| {
+            tensors
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, t)| t.shallow_clone())
+                .with_context(|| format!("{file} lacks tensor {name}"))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok((meta, picked))
 }
