@@ -1,7 +1,7 @@
 //! `fit`: cross-validates k and λ on the validation subjects, then fits the final
 //! layers on the training subjects (validation stays held out, so its error is honest).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::Instant;
 
@@ -72,29 +72,9 @@ pub fn run(cache: &Path, opts: &FitOptions) -> Result<Weights> {
     let mut meta = Meta {
         method: opts.method.clone(),
         k,
-        crop_size: index.crop_size,
-        template: index.template.clone(),
-        expressions: expressions.clone(),
-        lambda: BTreeMap::new(),
-        val_mse: BTreeMap::new(),
-        identity_mse: BTreeMap::new(),
-        fit_seconds: BTreeMap::new(),
-        train_pairs: BTreeMap::new(),
-        // Recoloured copies (`<subject>~cN`) are not listed.
-        train_subjects: train
-            .iter()
-            .filter(|s| !s.name.contains('~'))
-            .map(|s| s.name.clone())
-            .collect(),
-        val_subjects: val.iter().map(|s| s.name.clone()).collect(),
-        datasets,
-        cache: cache
-            .canonicalize()
-            .unwrap_or(cache.into())
-            .display()
-            .to_string(),
-        sweep: Some(table.clone()),
+        ..Meta::for_fit(&index, &expressions, &train, &val, datasets, cache)
     };
+    meta.sweep = Some(table.clone());
     let mut layers = Vec::new();
     println!(
         "{:<10} {:>7} {:>6} {:>10} {:>10} {:>7} {:>8}",

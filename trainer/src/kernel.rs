@@ -532,27 +532,8 @@ pub fn run(
     let meta = Meta {
         method: "pixel-kr".into(),
         k: 1,
-        crop_size: index.crop_size,
-        template: index.template.clone(),
-        expressions: expressions.clone(),
-        lambda: BTreeMap::new(),
-        val_mse: BTreeMap::new(),
-        identity_mse: BTreeMap::new(),
-        fit_seconds: BTreeMap::new(),
         train_pairs,
-        train_subjects: train
-            .iter()
-            .filter(|s| !s.name.contains('~'))
-            .map(|s| s.name.clone())
-            .collect(),
-        val_subjects: val.iter().map(|s| s.name.clone()).collect(),
-        datasets,
-        cache: cache
-            .canonicalize()
-            .unwrap_or(cache.into())
-            .display()
-            .to_string(),
-        sweep: None,
+        ..Meta::for_fit(&index, &expressions, &train, &val, datasets, cache)
     };
     fit(
         &train,

@@ -9,6 +9,7 @@ use reggan::Template;
 use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
+use crate::data::{Index, Subject};
 use crate::regression::{Layer, Sweep};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -31,6 +32,46 @@ pub struct Meta {
     /// The prepare cache the layers were fitted from (export verifies on its crops).
     pub cache: String,
     pub sweep: Option<Sweep>,
+}
+
+impl Meta {
+    /// The metadata of a fresh fit: what was trained on; method and k are the caller's,
+    /// the per-expression maps are filled in as the layers are solved.
+    pub fn for_fit(
+        index: &Index,
+        expressions: &[String],
+        train: &[Subject],
+        val: &[Subject],
+        datasets: Vec<String>,
+        cache: &Path,
+    ) -> Self {
+        Meta {
+            method: String::new(),
+            k: 0,
+            crop_size: index.crop_size,
+            template: index.template.clone(),
+            expressions: expressions.to_vec(),
+            lambda: BTreeMap::new(),
+            val_mse: BTreeMap::new(),
+            identity_mse: BTreeMap::new(),
+            fit_seconds: BTreeMap::new(),
+            train_pairs: BTreeMap::new(),
+            // Recoloured copies (`<subject>~cN`) are not listed.
+            train_subjects: train
+                .iter()
+                .filter(|s| !s.name.contains('~'))
+                .map(|s| s.name.clone())
+                .collect(),
+            val_subjects: val.iter().map(|s| s.name.clone()).collect(),
+            datasets,
+            cache: cache
+                .canonicalize()
+                .unwrap_or(cache.into())
+                .display()
+                .to_string(),
+            sweep: None,
+        }
+    }
 }
 
 #[derive(Debug)]
