@@ -104,6 +104,10 @@ enum Command {
         /// Learning rate of generator and discriminator (default: the config's).
         #[arg(long)]
         lr: Option<f64>,
+        /// RegGAN: steps of restoration pretraining before fine-tuning on the MR
+        /// layer's outputs (default: the config's; 0 turns it off).
+        #[arg(long)]
+        pretrain_steps: Option<usize>,
     },
     /// Export a GAN run to model.onnx + model.json and verify ONNX Runtime against tch.
     ExportGan {
@@ -325,6 +329,7 @@ fn main() -> Result<()> {
             every,
             adv_weight,
             lr,
+            pretrain_steps,
         } => reggan_trainer::gan::train::run(reggan_trainer::gan::train::GanArgs {
             model,
             config,
@@ -345,6 +350,7 @@ fn main() -> Result<()> {
             every,
             adv_weight,
             lr,
+            pretrain_steps,
         }),
         Command::ExportGan { run, out, fp16 } => {
             reggan_trainer::gan::export::export_run(&run, &out, fp16)

@@ -245,3 +245,29 @@ fn a_bad_data_folder_is_a_clear_error() {
 fn reggan_needs_mr_weights() {
     assert!(Trainer::new(tiny("reggan"), None, Device::Cpu).is_err());
 }
+
+#[test]
+fn reggan_pretrains_on_restoration_then_fine_tunes_on_mr_outputs() {
+    let data = subjects();
+    let mut cfg = tiny("reggan");
+    cfg.pretrain_steps = 2;
+    let mut t = Trainer::new(cfg, Some(random_mr()), Device::Cpu).unwrap();
+    for step in 0..3 {
+        assert_eq!(t.pretraining(), step < 2);
+        let losses = t.step(&data).unwrap();
+        let restoring = losses.contains_key("restore_pix");
+        assert_eq!(restoring, step < 2, "step {step}: {losses:?}");
+        assert_eq!(losses.contains_key("g_adv"), step >= 2, "step {step}");
+    }
+    // The refinement network starts as the identity, so on the first step it returns
+    // the degraded crop: its loss is the degradation's own error.
+    let mut cfg = tiny("reggan");
+    cfg.pretrain_steps = 1;
+    let mut t = Trainer::new(cfg, Some(random_mr()), Device::Cpu).unwrap();
+    let first = t.step(&data).unwrap();
+    assert!(first["restore_input_pix"] > 0.0);
+    assert!(
+        (first["restore_pix"] - first["restore_input_pix"]).abs() < 1e-6,
+        "{first:?}"
+    );
+}

@@ -4,6 +4,7 @@
 pub mod export;
 pub mod nets;
 pub mod onnx;
+pub mod restore;
 pub mod train;
 
 use std::path::Path;
@@ -28,6 +29,10 @@ pub struct Lambdas {
     pub rec: f64,
     pub gp: f64,
 }
+
+/// Restoration pretraining steps of the `small` RegGAN config (about 12 minutes on
+/// two CPU cores).
+pub const PRETRAIN_STEPS_SMALL: usize = 4000;
 
 /// Everything that defines a run; written to RUN_DIR/config.json.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -54,6 +59,10 @@ pub struct RunConfig {
     pub every: usize,
     pub cache: String,
     pub mr_weights: Option<String>,
+    /// RegGAN: generator steps of restoration pretraining ([`restore`]) before the
+    /// fine-tuning on the MR layer's outputs (0: none).
+    #[serde(default)]
+    pub pretrain_steps: usize,
 }
 
 impl RunConfig {
@@ -159,6 +168,13 @@ impl RunConfig {
             every: if tiny { 1 } else { 50 },
             cache: String::new(),
             mr_weights: None,
+            pretrain_steps: if !reg || tiny {
+                0
+            } else if paper {
+                20_000
+            } else {
+                PRETRAIN_STEPS_SMALL
+            },
         })
     }
 

@@ -12,6 +12,7 @@ use tch::nn::{self, OptimizerConfig, VarStore};
 use tch::{Device, Kind, Tensor};
 
 use super::nets::{Conv, DOMAINS};
+use super::restore::Restoration;
 use super::{save_vs, write_atomic, Disc, Nets, RunConfig, EXPRESSIONS};
 use crate::data::{load_subjects, Index, Subject};
 use crate::export::tch_forward;
@@ -313,6 +314,8 @@ pub struct Trainer {
     opt_d: nn::Optimizer,
     pub mr: Option<Mr>,
     backbone: Option<Backbone>,
+    /// Crops for restoration pretraining, built on the first pretraining step.
+    restoration: Option<Restoration>,
     pub state: State,
     device: Device,
 }
@@ -360,6 +363,7 @@ impl Trainer {
             opt_d,
             mr,
             backbone,
+            restoration: None,
             state,
             device,
         })
@@ -380,7 +384,9 @@ impl Trainer {
         let step = self.state.step as u64;
         tch::manual_seed((self.cfg.seed.wrapping_mul(1_000_003).wrapping_add(step)) as i64);
         let mut rng = Rng::new(self.cfg.seed.wrapping_mul(1_000_003).wrapping_add(step));
-        let losses = if self.cfg.model == "reggan" {
+        let losses = if self.pretraining() {
+            self.step_restore(data, &mut rng)
+        } else if self.cfg.model == "reggan" {
             self.step_reggan(data, &mut rng)
         } else {
             self.step_star(data, &mut rng)
@@ -392,6 +398,44 @@ impl Trainer {
         }
         self.state.step += 1;
         Ok(losses)
+    }
+
+    /// Whether the next step is a restoration-pretraining step.
+    pub fn pretraining(&self) -> bool {
+        self.cfg.model == "reggan" && self.state.step < self.cfg.pretrain_steps
+    }
+
+    /// Restoration pretraining: the refinement network learns to undo a regression-like
+    /// degradation of clean crops (pixel + perceptual loss; no discriminator yet).
+    fn step_restore(&mut self, data: &[Subject], rng: &mut Rng) -> BTreeMap<String, f64> {
+        let l = self.cfg.lambdas.clone();
+        let seed = self.cfg.seed;
+        let r = self
+            .restoration
+            .get_or_insert_with(|| Restoration::new(data, seed));
+        let clean = r.sample(self.cfg.batch, rng);
+        let degraded = r.degrade(&clean, rng).to_device(self.device);
+        let clean = clean.to_device(self.device);
+        let out = self
+            .nets
+            .generate(&degraded, &Tensor::zeros([1], (Kind::Int64, Device::Cpu)));
+        let pix = (&out - &clean).abs().mean(Kind::Float);
+        let pcp = match &self.backbone {
+            Some(b) => b.loss(&out, &clean),
+            None => Tensor::zeros([], (Kind::Float, self.device)),
+        };
+        let loss = &pix * l.pix + &pcp * l.pcp;
+        self.opt_g.zero_grad();
+        loss.backward();
+        self.opt_g.step();
+        BTreeMap::from([
+            ("restore_pix".to_string(), f(&pix)),
+            ("restore_pcp".to_string(), f(&pcp)),
+            (
+                "restore_input_pix".to_string(),
+                f(&(&degraded - &clean).abs().mean(Kind::Float)),
+            ),
+        ])
     }
 
     fn step_reggan(&mut self, data: &[Subject], rng: &mut Rng) -> BTreeMap<String, f64> {
@@ -631,10 +675,13 @@ const COLORS: [[u8; 3]; 8] = [
 /// Loss curves: one panel per loss (in the order of losses.csv's columns), each scaled
 /// to its own min..max, with a grey zero line where zero is in range.
 pub fn loss_plot(history: &[HistEntry], png: &Path, csv: &Path) -> Result<()> {
+    // Every loss that was ever logged (pretraining and fine-tuning log different ones).
     let keys: Vec<String> = history
-        .last()
-        .map(|h| h.losses.keys().cloned().collect())
-        .unwrap_or_default();
+        .iter()
+        .flat_map(|h| h.losses.keys().cloned())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
     let mut text = format!("step,{}\n", keys.join(","));
     for h in history {
         let vals: Vec<String> = keys
@@ -733,6 +780,8 @@ pub struct GanArgs {
     pub adv_weight: Option<f64>,
     /// Overrides both learning rates of the config.
     pub lr: Option<f64>,
+    /// Overrides the config's restoration-pretraining steps (RegGAN).
+    pub pretrain_steps: Option<usize>,
 }
 
 /// Available memory in bytes: MemAvailable on CPU; for CUDA $REGGAN_GPU_MEM_GB (default 16).
@@ -800,6 +849,12 @@ pub fn run(args: GanArgs) -> Result<()> {
             cfg.lr_g = lr;
             cfg.lr_d = lr;
         }
+        if let Some(p) = args.pretrain_steps {
+            if cfg.model != "reggan" && p > 0 {
+                bail!("--pretrain-steps is for RegGAN's refinement network only");
+            }
+            cfg.pretrain_steps = p;
+        }
         cfg
     };
     let data = Data::load(Path::new(&cfg.cache))?;
@@ -844,14 +899,15 @@ pub fn run(args: GanArgs) -> Result<()> {
         println!("resumed {} at step {}", args.out.display(), t.state.step);
     }
     println!(
-        "{} ({}): generator {} parameters, {:.2} GMAC per face; discriminator {} parameters; ~{:.2} GB per step; perceptual: {}",
+        "{} ({}): generator {} parameters, {:.2} GMAC per face; discriminator {} parameters; ~{:.2} GB per step; perceptual: {}; restoration pretraining: {} steps",
         t.cfg.model,
         t.cfg.config,
         t.state.g_params,
         t.state.g_macs_per_face / 1e9,
         t.state.d_params,
         need / 1e9,
-        t.cfg.perceptual
+        t.cfg.perceptual,
+        t.cfg.pretrain_steps
     );
     std::fs::create_dir_all(&args.out)?;
     let start = Instant::now();
