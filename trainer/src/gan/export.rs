@@ -168,7 +168,14 @@ pub fn manifest(
             "lr_g": cfg.lr_g,
             "lr_d": cfg.lr_d,
             "perceptual_backbone": cfg.perceptual,
-            "pretraining": "none",
+            "pretraining": if cfg.pretrain_steps > 0 {
+                format!(
+                    "restoration of regression-like degraded crops of the training subjects, {} steps (no FFHQ here)",
+                    cfg.pretrain_steps
+                )
+            } else {
+                "none".to_string()
+            },
             "mr_weights": cfg.mr_weights,
             "extra": extra,
         }),
