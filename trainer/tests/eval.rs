@@ -285,3 +285,72 @@ fn sharpness_ratio_drops_when_blurred() {
         last = r;
     }
 }
+
+/// A shipped model, or None (with a message) when it is missing.
+fn shipped(name: &str) -> Option<reggan::ExpressionModel> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../models")
+        .join(name);
+    if !dir.join("model.onnx").is_file() {
+        eprintln!("SKIP: {} missing", dir.display());
+        return None;
+    }
+    Some(reggan::ExpressionModel::load(&dir, reggan::Device::Cpu, 1).unwrap())
+}
+
+/// The shipped RegGAN is the shipped MR layer followed by the refinement network. On the
+/// held-out performers' neutral faces, for every expression, its output must be clearly
+/// sharper than MR's (what the refinement is for), still the same person by dlib's
+/// threshold, and must keep MR's expression change (not restore the neutral face).
+#[test]
+fn shipped_reggan_sharpens_mr_and_keeps_identity_and_expression() {
+    let (Some(_), Some(mut mr), Some(mut reg), Some(mut rec)) =
+        (tfeid(), shipped("mr"), shipped("reggan"), recognizer())
+    else {
+        return;
+    };
+    // First neutral photo of each validation performer (never trained on).
+    let faces = crops(&[
+        "0701a01.jpg",
+        "1301001.jpg",
+        "1801001.jpg",
+        "2401a08.jpg",
+        "3001a02.jpg",
+    ]);
+    let identity = rec.embed(&faces).unwrap().vectors;
+    // The expression change lives in the coarse face; fine detail is the refinement's.
+    let coarse = |x: &Tensor| x.avg_pool2d([8, 8], [8, 8], [0, 0], false, true, None::<i64>);
+    for e in 0..6 {
+        let m = reggan_trainer::measure::run_model(&mut mr, &faces, e).unwrap();
+        let r = reggan_trainer::measure::run_model(&mut reg, &faces, e).unwrap();
+        let (sm, sr) = (
+            metrics::sharpness_ratio(&m, &faces),
+            metrics::sharpness_ratio(&r, &faces),
+        );
+        assert!(
+            sr > 1.2 * sm,
+            "expression {e}: sharpness {sr:.3} vs MR {sm:.3}"
+        );
+        let d = fss::distances(&identity, &rec.embed(&r).unwrap().vectors);
+        let worst = d.max().double_value(&[]);
+        assert!(
+            worst < 0.6,
+            "expression {e}: dlib distance up to {worst:.3}"
+        );
+        let kept = (coarse(&r) - coarse(&faces))
+            .abs()
+            .mean(Kind::Float)
+            .double_value(&[]);
+        let mr_change = (coarse(&m) - coarse(&faces))
+            .abs()
+            .mean(Kind::Float)
+            .double_value(&[]);
+        assert!(
+            kept > 0.5 * mr_change,
+            "expression {e}: change from the input {kept:.4}, MR's {mr_change:.4}"
+        );
+        eprintln!(
+            "expression {e}: sharpness {sr:.3} vs MR {sm:.3}; dlib distance <= {worst:.3}; coarse change {kept:.4} vs MR {mr_change:.4}"
+        );
+    }
+}
