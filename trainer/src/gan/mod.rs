@@ -30,8 +30,8 @@ pub struct Lambdas {
     pub gp: f64,
 }
 
-/// Restoration pretraining steps of the `small` RegGAN config (about 12 minutes on
-/// two CPU cores).
+/// Restoration pretraining steps of the `small` RegGAN config (10.5 minutes on two
+/// CPU cores).
 pub const PRETRAIN_STEPS_SMALL: usize = 4000;
 
 /// Everything that defines a run; written to RUN_DIR/config.json.

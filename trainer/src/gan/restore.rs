@@ -28,10 +28,6 @@ pub const NOISE_STD: f64 = 0.01;
 /// Recoloured copies of every subject added to the restoration crops.
 pub const COLOUR_COPIES: usize = 2;
 
-fn uniform(rng: &mut Rng, (a, b): (f64, f64)) -> f64 {
-    a + (b - a) * (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-}
-
 /// Normalised 1-D Gaussian taps, radius ⌈3σ⌉.
 pub fn gaussian_taps(sigma: f64) -> Vec<f32> {
     let r = (3.0 * sigma).ceil().max(1.0) as i64;
@@ -125,8 +121,8 @@ impl Restoration {
             .unbind(0)
             .iter()
             .map(|xi| {
-                let sigma = uniform(rng, SIGMA);
-                let keep = uniform(rng, KEEP);
+                let sigma = rng.uniform(SIGMA.0, SIGMA.1);
+                let keep = rng.uniform(KEEP.0, KEEP.1);
                 let both = gaussian_blur(
                     &Tensor::cat(&[xi.unsqueeze(0), mean.shallow_clone()], 0),
                     sigma,

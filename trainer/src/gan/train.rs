@@ -127,6 +127,10 @@ impl Rng {
     pub fn below(&mut self, n: usize) -> usize {
         (self.next_u64() % n as u64) as usize
     }
+    /// Uniform in [a, b).
+    pub fn uniform(&mut self, a: f64, b: f64) -> f64 {
+        a + (b - a) * (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
 }
 
 fn expr_index(name: &str) -> Option<i64> {
