@@ -101,16 +101,42 @@ pub fn run(cache: &Path, opts: &FitOptions) -> Result<Weights> {
     Ok(Weights::from_layers(meta, &layers))
 }
 
+/// Parses a hyper-parameter option (`--lambda`, `--sigma`): a positive number, or
+/// "sweep" for `grid`.
+pub fn parse_grid(option: &str, s: &str, grid: &[f64]) -> Result<Vec<f64>> {
+    if s == "sweep" {
+        return Ok(grid.to_vec());
+    }
+    let v: f64 = s
+        .parse()
+        .map_err(|_| anyhow::anyhow!("{option} takes a number or 'sweep', not '{s}'"))?;
+    if v.is_nan() || v <= 0.0 {
+        bail!("{option} must be positive");
+    }
+    Ok(vec![v])
+}
+
 /// Parses `--lambda`: a number, or "sweep" for the default grid.
 pub fn parse_lambdas(s: &str) -> Result<Vec<f64>> {
-    if s == "sweep" {
-        return Ok(LAMBDAS.to_vec());
+    parse_grid("--lambda", s, &LAMBDAS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grid_options_take_a_number_or_sweep_and_name_themselves_in_errors() {
+        assert_eq!(parse_lambdas("sweep").unwrap(), LAMBDAS.to_vec());
+        assert_eq!(parse_lambdas("0.5").unwrap(), vec![0.5]);
+        assert_eq!(
+            crate::kernel::parse_sigmas("sweep").unwrap(),
+            crate::kernel::SIGMAS.to_vec()
+        );
+        let e = crate::kernel::parse_sigmas("wide").unwrap_err().to_string();
+        assert_eq!(e, "--sigma takes a number or 'sweep', not 'wide'");
+        let e = parse_lambdas("-1").unwrap_err().to_string();
+        assert_eq!(e, "--lambda must be positive");
+        assert!(parse_lambdas("NaN").is_err());
     }
-    let l: f64 = s
-        .parse()
-        .map_err(|_| anyhow::anyhow!("--lambda takes a number or 'sweep', not '{s}'"))?;
-    if l.is_nan() || l <= 0.0 {
-        bail!("--lambda must be positive");
-    }
-    Ok(vec![l])
 }

@@ -548,16 +548,7 @@ pub fn run(
 
 /// Parses `--sigma`: a number, or "sweep" for [`SIGMAS`].
 pub fn parse_sigmas(s: &str) -> Result<Vec<f64>> {
-    if s == "sweep" {
-        return Ok(SIGMAS.to_vec());
-    }
-    let v: f64 = s
-        .parse()
-        .map_err(|_| anyhow::anyhow!("--sigma takes a number or 'sweep', not '{s}'"))?;
-    if v.is_nan() || v <= 0.0 {
-        bail!("--sigma must be positive");
-    }
-    Ok(vec![v])
+    crate::fit::parse_grid("--sigma", s, &SIGMAS)
 }
 
 /// `export` of Pixel-KR weights: model.onnx + model.json (verified), preview, timing.
