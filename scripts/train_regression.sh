@@ -2,12 +2,12 @@
 # Rebuilds a shipped regression model end to end: prepare -> fit -> export (+ measure).
 # Needs TFEID at $REGGAN_DATA/tfeid (default ../shared/data/tfeid) and scripts/setup.sh run once.
 # Usage: scripts/train_regression.sh METHOD [OUT_MODEL_DIR]
-#   METHOD: mr | pixel-rr | pixel-kr | lsrf-happy
+#   METHOD: mr | pixel-rr | pixel-kr | lsrf-happy | regflow
 #   (default OUT: models/<METHOD>; Pixel-KR is not shipped by default, see trainer/README.md)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source .deps/env.sh
-METHOD="${1:?usage: scripts/train_regression.sh mr|pixel-rr|pixel-kr|lsrf-happy [OUT]}"
+METHOD="${1:?usage: scripts/train_regression.sh mr|pixel-rr|pixel-kr|lsrf-happy|regflow [OUT]}"
 OUT="${2:-models/$METHOD}"
 WORK="${REGGAN_WORK:-target/reggan-train}"
 DATA="${REGGAN_DATA:-../shared/data}"
@@ -36,6 +36,12 @@ case "$METHOD" in
     # 32 centres per pixel; sigma x lambda cross-validated per expression (~12 min on 2 cores).
     $BIN fit --method pixel-kr --centres "${CENTRES:-32}" --cache "$WORK/cache" --out "$WORK/pixel-kr-weights"
     $BIN export --weights "$WORK/pixel-kr-weights" --out "$OUT" --fp16 --preview "$OUT/preview.png" ;;
+  regflow)
+    # Flow layer (k, lambda cross-validated; DIS flows of every pair cached in the
+    # cache's flows/, ~2 min the first time) + MR appearance layer on flow-warped
+    # sources, every source expression to every target and to neutral.
+    $BIN regflow --cache "$WORK/cache" --out "$WORK/regflow-weights" --model "$OUT" --fp16 \
+      --preview "$OUT/preview.png" ;;
   lsrf-happy)
     # The LSRF authors' published 128 px weights, video-safe mode (no per-frame min-max).
     $BIN import-lsrf "$DATA/reference/lsrf/lsrf_weights_N2HAS_f-1_img-size_128.npz" \

@@ -10,17 +10,22 @@
 //! - [`kernel`] - Pixel-KR (Gaussian-kernel ridge regression per pixel) and its ONNX graph
 //! - [`augment`] - colour augmentation of training pairs
 //! - [`measure`] - pair MSE of an exported model
+//! - [`flow`] - dense optical flow between crops (DIS) and the backward warp
+//! - [`regflow`], [`regflow_export`] - RegFlow: flow layer + appearance layer, format-2 model
 
 pub mod augment;
 pub mod data;
 pub mod eval;
 pub mod export;
 pub mod fit;
+pub mod flow;
 pub mod gan;
 pub mod kernel;
 pub mod lsrf;
 pub mod measure;
 pub mod npz;
 pub mod onnx_export;
+pub mod regflow;
+pub mod regflow_export;
 pub mod regression;
 pub mod weights;

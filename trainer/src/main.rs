@@ -64,6 +64,30 @@ enum Command {
         #[command(flatten)]
         extra: FitExtra,
     },
+    /// Fit RegFlow (flow layer + appearance layer, every source expression to every
+    /// target and to neutral); with --model, export and verify it too.
+    Regflow {
+        #[arg(long)]
+        cache: PathBuf,
+        /// Output folder of the fitted weights (weights.safetensors + meta.json).
+        #[arg(long)]
+        out: PathBuf,
+        /// Also export the model here (model.onnx + model.json).
+        #[arg(long)]
+        model: Option<PathBuf>,
+        /// Flow-layer receptive field (grid cells); default: cross-validate 0, 1, 3, 5.
+        #[arg(long)]
+        flow_k: Option<usize>,
+        /// Data sets of the cache to train on (default: tfeid).
+        #[arg(long, value_delimiter = ',')]
+        datasets: Option<Vec<String>>,
+        /// Store the appearance weights as float16.
+        #[arg(long)]
+        fp16: bool,
+        /// A PNG of validation faces and their outputs for every target.
+        #[arg(long)]
+        preview: Option<PathBuf>,
+    },
     /// Train RegGAN's refinement network (on the fitted MR layer), US-GAN or SARGAN.
     Gan {
         #[arg(long, value_parser = ["reggan", "usgan", "sargan"])]
@@ -294,6 +318,36 @@ fn export_cmd(weights: PathBuf, out: PathBuf, fp16: bool, preview: Option<PathBu
     Ok(())
 }
 
+fn regflow_cmd(
+    cache: PathBuf,
+    out: PathBuf,
+    model: Option<PathBuf>,
+    flow_k: Option<usize>,
+    datasets: Option<Vec<String>>,
+    fp16: bool,
+    preview: Option<PathBuf>,
+) -> Result<()> {
+    use reggan_trainer::{regflow, regflow_export};
+    let flow_ks = match flow_k {
+        Some(k) if k % 2 == 0 && k != 0 => bail!("--flow-k must be 0 or odd"),
+        Some(k) => vec![k],
+        None => regflow::FLOW_KS.to_vec(),
+    };
+    let fitted = regflow::fit(&cache, &regflow::RegFlowOptions { datasets, flow_ks })?;
+    fitted.save(&out)?;
+    println!("wrote {}", out.display());
+    let Some(dir) = model else { return Ok(()) };
+    let size = regflow_export::export(&fitted, &dir, fp16)?;
+    if let Some(png) = preview {
+        let faces = regflow_export::preview_faces(&fitted)?;
+        export::preview(&dir, &faces, &png)?;
+        println!("wrote {}", png.display());
+    }
+    let ms = export::cpu_ms_per_face(&dir, fitted.meta.crop_size)?;
+    println!("model.onnx: {size} bytes; CPU (1 thread) {ms:.2} ms per face");
+    Ok(())
+}
+
 fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Prepare {
@@ -313,6 +367,15 @@ fn main() -> Result<()> {
             out,
             extra,
         } => fit_cmd(method, cache, k, lambda, datasets, out, extra),
+        Command::Regflow {
+            cache,
+            out,
+            model,
+            flow_k,
+            datasets,
+            fp16,
+            preview,
+        } => regflow_cmd(cache, out, model, flow_k, datasets, fp16, preview),
         Command::Gan {
             model,
             config,

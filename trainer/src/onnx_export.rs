@@ -116,7 +116,6 @@ pub fn value_info(name: &str, elem: DataType, dims: &[i64]) -> ValueInfoProto {
 /// The graph for W [E,3,k²,S,S] and B [E,3,S,S].
 pub fn build(w: &Tensor, b: &Tensor, k: usize, fp16: bool) -> Result<ModelProto> {
     let s = w.size()[3];
-    let r = (k / 2) as i64;
     let mut g = GraphProto::new();
     g.name = "reggan_expression_layer".into();
     g.input = vec![
@@ -161,41 +160,7 @@ pub fn build(w: &Tensor, b: &Tensor, k: usize, fp16: bool) -> Result<ModelProto>
         ));
     }
 
-    // Shifted copies of the edge-padded face, in the order of `regression::shifted`.
-    if k == 1 {
-        g.node
-            .push(node("Unsqueeze", &["face", "axis2"], "stack", vec![]));
-    } else {
-        g.initializer
-            .push(int64s("pads", &[0, 0, r, r, 0, 0, r, r]));
-        g.initializer.push(int64s("hw_axes", &[2, 3]));
-        g.node.push(node(
-            "Pad",
-            &["face", "pads"],
-            "padded",
-            vec![attr_str("mode", "edge")],
-        ));
-        let mut copies = Vec::new();
-        for dy in 0..k as i64 {
-            for dx in 0..k as i64 {
-                let (st, en, sl, un) = (
-                    format!("st_{dy}_{dx}"),
-                    format!("en_{dy}_{dx}"),
-                    format!("sl_{dy}_{dx}"),
-                    format!("un_{dy}_{dx}"),
-                );
-                g.initializer.push(int64s(&st, &[dy, dx]));
-                g.initializer.push(int64s(&en, &[dy + s, dx + s]));
-                g.node
-                    .push(node("Slice", &["padded", &st, &en, "hw_axes"], &sl, vec![]));
-                g.node.push(node("Unsqueeze", &[&sl, "axis2"], &un, vec![]));
-                copies.push(un);
-            }
-        }
-        let refs: Vec<&str> = copies.iter().map(|c| c.as_str()).collect();
-        g.node
-            .push(node("Concat", &refs, "stack", vec![attr_int("axis", 2)]));
-    }
+    push_shifted(&mut g, "face", k, s, "", "stack");
     g.node.push(node("Mul", &["stack", "W_g"], "prod", vec![]));
     g.node.push(node(
         "ReduceSum",
@@ -216,6 +181,51 @@ pub fn build(w: &Tensor, b: &Tensor, k: usize, fp16: bool) -> Result<ModelProto>
     m.opset_import = vec![opset];
     m.graph = protobuf::MessageField::some(g);
     Ok(m)
+}
+
+/// Nodes computing the k² shifted copies of `input` [N,C,H,W] (edge padded by k/2),
+/// stacked on axis 2 as `out` [N,C,k²,H,W], in the order of `regression::shifted`.
+/// `prefix` keeps the names of several such blocks in one graph apart. Needs the
+/// initializer `axis2` ([2]) in the graph.
+pub fn push_shifted(g: &mut GraphProto, input: &str, k: usize, size: i64, prefix: &str, out: &str) {
+    if k == 1 {
+        g.node.push(node("Unsqueeze", &[input, "axis2"], out, vec![]));
+        return;
+    }
+    let r = (k / 2) as i64;
+    let (pads, axes, padded) = (
+        format!("{prefix}pads"),
+        format!("{prefix}hw_axes"),
+        format!("{prefix}padded"),
+    );
+    g.initializer.push(int64s(&pads, &[0, 0, r, r, 0, 0, r, r]));
+    g.initializer.push(int64s(&axes, &[2, 3]));
+    g.node.push(node(
+        "Pad",
+        &[input, &pads],
+        &padded,
+        vec![attr_str("mode", "edge")],
+    ));
+    let mut copies = Vec::new();
+    for dy in 0..k as i64 {
+        for dx in 0..k as i64 {
+            let (st, en, sl, un) = (
+                format!("{prefix}st_{dy}_{dx}"),
+                format!("{prefix}en_{dy}_{dx}"),
+                format!("{prefix}sl_{dy}_{dx}"),
+                format!("{prefix}un_{dy}_{dx}"),
+            );
+            g.initializer.push(int64s(&st, &[dy, dx]));
+            g.initializer.push(int64s(&en, &[dy + size, dx + size]));
+            g.node
+                .push(node("Slice", &[&padded, &st, &en, &axes], &sl, vec![]));
+            g.node.push(node("Unsqueeze", &[&sl, "axis2"], &un, vec![]));
+            copies.push(un);
+        }
+    }
+    let refs: Vec<&str> = copies.iter().map(|c| c.as_str()).collect();
+    g.node
+        .push(node("Concat", &refs, out, vec![attr_int("axis", 2)]));
 }
 
 /// Writes `dir/model.onnx`; returns its size in bytes.

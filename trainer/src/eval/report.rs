@@ -161,6 +161,17 @@ pub fn markdown(report: &Report) -> String {
         }
         s += "\n";
     }
+    if !report.full_resolution.is_empty() {
+        s += "## Full resolution\n\nThe whole product path (detect, align, model, flow warp, composite; `FrameProcessor`) on the original photos of the validation performers' neutral faces and of London neutral faces: median over photos of the face box's Laplacian variance, output / input.\n\n| method | expression | photos | sharpness (median) |\n|---|---|---|---|\n";
+        for r in &report.full_resolution {
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {:.3} |",
+                r.method, r.expression, r.n, r.median_sharpness
+            );
+        }
+        s += "\n";
+    }
     s += "## Notes\n\n";
     for n in &report.notes {
         let _ = writeln!(s, "- {n}");

@@ -1,0 +1,91 @@
+//! Quality at the frame's own resolution: the whole product path (detect, align, model,
+//! flow warp, composite; `reggan::FrameProcessor` as the element runs it) on original
+//! photos. Sharpness = Laplacian variance of the grey face box, output over input; the
+//! median over photos is reported (what a user sees: a face that went soft or not).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Result;
+use opencv::core::{Mat, Rect, CV_64F};
+use opencv::prelude::*;
+use reggan::{Device, FrameProcessor, ProcessorConfig, RgbImage};
+use serde::Serialize;
+
+/// One model × expression at full resolution.
+#[derive(Debug, Clone, Serialize)]
+pub struct FullResRow {
+    pub method: String,
+    pub expression: String,
+    /// Photos in which a face was found and changed.
+    pub n: usize,
+    pub median_sharpness: f64,
+}
+
+/// Laplacian variance of the grey pixels of `rect` in a packed RGB image.
+pub fn box_laplacian_variance(img: &RgbImage, rect: Rect) -> Result<f64> {
+    let rgb = Mat::new_rows_cols_with_data(img.height as i32, (img.width * 3) as i32, &img.data)?
+        .reshape(3, img.height as i32)?
+        .try_clone()?;
+    let roi = Mat::roi(&rgb, rect)?.try_clone()?;
+    let mut grey = Mat::default();
+    opencv::imgproc::cvt_color_def(&roi, &mut grey, opencv::imgproc::COLOR_RGB2GRAY)?;
+    let mut lap = Mat::default();
+    opencv::imgproc::laplacian(
+        &grey,
+        &mut lap,
+        CV_64F,
+        1,
+        1.0,
+        0.0,
+        opencv::core::BORDER_REPLICATE,
+    )?;
+    let (mut mean, mut dev) = (Mat::default(), Mat::default());
+    opencv::core::mean_std_dev(&lap, &mut mean, &mut dev, &opencv::core::no_array())?;
+    let sd = *dev.at_2d::<f64>(0, 0)?;
+    Ok(sd * sd)
+}
+
+/// Output/input sharpness of the largest face's box for each photo (photos without a
+/// face are skipped).
+pub fn sharpness_ratios(model: &Path, photos: &[PathBuf], expression: &str) -> Result<Vec<f64>> {
+    let config = ProcessorConfig {
+        expression: expression.into(),
+        device: Device::Cpu,
+        threads: 1,
+        max_faces: 1,
+        ..Default::default()
+    };
+    let mut processor = FrameProcessor::new(model, config)?;
+    let mut ratios = Vec::new();
+    for photo in photos {
+        let input = RgbImage::load(photo)?;
+        let mut output = input.clone();
+        let report = processor.process(&mut output.as_frame())?;
+        let Some(face) = report.faces.first() else {
+            continue;
+        };
+        let b = &face.bbox;
+        let x0 = b.x.max(0.0) as i32;
+        let y0 = b.y.max(0.0) as i32;
+        let x1 = ((b.x + b.w) as i32).min(input.width as i32);
+        let y1 = ((b.y + b.h) as i32).min(input.height as i32);
+        if x1 - x0 < 8 || y1 - y0 < 8 {
+            continue;
+        }
+        let rect = Rect::new(x0, y0, x1 - x0, y1 - y0);
+        let before = box_laplacian_variance(&input, rect)?;
+        let after = box_laplacian_variance(&output, rect)?;
+        ratios.push(after / before.max(1e-9));
+    }
+    Ok(ratios)
+}
+
+pub fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => 0.5 * (v[n / 2 - 1] + v[n / 2]),
+    }
+}
