@@ -17,7 +17,7 @@ pub use align::{Alignment, Template};
 pub use detect::{DetectorKind, Face, FaceDetector};
 pub use error::{Error, Result};
 pub use frame::{FrameMut, PixelLayout, RgbImage};
-pub use model::{Device, ExpressionModel, Manifest, EXPRESSIONS};
+pub use model::{Device, ExpressionModel, Manifest, ModelOutput, ALL_EXPRESSIONS, EXPRESSIONS};
 pub use processor::{FrameProcessor, FrameReport, ProcessorConfig, StageTimings};
 
 /// The model shipped with the project (used when no model is given).

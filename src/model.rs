@@ -5,6 +5,13 @@
 //! `model.json` (the [`Manifest`]). The runtime is an ONNX Runtime session on the
 //! execution provider the caller chose; `auto` tries TensorRT, then CUDA, then CPU and
 //! reports which one really runs.
+//!
+//! Format 2 (geometry-first models) adds an optional second output, `flow` float32
+//! [N,2,S,S]: a backward displacement field in crop pixels (channel 0 dx, channel 1 dy;
+//! the edited crop at x samples the input crop at x + flow(x)). Such a model's
+//! `face_out` is its appearance result on the flow-warped crop. The manifest says which
+//! outputs the graph has (`outputs`); see [`crate::flow`] for how the runtime applies
+//! the flow at the frame's own resolution.
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -18,11 +25,36 @@ use ort::value::TensorRef;
 use crate::align::Template;
 use crate::error::{Error, Result};
 
-/// Version of the model.json format this library reads and the trainer writes.
+/// Version of the model.json format of a model whose only output is `face_out` (what
+/// the trainer writes for its regression and GAN models).
 pub const FORMAT_VERSION: u32 = 1;
 
-/// The expressions the product knows, in the order models list them by default.
+/// Version of the model.json format that may list a `flow` output (contract v2). This
+/// build reads every version from [`FORMAT_VERSION`] up to this one.
+pub const FORMAT_VERSION_FLOW: u32 = 2;
+
+/// The graph output every model has: the edited face.
+pub const OUTPUT_FACE: &str = "face_out";
+
+/// The optional graph output of format-2 models: the backward expression flow.
+pub const OUTPUT_FLOW: &str = "flow";
+
+/// The expressions the product knows, in the order models list them by default (the
+/// six targets the trainer learns from neutral faces).
 pub const EXPRESSIONS: [&str; 6] = ["happy", "sad", "angry", "disgusted", "afraid", "surprised"];
+
+/// Every expression name the element and the CLI accept: [`EXPRESSIONS`] plus
+/// `neutral`, which format-2 models may offer as a target (calming a face). Whether a
+/// given model has one is still up to its manifest.
+pub const ALL_EXPRESSIONS: [&str; 7] = [
+    "happy",
+    "sad",
+    "angry",
+    "disgusted",
+    "afraid",
+    "surprised",
+    "neutral",
+];
 
 /// `model.json`: everything needed to use a model, and what is known about its quality.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -48,6 +80,10 @@ pub struct Manifest {
     /// Measured quality (validation errors, ...).
     #[serde(default)]
     pub quality: serde_json::Value,
+    /// The graph's outputs (format 2): `["face_out"]` or `["face_out", "flow"]`. Empty
+    /// (and left out of the file) means `["face_out"]`, as in every format-1 model.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub outputs: Vec<String>,
 }
 
 impl Manifest {
@@ -57,15 +93,17 @@ impl Manifest {
             .map_err(|e| Error::model(&path, format!("cannot read: {e}")))?;
         let m: Manifest = serde_json::from_str(&text)
             .map_err(|e| Error::model(&path, format!("not a valid model.json: {e}")))?;
-        if m.format_version != FORMAT_VERSION {
+        if !(FORMAT_VERSION..=FORMAT_VERSION_FLOW).contains(&m.format_version) {
             return Err(Error::model(
                 &path,
                 format!(
-                    "format_version {} (this build reads {FORMAT_VERSION})",
+                    "format_version {} (this build reads {FORMAT_VERSION} to {FORMAT_VERSION_FLOW})",
                     m.format_version
                 ),
             ));
         }
+        m.check_outputs()
+            .map_err(|reason| Error::model(&path, reason))?;
         if m.expressions.is_empty() {
             return Err(Error::model(&path, "lists no expressions"));
         }
@@ -73,6 +111,39 @@ impl Manifest {
             return Err(Error::model(&path, "template size differs from crop_size"));
         }
         Ok(m)
+    }
+
+    /// `outputs` must name `face_out`, may name `flow` only from format 2 on, and
+    /// nothing else: a runtime that silently ignored an output would composite a
+    /// result the model did not mean.
+    fn check_outputs(&self) -> std::result::Result<(), String> {
+        if self.outputs.is_empty() {
+            return Ok(());
+        }
+        if let Some(unknown) = self
+            .outputs
+            .iter()
+            .find(|o| *o != OUTPUT_FACE && *o != OUTPUT_FLOW)
+        {
+            return Err(format!(
+                "lists output '{unknown}' (known: {OUTPUT_FACE}, {OUTPUT_FLOW})"
+            ));
+        }
+        if !self.outputs.iter().any(|o| o == OUTPUT_FACE) {
+            return Err(format!("outputs {:?} lack {OUTPUT_FACE}", self.outputs));
+        }
+        if self.has_flow() && self.format_version < FORMAT_VERSION_FLOW {
+            return Err(format!(
+                "lists a {OUTPUT_FLOW} output, which needs format_version {FORMAT_VERSION_FLOW} (it has {})",
+                self.format_version
+            ));
+        }
+        Ok(())
+    }
+
+    /// Whether the graph has the `flow` output (a format-2 geometry-first model).
+    pub fn has_flow(&self) -> bool {
+        self.outputs.iter().any(|o| o == OUTPUT_FLOW)
     }
 
     pub fn write(&self, dir: &Path) -> Result<()> {
@@ -206,24 +277,43 @@ impl ExpressionModel {
             .collect();
         if !(inputs.iter().any(|n| n == "face")
             && inputs.iter().any(|n| n == "expression")
-            && outputs.iter().any(|n| n == "face_out"))
+            && outputs.iter().any(|n| n == OUTPUT_FACE))
         {
             return Err(Error::model(onnx, format!("graph has inputs {inputs:?} and outputs {outputs:?}; the contract needs inputs face, expression and output face_out")));
+        }
+        if self.manifest.has_flow() && !outputs.iter().any(|n| n == OUTPUT_FLOW) {
+            return Err(Error::model(
+                onnx,
+                format!(
+                    "model.json lists a {OUTPUT_FLOW} output but the graph has only {outputs:?}"
+                ),
+            ));
         }
         // One real run: a graph that loads but cannot execute fails here, at start-up.
         let s = self.manifest.crop_size;
         let probe = Array4::<f32>::from_elem((1, 3, s, s), 0.5);
         let out = self
-            .run(probe.view(), &[0])
+            .run_with_flow(probe.view(), &[0])
             .map_err(|e| Error::model(onnx, format!("test inference failed: {e}")))?;
-        if out.shape() != [1, 3, s, s] {
+        if out.face.shape() != [1, 3, s, s] {
             return Err(Error::model(
                 onnx,
                 format!(
                     "face_out has shape {:?}, expected [1, 3, {s}, {s}]",
-                    out.shape()
+                    out.face.shape()
                 ),
             ));
+        }
+        if let Some(flow) = &out.flow {
+            if flow.shape() != [1, 2, s, s] {
+                return Err(Error::model(
+                    onnx,
+                    format!(
+                        "{OUTPUT_FLOW} has shape {:?}, expected [1, 2, {s}, {s}]",
+                        flow.shape()
+                    ),
+                ));
+            }
         }
         Ok(())
     }
@@ -242,8 +332,49 @@ impl ExpressionModel {
         self.manifest.crop_size
     }
 
-    /// Runs a batch of faces [N,3,S,S], each with its own expression index.
+    /// Runs a batch of faces [N,3,S,S], each with its own expression index, and returns
+    /// `face_out` (for a flow model: the appearance on the flow-warped crop).
     pub fn run(&mut self, faces: ArrayView4<f32>, expressions: &[i64]) -> Result<Array4<f32>> {
+        self.run_with_flow(faces, expressions).map(|o| o.face)
+    }
+
+    /// Runs a batch like [`run`](Self::run) and also returns the `flow` output when the
+    /// manifest lists one.
+    pub fn run_with_flow(
+        &mut self,
+        faces: ArrayView4<f32>,
+        expressions: &[i64],
+    ) -> Result<ModelOutput> {
+        self.check_batch(faces, expressions)?;
+        let faces = faces.as_standard_layout();
+        let expr = Array1::from_vec(expressions.to_vec());
+        let outputs = self
+            .session
+            .run(ort::inputs![
+                "face" => TensorRef::from_array_view(faces.view()).map_err(Error::runtime)?,
+                "expression" => TensorRef::from_array_view(expr.view()).map_err(Error::runtime)?,
+            ])
+            .map_err(Error::runtime)?;
+        let extract = |name: &str| -> Result<Array4<f32>> {
+            let value = outputs
+                .get(name)
+                .ok_or_else(|| Error::Runtime(format!("the graph gave no {name} output")))?;
+            let array = value.try_extract_array::<f32>().map_err(Error::runtime)?;
+            array
+                .into_dimensionality::<ndarray::Ix4>()
+                .map_err(|e| Error::Runtime(format!("{name}: {e}")))
+                .map(|a| a.to_owned())
+        };
+        Ok(ModelOutput {
+            face: extract(OUTPUT_FACE)?,
+            flow: match self.manifest.has_flow() {
+                true => Some(extract(OUTPUT_FLOW)?),
+                false => None,
+            },
+        })
+    }
+
+    fn check_batch(&self, faces: ArrayView4<f32>, expressions: &[i64]) -> Result<()> {
         let n = faces.shape()[0];
         let s = self.manifest.crop_size;
         if faces.shape() != [n, 3, s, s] || expressions.len() != n {
@@ -259,22 +390,17 @@ impl ExpressionModel {
                 "expression index {bad} out of range 0..{count}"
             )));
         }
-        let faces = faces.as_standard_layout();
-        let expr = Array1::from_vec(expressions.to_vec());
-        let outputs = self
-            .session
-            .run(ort::inputs![
-                "face" => TensorRef::from_array_view(faces.view()).map_err(Error::runtime)?,
-                "expression" => TensorRef::from_array_view(expr.view()).map_err(Error::runtime)?,
-            ])
-            .map_err(Error::runtime)?;
-        let out = outputs["face_out"]
-            .try_extract_array::<f32>()
-            .map_err(Error::runtime)?;
-        out.into_dimensionality::<ndarray::Ix4>()
-            .map_err(Error::runtime)
-            .map(|a| a.to_owned())
+        Ok(())
     }
+}
+
+/// What one batch through the model gives.
+#[derive(Debug, Clone)]
+pub struct ModelOutput {
+    /// `face_out` [N,3,S,S], RGB in [0, 1].
+    pub face: Array4<f32>,
+    /// `flow` [N,2,S,S] in crop pixels (dx, dy; backward), for format-2 flow models.
+    pub flow: Option<Array4<f32>>,
 }
 
 fn builder(threads: usize) -> Result<ort::session::builder::SessionBuilder> {

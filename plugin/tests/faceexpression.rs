@@ -345,6 +345,7 @@ fn manifest(expressions: &[&str]) -> reggan::Manifest {
         training: Default::default(),
         trainer_version: "test".into(),
         quality: Default::default(),
+        outputs: Vec::new(),
     }
 }
 

@@ -55,6 +55,7 @@ pub fn manifest(meta: &Meta, fp16: bool) -> Manifest {
             "val_mse_mean": mean(&meta.val_mse),
             "identity_mse_mean": mean(&meta.identity_mse),
         }),
+        outputs: Vec::new(),
     }
 }
 

@@ -389,6 +389,7 @@ pub fn manifest(
         }),
         trainer_version: format!("reggan-trainer {}", env!("CARGO_PKG_VERSION")),
         quality,
+        outputs: Vec::new(),
     }
 }
 

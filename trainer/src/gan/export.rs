@@ -184,6 +184,7 @@ pub fn manifest(
             "metric": "mean L1 (RGB in [0,1]) to the real expression photo over validation subjects' (first neutral, first target) pairs",
             "val": state.val,
         }),
+        outputs: Vec::new(),
     }
 }
 
