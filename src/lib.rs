@@ -2,13 +2,15 @@
 //!
 //! One frame's way: [`detect`] faces (BlazeFace via OpenCV dnn, Haar fallback) ->
 //! [`align`] each to the model's template -> run the [`model`] (ONNX Runtime) ->
-//! [`composite`] the change back into the frame. [`FrameProcessor`] ties them together
+//! [`composite`] the change back into the frame (for flow models, after moving the
+//! face's own pixels by the model's [`flow`]). [`FrameProcessor`] ties them together
 //! for the GStreamer element, the CLI and other apps. No GStreamer, no LibTorch here.
 
 pub mod align;
 pub mod composite;
 pub mod detect;
 pub mod error;
+pub mod flow;
 pub mod frame;
 pub mod model;
 pub mod processor;

@@ -1,5 +1,6 @@
 //! `FrameProcessor`: detect -> align -> model -> composite for one frame, shared by the
-//! GStreamer element, the CLI and embedding apps.
+//! GStreamer element, the CLI and embedding apps. Flow models (contract v2) move each
+//! face's frame pixels by their flow inside the composite stage.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -224,17 +225,21 @@ impl FrameProcessor {
 
         let t = Instant::now();
         let expressions = vec![self.expression_index; faces.len()];
-        let out = self.model.run(batch.view(), &expressions)?;
+        let out = self.model.run_with_flow(batch.view(), &expressions)?;
         report.timings.model = t.elapsed();
 
+        // Composite covers the flow warp of the frame too (both are per-face pixel work).
         let t = Instant::now();
         for (i, alignment) in alignments.iter().enumerate() {
             let crop = batch.index_axis(ndarray::Axis(0), i);
-            let result = out.index_axis(ndarray::Axis(0), i);
-            self.compositor.apply(
+            let result = out.face.index_axis(ndarray::Axis(0), i);
+            let flow = out.flow.as_ref().map(|f| f.index_axis(ndarray::Axis(0), i));
+            self.compositor.apply_with_flow(
                 frame,
                 crop.as_slice().expect("standard layout"),
                 result.as_slice().expect("standard layout"),
+                flow.as_ref()
+                    .map(|f| f.as_slice().expect("standard layout")),
                 alignment,
                 self.config.intensity,
             )?;
