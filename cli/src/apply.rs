@@ -35,7 +35,7 @@ pub struct ApplyArgs {
     /// Output file; a directory when there are several inputs
     #[arg(short, long, value_name = "OUT")]
     pub output: PathBuf,
-    /// Target expression (one of the model's: happy, sad, angry, disgusted, afraid, surprised)
+    /// Target expression (one of the model's: happy, sad, angry, disgusted, afraid, surprised, and neutral in models that have it)
     #[arg(short, long, default_value = "happy")]
     pub expression: String,
     /// 0 leaves the face unchanged, 1 is the model's expression, up to 2 exaggerates

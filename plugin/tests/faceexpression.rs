@@ -252,6 +252,18 @@ fn expression_and_intensity_change_while_playing() {
 }
 
 #[test]
+fn expression_nicks_are_the_names_models_use() {
+    init();
+    let class = gst::glib::EnumClass::with_type(gstreggan::Expression::static_type()).unwrap();
+    let nicks: Vec<&str> = class.values().iter().map(|v| v.nick()).collect();
+    assert_eq!(nicks, reggan::ALL_EXPRESSIONS);
+    for (value, name) in class.values().iter().zip(reggan::ALL_EXPRESSIONS) {
+        let e: gstreggan::Expression = class.to_value(value.value()).unwrap().get().unwrap();
+        assert_eq!(e.name(), name);
+    }
+}
+
+#[test]
 fn properties_have_the_documented_defaults() {
     init();
     let e = gst::ElementFactory::make("faceexpression").build().unwrap();
@@ -283,6 +295,12 @@ fn properties_have_the_documented_defaults() {
         e.property::<gstreggan::Expression>("expression"),
         gstreggan::Expression::Surprised
     );
+    e.set_property_from_str("expression", "neutral");
+    assert_eq!(
+        e.property::<gstreggan::Expression>("expression"),
+        gstreggan::Expression::Neutral
+    );
+    assert_eq!(gstreggan::Expression::Neutral.name(), "neutral");
     e.set_property_from_str("device", "cpu");
     assert_eq!(
         e.property::<gstreggan::Device>("device"),

@@ -7,7 +7,8 @@ use gst::prelude::*;
 
 mod imp;
 
-/// The target expression (`expression` property). The model must contain it.
+/// The target expression (`expression` property). The model must contain it: the six
+/// expressions are in every shipped model, `neutral` only in models that list it.
 #[derive(Debug, Eq, PartialEq, Ord, PartialOrd, Hash, Clone, Copy, Default, glib::Enum)]
 #[repr(u32)]
 #[enum_type(name = "GstRegganExpression")]
@@ -25,12 +26,16 @@ pub enum Expression {
     Afraid = 4,
     #[enum_value(name = "Surprised", nick = "surprised")]
     Surprised = 5,
+    /// Calms a face; offered by geometry-first (format 2) models that list it.
+    #[enum_value(name = "Neutral", nick = "neutral")]
+    Neutral = 6,
 }
 
 impl Expression {
-    /// The name models use for it (one of [`reggan::EXPRESSIONS`]).
+    /// The name models use for it (one of [`reggan::ALL_EXPRESSIONS`], in the same
+    /// order as this enum's values).
     pub fn name(self) -> &'static str {
-        reggan::EXPRESSIONS[self as usize]
+        reggan::ALL_EXPRESSIONS[self as usize]
     }
 }
 
