@@ -84,6 +84,9 @@ enum Command {
         /// Store the appearance weights as float16.
         #[arg(long)]
         fp16: bool,
+        /// Recolour each training performer N times for the appearance layer; 0 = off.
+        #[arg(long, default_value_t = 0)]
+        colour_augment: usize,
         /// A PNG of validation faces and their outputs for every target.
         #[arg(long)]
         preview: Option<PathBuf>,
@@ -325,6 +328,7 @@ fn regflow_cmd(
     flow_k: Option<usize>,
     datasets: Option<Vec<String>>,
     fp16: bool,
+    colour_augment: usize,
     preview: Option<PathBuf>,
 ) -> Result<()> {
     use reggan_trainer::{regflow, regflow_export};
@@ -333,7 +337,14 @@ fn regflow_cmd(
         Some(k) => vec![k],
         None => regflow::FLOW_KS.to_vec(),
     };
-    let fitted = regflow::fit(&cache, &regflow::RegFlowOptions { datasets, flow_ks })?;
+    let fitted = regflow::fit(
+        &cache,
+        &regflow::RegFlowOptions {
+            datasets,
+            flow_ks,
+            colour_augment,
+        },
+    )?;
     fitted.save(&out)?;
     println!("wrote {}", out.display());
     let Some(dir) = model else { return Ok(()) };
@@ -374,8 +385,18 @@ fn main() -> Result<()> {
             flow_k,
             datasets,
             fp16,
+            colour_augment,
             preview,
-        } => regflow_cmd(cache, out, model, flow_k, datasets, fp16, preview),
+        } => regflow_cmd(
+            cache,
+            out,
+            model,
+            flow_k,
+            datasets,
+            fp16,
+            colour_augment,
+            preview,
+        ),
         Command::Gan {
             model,
             config,

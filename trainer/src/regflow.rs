@@ -309,6 +309,8 @@ pub struct RegFlowMeta {
     pub flow_lambda: BTreeMap<String, f64>,
     pub appearance_k: usize,
     pub appearance_lambda: BTreeMap<String, f64>,
+    #[serde(default)]
+    pub colour_augment: usize,
     /// Validation squared endpoint error (px² per grid cell): [neutral src, other src].
     pub flow_val_epe2: BTreeMap<String, [f64; 2]>,
     pub zero_flow_val_epe2: BTreeMap<String, [f64; 2]>,
@@ -412,6 +414,9 @@ impl RegFlow {
 pub struct RegFlowOptions {
     pub datasets: Option<Vec<String>>,
     pub flow_ks: Vec<usize>,
+    /// Recoloured copies of each training performer for the appearance layer
+    /// ([`crate::augment`]); 0 = none.
+    pub colour_augment: usize,
 }
 
 fn progress(len: usize, what: &str) -> ProgressBar {
@@ -516,14 +521,18 @@ pub fn fit(cache: &Path, opts: &RegFlowOptions) -> Result<RegFlow> {
     );
     for (e, flow_layer) in targets.iter().zip(&flow_layers) {
         let te = Instant::now();
-        let tr = warped_subjects(&train, e, flow_layer);
+        let tr = crate::augment::augment(
+            warped_subjects(&train, e, flow_layer),
+            opts.colour_augment,
+            crate::augment::SEED,
+        );
         let va = warped_subjects(&val, e, flow_layer);
-        let feats = Features::new(&tr, APPEARANCE_K);
-        let (ata, atb, _) = feats.normal_equations(&tr, e);
+        let (ata, atb) = appearance_normal_equations(&tr, e);
+        let size = index.crop_size as i64;
         let (lambda, layer, err) = APPEARANCE_LAMBDAS
             .iter()
             .map(|&l| {
-                let layer = solve(&ata, &atb, l, APPEARANCE_K, feats.size);
+                let layer = solve(&ata, &atb, l, APPEARANCE_K, size);
                 let (sse, n) = pair_sse(&va, e, |x| layer.apply(x));
                 (l, layer, sse / n)
             })
@@ -561,6 +570,7 @@ pub fn fit(cache: &Path, opts: &RegFlowOptions) -> Result<RegFlow> {
             flow_lambda: meta_flow_lambda,
             appearance_k: APPEARANCE_K,
             appearance_lambda: app_lambda,
+            colour_augment: opts.colour_augment,
             flow_val_epe2: flow_val,
             zero_flow_val_epe2: zero_val,
             val_mse_identity: mse_id,
@@ -599,6 +609,20 @@ fn warped_subjects(people: &[Person], target: &str, flow: &FlowLayer) -> Vec<Sub
             })
         })
         .collect()
+}
+
+/// The appearance layer's normal equations, summed over chunks of subjects: the
+/// per-pixel design of every source at once would need tens of GB.
+fn appearance_normal_equations(subjects: &[Subject], target: &str) -> (Tensor, Tensor) {
+    let mut sum: Option<(Tensor, Tensor)> = None;
+    for chunk in subjects.chunks(8) {
+        let (ata, atb, _) = Features::new(chunk, APPEARANCE_K).normal_equations(chunk, target);
+        sum = Some(match sum {
+            None => (ata, atb),
+            Some((a, b)) => (a + ata, b + atb),
+        });
+    }
+    sum.expect("at least one training subject")
 }
 
 /// MSE of leaving every source unchanged, over every (source, target) pair.

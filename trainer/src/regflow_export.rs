@@ -182,7 +182,7 @@ pub fn build(model: &RegFlow, fp16: bool) -> Result<onnx_protobuf::ModelProto> {
 pub fn manifest(model: &RegFlow, fp16: bool) -> Manifest {
     let m = &model.meta;
     Manifest {
-        format_version: 2,
+        format_version: reggan::model::FORMAT_VERSION_FLOW,
         family: "flow".into(),
         method: "regflow".into(),
         crop_size: m.crop_size,

@@ -354,3 +354,83 @@ fn shipped_reggan_sharpens_mr_and_keeps_identity_and_expression() {
         );
     }
 }
+
+/// The validation performers' neutral photos (never trained on), from TFEID's index
+/// and the trainer's own split.
+fn validation_neutral_photos() -> Vec<PathBuf> {
+    let dir = tfeid().expect("checked by the caller");
+    let sources = data::tfeid_sources(&dir, false).unwrap();
+    let (_, val) = data::split_subjects(&sources);
+    sources
+        .into_iter()
+        .filter(|s| s.expression == "neutral" && val.contains(&s.subject))
+        .map(|s| s.file)
+        .collect()
+}
+
+fn model_dir(name: &str) -> Option<PathBuf> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../models")
+        .join(name);
+    if dir.join("model.onnx").is_file() {
+        Some(dir)
+    } else {
+        eprintln!("SKIP: {} missing", dir.display());
+        None
+    }
+}
+
+/// The geometry-first default against the old default (MR) on the held-out performers:
+/// more outputs read as sad and as angry by the classifier, and the face keeps more of
+/// its detail at the photo's own resolution (the whole product path).
+#[test]
+fn regflow_beats_mr_on_sad_angry_and_full_resolution_sharpness() {
+    let (Some(_), Some(flow_dir), Some(mr_dir), Some(fer)) = (
+        tfeid(),
+        model_dir("regflow"),
+        model_dir("mr"),
+        fer_model(),
+    ) else {
+        return;
+    };
+    let photos = validation_neutral_photos();
+    let names: Vec<String> = photos
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().to_string())
+        .collect();
+    let refs: Vec<&str> = names.iter().map(|s| s.as_str()).collect();
+    let faces = crops(&refs);
+    let mut flow = reggan::ExpressionModel::load(&flow_dir, reggan::Device::Cpu, 1).unwrap();
+    let mut mr = reggan::ExpressionModel::load(&mr_dir, reggan::Device::Cpu, 1).unwrap();
+    for expression in ["sad", "angry"] {
+        let label = fer::fer_label(expression).unwrap() as i64;
+        let share = |model: &mut reggan::ExpressionModel| {
+            let e = model.manifest().expression_index(expression).unwrap() as i64;
+            let out = reggan_trainer::measure::run_model(model, &faces, e).unwrap();
+            let (_, probs) = fer.classify(&out).unwrap();
+            probs
+                .argmax(1, false)
+                .eq(label)
+                .to_kind(Kind::Float)
+                .mean(Kind::Float)
+                .double_value(&[])
+        };
+        let (f, m) = (share(&mut flow), share(&mut mr));
+        let sf = reggan_trainer::eval::fullres::sharpness_ratios(&flow_dir, &photos, expression)
+            .unwrap();
+        let sm = reggan_trainer::eval::fullres::sharpness_ratios(&mr_dir, &photos, expression)
+            .unwrap();
+        let (sf, sm) = (
+            reggan_trainer::eval::fullres::median(&sf),
+            reggan_trainer::eval::fullres::median(&sm),
+        );
+        eprintln!(
+            "{expression}: ECS regflow {:.1} % vs MR {:.1} % ({} faces); full-resolution sharpness {sf:.3} vs {sm:.3}",
+            100.0 * f,
+            100.0 * m,
+            photos.len()
+        );
+        assert!(f > m, "{expression}: ECS {f:.3} vs MR {m:.3}");
+        assert!(sf > sm && sf >= 0.9, "{expression}: sharpness {sf:.3} vs MR {sm:.3}");
+    }
+}

@@ -273,3 +273,85 @@ fn shipped_model_beats_identity_on_validation_subject() {
     }
     std::fs::remove_dir_all(&cache).ok();
 }
+
+/// A RegFlow with random weights: flows of a few pixels, an appearance layer near the
+/// identity. `cache` does not exist, so `export` verifies on random faces.
+fn random_regflow(flow_k: usize, s: i64) -> reggan_trainer::regflow::RegFlow {
+    use reggan_trainer::regflow::{targets, FlowSweep, RegFlow, RegFlowMeta, GRID};
+    tch::manual_seed(3);
+    let t = targets();
+    let e = t.len() as i64;
+    let kk = if flow_k == 0 { 1 } else { (flow_k * flow_k + 1) as i64 };
+    let flow_w = Tensor::randn([e, 2, kk, GRID, GRID], (Kind::Float, tch::Device::Cpu)) * 2.0;
+    let app_w = Tensor::randn([e, 3, 9, s, s], (Kind::Float, tch::Device::Cpu)) * 0.02;
+    let _ = app_w.narrow(2, 4, 1).g_add_scalar_(1.0);
+    let app_b = Tensor::randn([e, 3, s, s], (Kind::Float, tch::Device::Cpu)) * 0.02;
+    let per = |v: f64| t.iter().map(|x| (x.clone(), v)).collect::<BTreeMap<_, _>>();
+    let meta = RegFlowMeta {
+        targets: t.clone(),
+        grid: GRID,
+        flow_k,
+        flow_lambda: per(1.0),
+        appearance_k: 3,
+        appearance_lambda: per(1.0),
+        colour_augment: 0,
+        flow_val_epe2: t.iter().map(|x| (x.clone(), [0.0, 0.0])).collect(),
+        zero_flow_val_epe2: t.iter().map(|x| (x.clone(), [0.0, 0.0])).collect(),
+        val_mse_identity: per(0.0),
+        val_mse_warp: per(0.0),
+        val_mse: per(0.0),
+        train_pairs: BTreeMap::new(),
+        flow_sweep: FlowSweep {
+            ks: vec![flow_k],
+            lambdas: vec![1.0],
+            targets: t.clone(),
+            epe2: vec![],
+            zero: vec![],
+        },
+        train_subjects: vec![],
+        val_subjects: vec![],
+        datasets: vec!["tfeid".into()],
+        cache: "/nonexistent-reggan-cache".into(),
+        crop_size: s as usize,
+        template: Template::lsrf(s as usize),
+        seconds: BTreeMap::new(),
+    };
+    RegFlow {
+        meta,
+        flow_w,
+        app_w,
+        app_b,
+    }
+}
+
+/// The format-2 graph (luma -> grid regression -> Resize -> GridSample -> MR) computes
+/// in ONNX Runtime what RegFlow::forward computes in tch, for both outputs, and the
+/// core loads it as a flow model.
+#[test]
+fn regflow_onnx_matches_tch_for_face_and_flow() {
+    use reggan_trainer::regflow_export;
+    for (flow_k, fp16) in [(3, true), (0, false)] {
+        let model = random_regflow(flow_k, 128);
+        let dir = temp_dir(&format!("regflow-{flow_k}"));
+        regflow_export::export(&model, &dir, fp16).unwrap();
+        let faces = Tensor::rand([4, 3, 128, 128], (Kind::Float, tch::Device::Cpu));
+        let exprs = [0, 3, 5, 6];
+        let stored_model = reggan_trainer::regflow::RegFlow {
+            meta: model.meta.clone(),
+            flow_w: model.flow_w.shallow_clone(),
+            app_w: stored(&model.app_w, fp16),
+            app_b: stored(&model.app_b, fp16),
+        };
+        let (dface, dflow) =
+            regflow_export::max_diffs(&dir, &stored_model, &faces, &exprs).unwrap();
+        eprintln!("flow k {flow_k}: face_out diff {dface:.2e}, flow diff {dflow:.2e} px");
+        assert!(dface < 2e-3 && dflow < 2e-3, "face {dface}, flow {dflow}");
+        let loaded = ExpressionModel::load(&dir, Device::Cpu, 1).unwrap();
+        assert!(loaded.manifest().has_flow());
+        assert_eq!(loaded.manifest().format_version, 2);
+        assert_eq!(loaded.manifest().expression_index("neutral").unwrap(), 6);
+        // The flow really moves pixels: a few pixels on average for these weights.
+        let (_, flow) = tch::no_grad(|| stored_model.forward(&faces, &exprs));
+        assert!(flow.abs().mean(Kind::Float).double_value(&[]) > 0.5);
+    }
+}
