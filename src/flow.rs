@@ -16,7 +16,7 @@
 //!   the edited frame at `p = T(c)` must sample the input frame at `T(c + d) = p + L d`;
 //! - resample: the compositor samples that field (with the residual) at each frame
 //!   pixel's crop position, remaps the frame through `p + d_frame(p)` into a scratch
-//!   image ([`FrameRemap`]: `cv::remap`, bilinear, edges replicated), and copies back
+//!   image ([`FrameRemap`]: `cv::remap`, bicubic, edges replicated), and copies back
 //!   only pixels whose change is not zero, so everything outside the mask stays
 //!   bit-identical and no pixel is read after it was written.
 //!
@@ -110,7 +110,7 @@ impl FlowWarper {
 
 /// The frame sampled at arbitrary positions over one face's rectangle: `cv::remap` of
 /// the frame (any layout and stride, read in place) through a map the caller fills,
-/// bilinear, frame edges replicated. The buffers are kept between frames.
+/// bicubic, frame edges replicated. The buffers are kept between frames.
 #[derive(Default)]
 pub struct FrameRemap {
     /// ROI CV_32FC2: absolute frame positions to sample.
@@ -137,7 +137,10 @@ impl FrameRemap {
             &mut self.moved,
             &self.map,
             &opencv::core::no_array(),
-            imgproc::INTER_LINEAR,
+            // Bicubic: the flow moves most pixels by a fraction of a pixel, and bilinear
+            // interpolation at half-pixel offsets averages neighbours (the face's detail
+            // would soften wherever it moves); cubic keeps most of the fine band.
+            imgproc::INTER_CUBIC,
             opencv::core::BORDER_REPLICATE,
             Scalar::default(),
         )?;
