@@ -87,6 +87,13 @@ enum Command {
         /// Recolour each training performer N times for the appearance layer; 0 = off.
         #[arg(long, default_value_t = 0)]
         colour_augment: usize,
+        /// A prepare cache of other people (e.g. London) whose training subjects'
+        /// neutral -> happy pairs choose the appearance penalty out of distribution.
+        #[arg(long)]
+        ood_cache: Option<PathBuf>,
+        /// No appearance layer (the identity): the flow alone (an ablation).
+        #[arg(long)]
+        flow_only: bool,
         /// A PNG of validation faces and their outputs for every target.
         #[arg(long)]
         preview: Option<PathBuf>,
@@ -329,6 +336,8 @@ fn regflow_cmd(
     datasets: Option<Vec<String>>,
     fp16: bool,
     colour_augment: usize,
+    flow_only: bool,
+    ood_cache: Option<PathBuf>,
     preview: Option<PathBuf>,
 ) -> Result<()> {
     use reggan_trainer::{regflow, regflow_export};
@@ -341,8 +350,10 @@ fn regflow_cmd(
         &cache,
         &regflow::RegFlowOptions {
             datasets,
+            ood_cache,
             flow_ks,
             colour_augment,
+            appearance: !flow_only,
         },
     )?;
     fitted.save(&out)?;
@@ -386,6 +397,8 @@ fn main() -> Result<()> {
             datasets,
             fp16,
             colour_augment,
+            flow_only,
+            ood_cache,
             preview,
         } => regflow_cmd(
             cache,
@@ -395,6 +408,8 @@ fn main() -> Result<()> {
             datasets,
             fp16,
             colour_augment,
+            flow_only,
+            ood_cache,
             preview,
         ),
         Command::Gan {

@@ -23,7 +23,7 @@
 //! validation performers.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
@@ -33,12 +33,18 @@ use tch::{Kind, Tensor};
 
 use crate::data::{load_subjects, Index, Subject};
 use crate::flow::{luma, warp, FlowEstimator};
-use crate::regression::{shifted, solve, Features, Layer};
+use crate::regression::{shifted, Features, Layer};
 
 /// Flow grid cells per side (S / GRID pixels per cell).
 pub const GRID: i64 = 32;
 /// Receptive fields (grid cells per side) tried for the flow layer; 0 = mean flow.
 pub const FLOW_KS: [usize; 4] = [0, 1, 3, 5];
+/// A larger flow receptive field must beat a smaller one by more than this (relative
+/// validation error) to be chosen. Luma-dependent flows fit the validation performers a
+/// little better (k = 5: 4 % lower error than the mean flow) but bend the brows and
+/// lips of faces unlike the training ones (seen on the London set): they read the
+/// training performers' brow and lip shapes into other faces.
+pub const FLOW_K_TOLERANCE: f64 = 0.05;
 /// Ridge penalties tried for the flow layer (on the summed normal equations).
 pub const FLOW_LAMBDAS: [f64; 6] = [1e-1, 1.0, 10.0, 100.0, 1e3, 1e4];
 /// Receptive field of the appearance layer (MR's).
@@ -132,6 +138,61 @@ fn to_grid(flow: &Tensor) -> Tensor {
     let mut out = lead;
     out.extend([2, GRID, GRID]);
     pooled.reshape(out)
+}
+
+/// The similarity-transform part of training flows, fitted by least squares over the
+/// face mask and removed. Two photos of one person are aligned from four detected
+/// points, and an expression moves one of them (the mouth opens, so its centre drops):
+/// the crops then differ by a small zoom, shift or tilt besides the expression. Left
+/// in, the mean flow would zoom and shift every face it is applied to. What remains is
+/// the non-rigid motion: lips, cheeks, brows relative to the rest of the face.
+pub struct RigidPart {
+    /// [4, 2G²]: maps a flattened grid flow to its similarity parameters.
+    project: Tensor,
+    /// [2G², 4]: the similarity basis (dx = a x - b y + tx, dy = b x + a y + ty).
+    basis: Tensor,
+}
+
+impl RigidPart {
+    pub fn new(crop_size: i64) -> Self {
+        let g = GRID;
+        let cell = crop_size as f64 / g as f64;
+        // Cell centres in crop pixels, relative to the crop centre.
+        let c = (Tensor::arange(g, (Kind::Double, tch::Device::Cpu)) + 0.5) * cell
+            - crop_size as f64 / 2.0;
+        let x = c.view([1, g]).expand([g, g], false).reshape([-1]);
+        let y = c.view([g, 1]).expand([g, g], false).reshape([-1]);
+        let one = Tensor::ones([g * g], (Kind::Double, tch::Device::Cpu));
+        let zero = Tensor::zeros([g * g], (Kind::Double, tch::Device::Cpu));
+        let dx_rows = Tensor::stack(&[&x, &(-&y), &one, &zero], 1);
+        let dy_rows = Tensor::stack(&[&y, &x, &zero, &one], 1);
+        let basis = Tensor::cat(&[dx_rows, dy_rows], 0); // [2G², 4]
+        let mask = Tensor::from_slice(&reggan::composite::face_mask(crop_size as usize))
+            .to_kind(Kind::Double)
+            .view([1, 1, crop_size, crop_size])
+            .avg_pool2d([cell as i64, cell as i64], [cell as i64, cell as i64], [0, 0], false, true, None::<i64>)
+            .reshape([-1]);
+        let w = Tensor::cat(&[&mask, &mask], 0); // [2G²]
+        let bw = &basis * w.unsqueeze(1);
+        let project = bw.transpose(0, 1).matmul(&basis).inverse().matmul(&bw.transpose(0, 1));
+        RigidPart { project, basis }
+    }
+
+    /// Flows [..., 2, G, G] without their similarity part.
+    pub fn remove_from(&self, flow: &Tensor) -> Tensor {
+        let shape = flow.size();
+        let flat = flow.to_kind(Kind::Double).reshape([-1, 2 * GRID * GRID]); // [N, 2G²]
+        let params = flat.matmul(&self.project.transpose(0, 1)); // [N, 4]
+        let rigid = params.matmul(&self.basis.transpose(0, 1)); // [N, 2G²]
+        (flat - rigid).reshape(shape.as_slice()).to_kind(Kind::Float)
+    }
+
+    fn remove(&self, flows: &PersonFlows) -> PersonFlows {
+        flows
+            .iter()
+            .map(|(e, f)| (e.clone(), self.remove_from(f)))
+            .collect()
+    }
 }
 
 /// DIS flows of every (source, target) pair of a performer, cached in
@@ -313,6 +374,9 @@ pub struct RegFlowMeta {
     pub appearance_lambda: BTreeMap<String, f64>,
     #[serde(default)]
     pub colour_augment: usize,
+    /// The appearance λ chosen on the out-of-distribution cache, if one was given.
+    #[serde(default)]
+    pub ood_lambda: Option<f64>,
     /// Validation squared endpoint error (px² per grid cell): [neutral src, other src].
     pub flow_val_epe2: BTreeMap<String, [f64; 2]>,
     pub zero_flow_val_epe2: BTreeMap<String, [f64; 2]>,
@@ -416,10 +480,15 @@ impl RegFlow {
 #[derive(Debug, Clone)]
 pub struct RegFlowOptions {
     pub datasets: Option<Vec<String>>,
+    /// A `prepare` cache of other people (London): its training performers' neutral ->
+    /// happy pairs choose the appearance layer's λ out of distribution.
+    pub ood_cache: Option<PathBuf>,
     pub flow_ks: Vec<usize>,
     /// Recoloured copies of each training performer for the appearance layer
     /// ([`crate::augment`]); 0 = none.
     pub colour_augment: usize,
+    /// Fit the appearance layer (false: it is the identity, the flow does everything).
+    pub appearance: bool,
 }
 
 fn progress(len: usize, what: &str) -> ProgressBar {
@@ -463,8 +532,9 @@ pub fn fit(cache: &Path, opts: &RegFlowOptions) -> Result<RegFlow> {
             })
             .collect()
     };
-    let train_flows = flows_of(&train)?;
-    let val_flows = flows_of(&val)?;
+    let rigid = RigidPart::new(index.crop_size as i64);
+    let train_flows: Vec<PersonFlows> = flows_of(&train)?.iter().map(|f| rigid.remove(f)).collect();
+    let val_flows: Vec<PersonFlows> = flows_of(&val)?.iter().map(|f| rigid.remove(f)).collect();
     bar.finish_and_clear();
     seconds.insert("optical_flow".into(), t.elapsed().as_secs_f64());
     println!(
@@ -509,7 +579,18 @@ pub fn fit(cache: &Path, opts: &RegFlowOptions) -> Result<RegFlow> {
     }
     seconds.insert("flow_fit".into(), t.elapsed().as_secs_f64());
 
-    // 3. Appearance layers on (warped source, target) pairs.
+    // 3. Appearance layers on (warped source, target) pairs. λ: the largest within a
+    // tolerance of the best on the validation performers, and at least the best on
+    // other people's pairs when an out-of-distribution cache is given.
+    let ood_lambda = match &opts.ood_cache {
+        Some(c) => Some(ood_appearance_lambda(
+            c,
+            &train,
+            &flow_layers[targets.iter().position(|t| t == "happy").expect("happy")],
+            opts.colour_augment,
+        )?),
+        None => None,
+    };
     let t = Instant::now();
     let mut app_layers = Vec::new();
     let (mut app_lambda, mut mse_id, mut mse_warp, mut mse) = (
@@ -547,7 +628,22 @@ pub fn fit(cache: &Path, opts: &RegFlowOptions) -> Result<RegFlow> {
                 .collect::<Vec<_>>()
                 .join(", ")
         );
-        let (lambda, layer, err) = fits.swap_remove(choose_towards_identity(&fits));
+        let (lambda, layer, err) = if opts.appearance {
+            let i = choose_towards_identity(&fits);
+            // Never closer to the training faces than the out-of-distribution choice.
+            let i = match ood_lambda {
+                Some(l) => (0..fits.len())
+                    .filter(|&j| fits[j].0 >= l)
+                    .min_by(|&a, &b| fits[a].0.total_cmp(&fits[b].0))
+                    .map_or(i, |j| j.max(i)),
+                None => i,
+            };
+            fits.swap_remove(i)
+        } else {
+            let layer = identity_layer(size);
+            let err = coarse_mse(&va, e, |x| layer.apply(x));
+            (f64::INFINITY, layer, err)
+        };
         let sw = coarse_mse(&va, e, |x| x.shallow_clone());
         let id = coarse_mse(&identity_subjects(&val, e), e, |x| x.shallow_clone());
         println!(
@@ -580,6 +676,7 @@ pub fn fit(cache: &Path, opts: &RegFlowOptions) -> Result<RegFlow> {
             appearance_k: APPEARANCE_K,
             appearance_lambda: app_lambda,
             colour_augment: opts.colour_augment,
+            ood_lambda,
             flow_val_epe2: flow_val,
             zero_flow_val_epe2: zero_val,
             val_mse_identity: mse_id,
@@ -702,15 +799,91 @@ fn choose_towards_identity(fits: &[(f64, Layer, f64)]) -> usize {
         .unwrap_or(0)
 }
 
-/// Ridge regression shrunk towards the identity (centre tap 1, other taps 0) instead
-/// of towards zero: `(AᵀA + λD) w = Aᵀt + λ D w₀`. A large λ leaves the warped face as
-/// it is plus the mean change (the bias is free); a small one fits the pairs.
+/// The appearance λ that fits other people best: the happy layer is fitted on the
+/// training performers for every λ of the grid and scored (4x4-block MSE) on the
+/// training subjects of an out-of-distribution cache (London: another population,
+/// studio and camera), neutral -> smiling. Validation performers of the training data
+/// set share its studio and population, so they cannot tell a change that transfers
+/// from the training performers' mean (their light, their mouths).
+fn ood_appearance_lambda(
+    cache: &Path,
+    train: &[Person],
+    happy_flow: &FlowLayer,
+    colour_augment: usize,
+) -> Result<f64> {
+    let index = Index::read(cache)?;
+    let datasets: Vec<String> = index
+        .entries
+        .iter()
+        .map(|e| e.dataset.clone())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let people = load_people(cache, &index, &index.train_subjects, &datasets)?;
+    // London has neutral and smiling photos: the sources are the neutral ones.
+    let dev = warped_subjects(&people, "happy", happy_flow);
+    let tr = crate::augment::augment(
+        warped_subjects(train, "happy", happy_flow),
+        colour_augment,
+        crate::augment::SEED,
+    );
+    let (ata, atb) = appearance_normal_equations(&tr, "happy");
+    let size = index.crop_size as i64;
+    let scored: Vec<(f64, f64)> = APPEARANCE_LAMBDAS
+        .iter()
+        .map(|&l| {
+            let layer = solve_towards_identity(&ata, &atb, l, size);
+            (l, coarse_mse(&dev, "happy", |x| layer.apply(x)))
+        })
+        .collect();
+    println!(
+        "appearance, happy, out of distribution ({} people of {}): coarse MSE by lambda: {}",
+        dev.len(),
+        cache.display(),
+        scored
+            .iter()
+            .map(|(l, m)| format!("{l:.0e} {m:.6}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let best = scored
+        .iter()
+        .min_by(|a, b| a.1.total_cmp(&b.1))
+        .expect("a lambda grid");
+    Ok(best.0)
+}
+
+/// The appearance layer that changes nothing (`--flow-only`).
+fn identity_layer(size: i64) -> Layer {
+    let kk = (APPEARANCE_K * APPEARANCE_K) as i64;
+    let w = Tensor::zeros([3, kk, size, size], (Kind::Float, tch::Device::Cpu));
+    let _ = w.narrow(1, kk / 2, 1).fill_(1.0);
+    Layer {
+        k: APPEARANCE_K,
+        w,
+        b: Tensor::zeros([3, size, size], (Kind::Float, tch::Device::Cpu)),
+    }
+}
+
+/// Ridge regression shrunk towards the identity (centre tap 1, other taps and the bias
+/// 0) instead of towards zero: `(AᵀA + λI) w = Aᵀt + λ w₀`. A large λ leaves the
+/// warped face as it is; a small one fits the pairs, bias included: the training
+/// performers' mean change (their studio's light, a mean mouth), which on other faces
+/// is a stranger's. The bias is shrunk too, so only a change the pairs support
+/// strongly is painted.
 fn solve_towards_identity(ata: &Tensor, atb: &Tensor, lambda: f64, size: i64) -> Layer {
     let kk = (APPEARANCE_K * APPEARANCE_K) as i64;
     let mut prior = vec![0.0; kk as usize + 1];
     prior[(kk / 2) as usize] = lambda;
-    let shifted_atb = atb + Tensor::from_slice(&prior).view([1, -1, 1]);
-    solve(ata, &shifted_atb, lambda, APPEARANCE_K, size)
+    let eye = Tensor::eye(kk + 1, (Kind::Double, ata.device())) * lambda;
+    let rhs = atb + Tensor::from_slice(&prior).view([1, -1, 1]);
+    let sol = Tensor::linalg_solve(&(ata + eye.unsqueeze(0)), &rhs, true).squeeze_dim(2);
+    let sol = sol.view([3, size, size, kk + 1]).permute([0, 3, 1, 2]);
+    Layer {
+        k: APPEARANCE_K,
+        w: sol.narrow(1, 0, kk).to_kind(Kind::Float).contiguous(),
+        b: sol.select(1, kk).to_kind(Kind::Float).contiguous(),
+    }
 }
 
 fn flow_sweep(
@@ -761,8 +934,8 @@ fn flow_sweep(
 }
 
 impl FlowSweep {
-    /// The k with the lowest mean (over targets) of the per-target best error, and the
-    /// best λ index of each target for it.
+    /// The smallest k whose mean (over targets) of the per-target best error is within
+    /// [`FLOW_K_TOLERANCE`] of the lowest, and the best λ index of each target for it.
     pub fn choose(&self) -> (usize, Vec<usize>) {
         let best = |ki: usize| -> (Vec<usize>, f64) {
             let idx: Vec<usize> = self.epe2[ki]
@@ -781,8 +954,12 @@ impl FlowSweep {
                 / idx.len().max(1) as f64;
             (idx, mean)
         };
+        let lowest = (0..self.ks.len())
+            .map(|ki| best(ki).1)
+            .fold(f64::INFINITY, f64::min);
         let ki = (0..self.ks.len())
-            .min_by(|&a, &b| best(a).1.total_cmp(&best(b).1))
+            .filter(|&ki| best(ki).1 <= lowest * (1.0 + FLOW_K_TOLERANCE))
+            .min_by_key(|&ki| self.ks[ki])
             .unwrap_or(0);
         (ki, best(ki).0)
     }
@@ -908,6 +1085,32 @@ mod tests {
         assert_eq!(m.double_value(&[0, 0, 0, 0, GRID - 1]), -3.0);
         assert_eq!(m.double_value(&[0, 0, 1, 0, GRID - 1]), 2.0);
         assert_eq!(m.double_value(&[0, 0, 0, 0, 0]), 0.0);
+    }
+
+    #[test]
+    fn rigid_part_removes_a_similarity_and_keeps_a_local_bump() {
+        let rigid = RigidPart::new(128);
+        let cell = 128.0 / GRID as f64;
+        let mut v = vec![0f32; (2 * GRID * GRID) as usize];
+        let g = GRID as usize;
+        for gy in 0..g {
+            for gx in 0..g {
+                let (x, y) = ((gx as f64 + 0.5) * cell - 64.0, (gy as f64 + 0.5) * cell - 64.0);
+                // 3 % zoom, 2 degrees of rotation, a shift: a pure similarity.
+                let (a, b, tx, ty) = (0.03, 0.035, 1.5, -2.0);
+                v[gy * g + gx] = (a * x - b * y + tx) as f32;
+                v[g * g + gy * g + gx] = (b * x + a * y + ty) as f32;
+            }
+        }
+        let sim = Tensor::from_slice(&v).view([2, GRID, GRID]);
+        let left = rigid.remove_from(&sim);
+        assert!(left.abs().max().double_value(&[]) < 1e-4);
+        // A local bump off the face's centre keeps most of its size.
+        let bump = Tensor::zeros([2, GRID, GRID], (Kind::Float, tch::Device::Cpu));
+        let _ = bump.get(1).narrow(0, 24, 3).narrow(1, 14, 4).fill_(2.0);
+        let kept = rigid.remove_from(&bump);
+        let at = kept.double_value(&[1, 25, 15]);
+        assert!(at > 1.7, "bump kept {at}");
     }
 
     #[test]

@@ -164,16 +164,15 @@ fn load_set(
     })
 }
 
-/// The validation subjects of a cache and its data sets but London (the OOD set).
+/// The validation subjects of a cache and its data sets but London (the OOD set), or
+/// London's when the cache holds nothing else (a quick out-of-distribution check).
 fn validation_subjects(index: &Index) -> (Vec<String>, Vec<String>) {
-    let datasets: Vec<String> = index
-        .entries
-        .iter()
-        .map(|e| e.dataset.clone())
-        .filter(|d| d != "london")
-        .collect::<std::collections::BTreeSet<_>>()
-        .into_iter()
-        .collect();
+    let all: std::collections::BTreeSet<String> =
+        index.entries.iter().map(|e| e.dataset.clone()).collect();
+    let mut datasets: Vec<String> = all.iter().filter(|d| *d != "london").cloned().collect();
+    if datasets.is_empty() {
+        datasets = all.into_iter().collect();
+    }
     (index.val_subjects.clone(), datasets)
 }
 
