@@ -1,23 +1,32 @@
-//! Residual compositing: `frame += inverse_warp(mask * intensity * (out - crop))`.
+//! Residual compositing: `frame += inverse_warp(mask * intensity * shape(out - crop))`.
 //!
-//! Only the change the model made is carried back, so colour is not shifted by the
-//! model's own rendering, pixels outside the feathered face mask stay bit-identical, and
-//! `intensity` scales the expression continuously (0 = untouched, 2 = exaggerated).
+//! Only the change the model made is carried back, so pixels outside the feathered face
+//! mask stay bit-identical and `intensity` scales the expression continuously (0 =
+//! untouched, 2 = exaggerated). Before it is carried back, the change is shaped in crop
+//! space ([`ResidualShaper`], [`CompositeOptions`]) so that it keeps the person:
+//!
+//! - detail: only the model's coarse change is carried everywhere; its fine band only
+//!   where the coarse change is large (mouth, teeth). A model that smooths the face
+//!   leaves the frame's skin texture, lashes and hair as they were;
+//! - colour: the luma change everywhere, the chroma change only where the luma change
+//!   is large, so irises, make-up and skin tone keep their colours;
+//! - rim: the model's tone drift along the mask's feathered rim (a plane, fitted
+//!   robustly) is taken out of the change, so no edge shows where the mask ends.
 //!
 //! For a flow model (contract v2) the face's own frame pixels are moved by the scaled
 //! flow first ([`crate::flow`]), and the residual is taken against the crop warped by
 //! the full flow, which is what the model's `face_out` was computed on:
 //! `frame(p) = frame(p + d_frame(p)) + residual(p)`, with the residual
-//! `mask * intensity * (out - warp_crop(crop, flow))`. Both are sampled at each frame
-//! pixel's crop position, only on the frame rows' spans that the mask can reach; the
-//! frame is remapped once into a scratch image, and each changed pixel is written and
-//! rounded once.
+//! `mask * intensity * shape(out - warp_crop(crop, flow))` (the moved pixels keep their
+//! own detail and colour). Both are sampled at each frame pixel's crop position, only
+//! on the frame rows' spans that the mask can reach; the frame is remapped once into a
+//! scratch image, and each changed pixel is written and rounded once.
 
 use opencv::core::{Mat, Scalar, Size, Vec2f, CV_32FC3};
 use opencv::imgproc;
 use opencv::prelude::*;
 
-use crate::align::{affine_mat, apply, Affine, Alignment};
+use crate::align::{affine_mat, apply, Affine, Alignment, Template};
 use crate::detect::Point;
 use crate::error::{Error, Result};
 use crate::flow::{frame_displacement, linear_part, FlowWarper, FrameRemap};
@@ -117,6 +126,8 @@ pub struct Compositor {
     mask: Vec<f32>,
     /// Crop-space rectangle outside which the mask (and so every change) is zero.
     support: [f32; 4],
+    /// Turns the model's change into what is carried back (detail, colour, rim).
+    shaper: ResidualShaper,
     /// SxS CV_32FC3 residual of a face-only model, and its warp over the face's ROI.
     residual: Mat,
     warped: Mat,
@@ -133,12 +144,31 @@ pub struct Compositor {
 }
 
 impl Compositor {
+    /// A compositor that carries the model's change back as it is
+    /// ([`CompositeOptions::PLAIN`]); see [`with_options`](Self::with_options).
     pub fn new(size: usize) -> Result<Self> {
+        Self::with_options(size, CompositeOptions::PLAIN)
+    }
+
+    /// A compositor that shapes the model's change as `options` say before carrying it
+    /// back, for crops aligned to [`Template::lsrf`] (every shipped model's).
+    pub fn with_options(size: usize, options: CompositeOptions) -> Result<Self> {
+        Self::for_template(&Template::lsrf(size), options)
+    }
+
+    /// A compositor for crops aligned to `template` (it says where the mouth is, the only
+    /// place where colour changes are carried; the [`FrameProcessor`](crate::FrameProcessor)
+    /// passes the model's).
+    pub fn for_template(template: &Template, options: CompositeOptions) -> Result<Self> {
+        let size = template.size;
         let mask = face_mask(size);
         let s = size as i32;
+        let mut shaper = ResidualShaper::new(template, &mask);
+        shaper.set_options(options);
         Ok(Compositor {
             size,
             support: mask_support(&mask, size),
+            shaper,
             mask,
             residual: Mat::new_rows_cols_with_default(s, s, CV_32FC3, Scalar::all(0.0))?,
             warped: Mat::default(),
@@ -153,6 +183,20 @@ impl Compositor {
 
     pub fn mask(&self) -> &[f32] {
         &self.mask
+    }
+
+    pub fn options(&self) -> CompositeOptions {
+        self.shaper.options()
+    }
+
+    pub fn set_options(&mut self, options: CompositeOptions) {
+        self.shaper.set_options(options);
+    }
+
+    /// The crop-space change that the last face carried back, before mask and intensity
+    /// (planar RGB, [0, 1] units; see [`ResidualShaper::shape`]).
+    pub fn last_change(&self) -> &[f32] {
+        &self.shaper.diff
     }
 
     /// Adds the model's change to one face back into the frame. `crop` and `out` are
@@ -218,7 +262,8 @@ impl Compositor {
         intensity: f32,
         roi: Roi,
     ) -> Result<()> {
-        fill_residual(&mut self.residual, &self.mask, crop, out, intensity)?;
+        let diff = self.shaper.shape(crop, out)?;
+        fill_residual(&mut self.residual, &self.mask, diff, intensity)?;
         warp_to_roi(&self.residual, &mut self.warped, alignment, roi)?;
         add_residual(frame, &self.warped, roi)
     }
@@ -236,12 +281,12 @@ impl Compositor {
         roi: Roi,
     ) -> Result<()> {
         self.flow.warp_crop(crop, flow, &mut self.warped_crop)?;
+        let diff = self.shaper.shape(&self.warped_crop, out)?;
         self.change.fill(&ChangeInputs {
             mask: &self.mask,
             flow,
             linear: linear_part(&alignment.to_frame),
-            base: &self.warped_crop,
-            out,
+            diff,
             intensity,
         });
         self.find_spans(&alignment.to_crop, roi);
@@ -335,14 +380,14 @@ struct ChangeInputs<'a> {
     flow: &'a [f32],
     /// The linear part of crop -> frame, for displacements.
     linear: [[f32; 2]; 2],
-    /// What the residual is taken against: the input crop warped by the full flow.
-    base: &'a [f32],
-    out: &'a [f32],
+    /// The shaped appearance change: `out` against the input crop warped by the full
+    /// flow (planar RGB, [0, 1] units).
+    diff: &'a [f32],
     intensity: f32,
 }
 
 /// A flow model's change over the SxS crop, per pixel: frame displacement
-/// `L * intensity * mask * flow`, then residual `255 * intensity * mask * (out - base)`;
+/// `L * intensity * mask * flow`, then residual `255 * intensity * mask * diff`;
 /// exactly zero where the mask is and in a [`CHANGE_PAD`]-pixel border around the crop
 /// (what `warpAffine` with BORDER_CONSTANT 0 would read there).
 struct CropChange {
@@ -373,8 +418,7 @@ impl CropChange {
                 } else {
                     let [dx, dy] =
                         frame_displacement(&inputs.linear, g, inputs.flow[i], inputs.flow[n + i]);
-                    let res =
-                        |c: usize| 255.0 * g * (inputs.out[c * n + i] - inputs.base[c * n + i]);
+                    let res = |c: usize| 255.0 * g * inputs.diff[c * n + i];
                     [dx, dy, res(0), res(1), res(2), 0.0, 0.0, 0.0]
                 };
             }
@@ -404,15 +448,9 @@ impl CropChange {
     }
 }
 
-/// `residual = 255 * intensity * mask * (out - base)` as interleaved RGB, exactly zero
-/// where the mask is.
-fn fill_residual(
-    residual: &mut Mat,
-    mask: &[f32],
-    base: &[f32],
-    out: &[f32],
-    intensity: f32,
-) -> Result<()> {
+/// `residual = 255 * intensity * mask * diff` as interleaved RGB (`diff` planar), exactly
+/// zero where the mask is.
+fn fill_residual(residual: &mut Mat, mask: &[f32], diff: &[f32], intensity: f32) -> Result<()> {
     let n = mask.len();
     let gain = 255.0 * intensity;
     for (i, r) in residual
@@ -422,14 +460,605 @@ fn fill_residual(
     {
         let m = mask[i] * gain;
         for c in 0..3 {
-            r[c] = if m == 0.0 {
-                0.0
-            } else {
-                m * (out[c * n + i] - base[c * n + i])
-            };
+            r[c] = if m == 0.0 { 0.0 } else { m * diff[c * n + i] };
         }
     }
     Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// Shaping the model's change before it is carried back
+
+/// How much of the person's own detail is kept where the model smoothed it away.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Detail {
+    /// Every change is carried, the detail the model smoothed away too.
+    Off,
+    /// The finest band of the change (under [`FINE_SIGMA`] crop pixels: skin texture,
+    /// lashes, hair strands) is dropped wherever the model's coarse change is small
+    /// (under [`DETAIL_GATE`]), outside the mouth: the input's own fine detail stays.
+    /// Everything coarser, where the expression lives, is carried.
+    #[default]
+    Fine,
+    /// Also the detail the model smoothed away at coarser scales: the change above the
+    /// finest band is fitted, over a small window, as a blend of two blurs of the
+    /// input ([`BLUR_BASES`]), and that blend is dropped wherever the coarse change is
+    /// under [`MID_GATE`]. A model that only blurs leaves the face as it was. Sharper,
+    /// but it also keeps the parts of an expression that consist in softening a
+    /// feature, and fer's expression scores drop by a few points.
+    Full,
+}
+
+impl std::str::FromStr for Detail {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "off" => Ok(Detail::Off),
+            "fine" => Ok(Detail::Fine),
+            "full" => Ok(Detail::Full),
+            _ => Err(format!("unknown detail '{s}' (off, fine, full)")),
+        }
+    }
+}
+
+/// How the model's change to a face is carried back into the frame. Every step works on
+/// the SxS crop-space change (the appearance residual of a flow model), before it is
+/// sampled into the frame, so its cost does not grow with the face's size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CompositeOptions {
+    /// Keep the person's detail where the model's coarse change (the change blurred by
+    /// [`COARSE_SIGMA`]) is small; where it is large (an opened mouth, teeth, brows
+    /// raised), and around the mouth ([`mouth_region`]), the model's own is carried.
+    pub detail: Detail,
+    /// Keep the person's colours: the brightness (luma) change is carried everywhere
+    /// (as a change of light: each channel in proportion to the pixel's own), the
+    /// colour (chroma) change only around the mouth (lips, teeth, mouth interior) and
+    /// there only where the brightness change is large too, so irises, make-up and
+    /// skin tone keep their colours. And the model's tone drift along the mask's rim is
+    /// taken out of the whole change, so no edge shows where the mask ends.
+    pub keep_colour: bool,
+}
+
+impl CompositeOptions {
+    /// The change carried back as the model made it (the compositing before issue 9).
+    pub const PLAIN: CompositeOptions = CompositeOptions {
+        detail: Detail::Off,
+        keep_colour: false,
+    };
+}
+
+impl Default for CompositeOptions {
+    fn default() -> Self {
+        CompositeOptions {
+            detail: Detail::Fine,
+            keep_colour: true,
+        }
+    }
+}
+
+/// Gaussian sigma (crop pixels of a 128 px crop; scaled with the crop) under which the
+/// change is its finest band.
+pub const FINE_SIGMA: f32 = 0.8;
+/// Gaussian sigma of the coarse change (about 1/50 of the face's width), which says
+/// where the model really changed the face: a blur by up to 1.6 crop pixels changes it
+/// by under a grey level.
+pub const COARSE_SIGMA: f32 = 3.2;
+/// The blurs (crop pixels, beyond the finest band) whose blend is fitted to the change
+/// to find the detail a model smoothed away ([`Detail::Full`]); blurs between and
+/// under them are fitted closely.
+pub const BLUR_BASES: [f32; 2] = [0.8, 1.6];
+/// Sigma of the window of that fit.
+const WINDOW_SIGMA: f32 = 2.0;
+/// Amplitude (grey levels) under which a blur of the input counts as flat in the fit.
+const FIT_FLOOR: f32 = 0.3;
+/// Sigma of the smoothing of the coarse change's magnitude, so that a large change's
+/// zero crossings (dark lips on one side, bright teeth on the other) do not close the
+/// gates along a line.
+const GATE_SIGMA: f32 = 3.0;
+/// Coarse luma change (grey levels, at intensity 1) over which the model's finest band
+/// fades in.
+pub const DETAIL_GATE: (f32, f32) = (10.0, 30.0);
+/// Coarse luma change over which the model's coarser smoothing fades in
+/// ([`Detail::Full`]): only where it changed next to nothing is it taken for a blur.
+pub const MID_GATE: (f32, f32) = (2.0, 6.0);
+/// Coarse luma change over which the model's chroma change fades in (inside the mouth
+/// region).
+pub const COLOUR_GATE: (f32, f32) = (6.0, 18.0);
+/// Scale of the robust (Cauchy) weights of the rim's tone fit, grey levels.
+const RIM_ROBUST_SCALE: f32 = 3.0;
+const LUMA: [f32; 3] = [0.299, 0.587, 0.114];
+/// Added to a pixel's channels and luma before their ratio is taken, so that the luma
+/// change of near-black pixels is shared out evenly ([0, 1] units).
+const DARK: f32 = 0.03;
+
+/// Grey levels to [0, 1] units.
+fn in_units((a, b): (f32, f32)) -> (f32, f32) {
+    (a / 255.0, b / 255.0)
+}
+
+fn smoothstep((e0, e1): (f32, f32), x: f32) -> f32 {
+    let t = ((x - e0) / (e1 - e0)).clamp(0.0, 1.0);
+    t * t * (3.0 - 2.0 * t)
+}
+
+/// Turns the model's raw change `out - base` of one face into what is carried back
+/// (planar RGB in [0, 1] units, unmasked, at intensity 1; see [`CompositeOptions`]).
+/// All buffers are kept between faces.
+pub struct ResidualShaper {
+    size: usize,
+    options: CompositeOptions,
+    rim: Rim,
+    /// The model's territory (S*S, [`mouth_region`]): its detail is kept there, and
+    /// only there its colour changes may pass.
+    mouth: Vec<f32>,
+    /// The shaped change, 3*S*S.
+    diff: Vec<f32>,
+    /// Side of the grid of the coarse change: a quarter of the crop's (the coarse
+    /// change is smooth, and this is where most of the cost would go).
+    small: usize,
+    /// The change on the quarter grid (area averages) and blurred there by
+    /// [`COARSE_SIGMA`], 3 planes.
+    small_diff: Vec<f32>,
+    coarse: Vec<f32>,
+    /// |luma of the coarse change|, smoothed, on the quarter grid and on the crop's
+    /// (S*S): where the model changed the face.
+    small_gate: Vec<f32>,
+    gate: Vec<f32>,
+    /// The change blurred by [`FINE_SIGMA`], 3*S*S.
+    above_fine: Vec<f32>,
+    /// What the change takes away of the input's detail, 3*S*S: its finest band, and
+    /// ([`Detail::Full`]) the fitted blend of blurs above it.
+    lost_fine: Vec<f32>,
+    lost_blur: Vec<f32>,
+    /// The input blurred by [`FINE_SIGMA`] and by each of [`BLUR_BASES`] beyond it,
+    /// 3*S*S each.
+    blurred_base: [Vec<f32>; 3],
+    /// The windowed products of the fit, S*S each, and a scratch plane.
+    products: [Vec<f32>; 5],
+    windowed: [Vec<f32>; 5],
+    scratch: Vec<f32>,
+}
+
+impl ResidualShaper {
+    /// A shaper for crops aligned to `template`, masked by `mask` ([`face_mask`]).
+    pub fn new(template: &Template, mask: &[f32]) -> Self {
+        let size = template.size;
+        let n = size * size;
+        let small = size.div_ceil(4).max(1);
+        let planes = || vec![0.0; 3 * n];
+        ResidualShaper {
+            size,
+            options: CompositeOptions::default(),
+            rim: Rim::new(size, small, mask),
+            mouth: mouth_region(template),
+            diff: planes(),
+            small,
+            small_diff: vec![0.0; 3 * small * small],
+            coarse: vec![0.0; 3 * small * small],
+            small_gate: vec![0.0; small * small],
+            gate: vec![0.0; n],
+            above_fine: planes(),
+            lost_fine: planes(),
+            lost_blur: planes(),
+            blurred_base: std::array::from_fn(|_| planes()),
+            products: std::array::from_fn(|_| vec![0.0; n]),
+            windowed: std::array::from_fn(|_| vec![0.0; n]),
+            scratch: vec![0.0; n],
+        }
+    }
+
+    pub fn options(&self) -> CompositeOptions {
+        self.options
+    }
+
+    pub fn set_options(&mut self, options: CompositeOptions) {
+        self.options = options;
+    }
+
+    /// The smoothed magnitude of the coarse luma change of the last [`shape`](Self::shape)
+    /// (S*S, [0, 1] units): where the gates open. Zero with [`CompositeOptions::PLAIN`].
+    pub fn coarse_change(&self) -> &[f32] {
+        &self.gate
+    }
+
+    /// The change to carry back for a model output `out` on `base` (both planar RGB in
+    /// [0, 1], 3*S*S). With [`CompositeOptions::PLAIN`] it is exactly `out - base`.
+    pub fn shape(&mut self, base: &[f32], out: &[f32]) -> Result<&[f32]> {
+        for ((d, &o), &b) in self.diff.iter_mut().zip(out).zip(base) {
+            *d = o - b;
+        }
+        if self.options == CompositeOptions::PLAIN {
+            self.gate.fill(0.0);
+            return Ok(&self.diff);
+        }
+        let (s, n, m) = (self.size, self.size * self.size, self.small);
+        // Sigmas on the quarter grid.
+        let quarter = m as f32 / 128.0;
+        for (d, c) in self
+            .diff
+            .chunks_exact(n)
+            .zip(self.small_diff.chunks_exact_mut(m * m))
+        {
+            resize(d, s, c, m, imgproc::INTER_AREA)?;
+        }
+        blur_planes(
+            &self.small_diff,
+            &mut self.coarse,
+            m,
+            COARSE_SIGMA * quarter,
+        )?;
+        if self.options.keep_colour {
+            self.remove_rim_drift();
+        }
+        let magnitude = &mut self.scratch[..m * m];
+        luma_into(&self.coarse, magnitude);
+        for v in magnitude.iter_mut() {
+            *v = v.abs();
+        }
+        blur(magnitude, &mut self.small_gate, m, GATE_SIGMA * quarter)?;
+        resize(
+            &self.small_gate,
+            m,
+            &mut self.gate,
+            s,
+            imgproc::INTER_LINEAR,
+        )?;
+        if self.options.detail != Detail::Off {
+            self.find_lost_detail(base)?;
+            let fine_gate = in_units(DETAIL_GATE);
+            let blur_gate = in_units(MID_GATE);
+            let full = self.options.detail == Detail::Full;
+            for c in 0..3 {
+                let plane = c * n..(c + 1) * n;
+                let d = &mut self.diff[plane.clone()];
+                let (fine, blurred) = (&self.lost_fine[plane.clone()], &self.lost_blur[plane]);
+                for i in 0..n {
+                    let g = self.gate[i];
+                    let mut lost = (1.0 - smoothstep(fine_gate, g)) * fine[i];
+                    if full {
+                        lost += (1.0 - smoothstep(blur_gate, g)) * blurred[i];
+                    }
+                    d[i] -= (1.0 - self.mouth[i]) * lost;
+                }
+            }
+        }
+        if self.options.keep_colour {
+            self.keep_colours(base);
+        }
+        Ok(&self.diff)
+    }
+
+    /// The model's tone drift, as the rim sees it, leaves the whole change: a plane
+    /// fitted to the coarse change over the mask's feathered rim. (A plane blurs to
+    /// itself, so the coarse change loses the same plane, and the finer bands do not
+    /// see it.)
+    fn remove_rim_drift(&mut self) {
+        let (s, m) = (self.size, self.small);
+        for (d, l) in self
+            .diff
+            .chunks_exact_mut(s * s)
+            .zip(self.coarse.chunks_exact_mut(m * m))
+        {
+            let plane = self.rim.fit(l);
+            plane.subtract_from(d, s);
+            plane.subtract_from(l, m);
+        }
+    }
+
+    /// The luma change, made the way light changes a colour (every channel in
+    /// proportion to the pixel's own: a grey change would pale warm skin towards blue
+    /// where it brightens), then the model's own colour change where it may pass.
+    fn keep_colours(&mut self, base: &[f32]) {
+        let n = self.size * self.size;
+        let gate = in_units(COLOUR_GATE);
+        let (dr, rest) = self.diff.split_at_mut(n);
+        let (dg, db) = rest.split_at_mut(n);
+        for i in 0..n {
+            let w = self.mouth[i] * smoothstep(gate, self.gate[i]);
+            let mut c = [dr[i], dg[i], db[i]];
+            let y = LUMA[0] * c[0] + LUMA[1] * c[1] + LUMA[2] * c[2];
+            let px = [base[i], base[n + i], base[2 * n + i]];
+            let base_y = LUMA[0] * px[0] + LUMA[1] * px[1] + LUMA[2] * px[2];
+            let k = y / (base_y + DARK);
+            for (v, p) in c.iter_mut().zip(px) {
+                let keep = k * (p + DARK);
+                *v = keep + w * (*v - keep);
+            }
+            [dr[i], dg[i], db[i]] = c;
+        }
+    }
+
+    /// The part of the change that only takes the input's detail away: its finest band
+    /// (`lost_fine`), and with [`Detail::Full`] the blend of blurs of the input that
+    /// best explains the rest of it over a Gaussian window (`lost_blur`). A model that
+    /// blurs by one of [`BLUR_BASES`] changes the bands above the finest by exactly
+    /// that blur; a new crease or a moved lip does not look like a blur of the input
+    /// and stays. The fit is on luma, by non-negative least squares.
+    fn find_lost_detail(&mut self, base: &[f32]) -> Result<()> {
+        let (s, n) = (self.size, self.size * self.size);
+        let scale = s as f32 / 128.0;
+        let fine = FINE_SIGMA * scale;
+        blur_planes(&self.diff, &mut self.above_fine, s, fine)?;
+        for ((lost, &d), &f) in self
+            .lost_fine
+            .iter_mut()
+            .zip(&self.diff)
+            .zip(&self.above_fine)
+        {
+            *lost = d - f;
+        }
+        if self.options.detail != Detail::Full {
+            return Ok(());
+        }
+        // Blurs of the input beyond the finest band: G(e_j) base with e_j^2 = fine^2 +
+        // sigma_j^2 (Gaussians compose so), against G(fine) base. A model that blurs by
+        // sigma_j changes the change's bands above the finest by exactly their
+        // difference, B_j.
+        blur_planes(base, &mut self.blurred_base[0], s, fine)?;
+        for (j, &sigma) in BLUR_BASES.iter().enumerate() {
+            let e = (fine.powi(2) + (sigma * scale).powi(2)).sqrt();
+            blur_planes(base, &mut self.blurred_base[j + 1], s, e)?;
+        }
+        let luma =
+            |v: &[f32], i: usize| LUMA[0] * v[i] + LUMA[1] * v[n + i] + LUMA[2] * v[2 * n + i];
+        // Windowed normal equations of `change ≈ c0 B0 + c1 B1`: B0.B0, B0.B1, B1.B1,
+        // B0.change, B1.change.
+        for i in 0..n {
+            let b = luma(&self.blurred_base[0], i);
+            let (b0, b1) = (
+                luma(&self.blurred_base[1], i) - b,
+                luma(&self.blurred_base[2], i) - b,
+            );
+            let d = luma(&self.above_fine, i);
+            for (k, v) in [b0 * b0, b0 * b1, b1 * b1, b0 * d, b1 * d]
+                .into_iter()
+                .enumerate()
+            {
+                self.products[k][i] = v;
+            }
+        }
+        for (p, w) in self.products.iter().zip(self.windowed.iter_mut()) {
+            blur(p, w, s, WINDOW_SIGMA * scale)?;
+        }
+        let floor = (FIT_FLOOR / 255.0).powi(2);
+        let [w00, w01, w11, w0d, w1d] = &self.windowed;
+        let [b, b0, b1] = &self.blurred_base;
+        for i in 0..n {
+            let (c0, c1) = nnls2(
+                [[w00[i] + floor, w01[i]], [w01[i], w11[i] + floor]],
+                [w0d[i], w1d[i]],
+            );
+            let (c0, c1) = (c0.min(1.0), c1.min(1.0));
+            for c in 0..3 {
+                let k = c * n + i;
+                self.lost_blur[k] = c0 * (b0[k] - b[k]) + c1 * (b1[k] - b[k]);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Non-negative least squares of two unknowns from the normal equations `a c = r`: the
+/// joint solution if both are non-negative, else the better single one (each lowers
+/// the squared error by `r_j^2 / a_jj`), else none.
+fn nnls2(a: [[f32; 2]; 2], r: [f32; 2]) -> (f32, f32) {
+    let det = a[0][0] * a[1][1] - a[0][1] * a[1][0];
+    if det > 0.0 {
+        let c0 = (r[0] * a[1][1] - r[1] * a[0][1]) / det;
+        let c1 = (r[1] * a[0][0] - r[0] * a[1][0]) / det;
+        if c0 >= 0.0 && c1 >= 0.0 {
+            return (c0, c1);
+        }
+    }
+    let s0 = (r[0] / a[0][0]).max(0.0);
+    let s1 = (r[1] / a[1][1]).max(0.0);
+    if s0 * r[0] >= s1 * r[1] {
+        (s0, 0.0)
+    } else {
+        (0.0, s1)
+    }
+}
+
+/// Luma of planar RGB into one plane.
+fn luma_into(rgb: &[f32], out: &mut [f32]) {
+    let n = out.len();
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = LUMA[0] * rgb[i] + LUMA[1] * rgb[n + i] + LUMA[2] * rgb[2 * n + i];
+    }
+}
+
+/// Resizes one `from`x`from` plane to `to`x`to`.
+fn resize(src: &[f32], from: usize, dst: &mut [f32], to: usize, interpolation: i32) -> Result<()> {
+    let src = Mat::new_rows_cols_with_data(from as i32, from as i32, src)?;
+    let mut dst = Mat::new_rows_cols_with_data_mut(to as i32, to as i32, dst)?;
+    let target = dst.data();
+    imgproc::resize(
+        &src,
+        &mut dst,
+        Size::new(to as i32, to as i32),
+        0.0,
+        0.0,
+        interpolation,
+    )?;
+    if dst.data() != target {
+        return Err(Error::Frame(
+            "OpenCV resized elsewhere than the output buffer".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// [`blur`] of each plane of planar RGB.
+fn blur_planes(src: &[f32], dst: &mut [f32], size: usize, sigma: f32) -> Result<()> {
+    let n = size * size;
+    for (s, d) in src.chunks_exact(n).zip(dst.chunks_exact_mut(n)) {
+        blur(s, d, size, sigma)?;
+    }
+    Ok(())
+}
+
+/// The mouth's part of the crop, where the model's change is carried whole, detail and
+/// colour: an ellipse around the template's mouth point, in eye distances `d` 0.55
+/// wide and 0.35 high on each side (a wide smile's corners, an opened jaw), fading to 0
+/// at 0.8 and 0.55 (S*S weights in [0, 1]).
+pub fn mouth_region(template: &Template) -> Vec<f32> {
+    let [left, right, _, mouth] = template.points;
+    let d = ((right[0] - left[0]).powi(2) + (right[1] - left[1]).powi(2)).sqrt();
+    feature_region(
+        template.size,
+        mouth,
+        (0.55 * d, 0.35 * d),
+        (0.8 * d, 0.55 * d),
+    )
+}
+
+/// 1 inside the ellipse of radii `inner` around `centre`, 0 outside the one of radii
+/// `outer`, smooth between (S*S).
+fn feature_region(s: usize, [cx, cy]: [f32; 2], inner: (f32, f32), outer: (f32, f32)) -> Vec<f32> {
+    let mut region = vec![0.0; s * s];
+    for (i, w) in region.iter_mut().enumerate() {
+        let (x, y) = ((i % s) as f32 - cx, (i / s) as f32 - cy);
+        let r = |(rx, ry): (f32, f32)| ((x / rx).powi(2) + (y / ry).powi(2)).sqrt();
+        // t runs from 0 on the inner ellipse to 1 on the outer along each ray.
+        let (ri, ro) = (r(inner), r(outer));
+        let t = if ri <= 1.0 {
+            0.0
+        } else {
+            (ri - 1.0) / (ri / ro - 1.0)
+        };
+        *w = 1.0 - smoothstep((0.0, 1.0), t);
+    }
+    region
+}
+
+/// Gaussian blur of one SxS plane, edges replicated (the crop's own edges are).
+fn blur(src: &[f32], dst: &mut [f32], size: usize, sigma: f32) -> Result<()> {
+    let s = size as i32;
+    let src = Mat::new_rows_cols_with_data(s, s, src)?;
+    let mut dst = Mat::new_rows_cols_with_data_mut(s, s, dst)?;
+    let target = dst.data();
+    imgproc::gaussian_blur(
+        &src,
+        &mut dst,
+        Size::new(0, 0),
+        sigma as f64,
+        sigma as f64,
+        opencv::core::BORDER_REPLICATE,
+    )?;
+    if dst.data() != target {
+        return Err(Error::Frame(
+            "OpenCV wrote a blur elsewhere than the output buffer".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// The mask's feathered rim (0 < mask < 1): where the change fades out, so where a
+/// tone drift of the model would show as an edge.
+struct Rim {
+    /// Pixel index and centred coordinates (crop sizes) of each rim pixel.
+    pixels: Vec<(usize, f32, f32)>,
+    weights: Vec<f32>,
+}
+
+/// `a + b u + c v`, u and v the centred coordinates in crop sizes.
+#[derive(Debug, Clone, Copy)]
+struct Plane([f32; 3]);
+
+impl Plane {
+    /// Subtracts the plane from an SxS grid over the crop.
+    fn subtract_from(&self, grid: &mut [f32], size: usize) {
+        let [a, b, c] = self.0;
+        for (y, row) in grid.chunks_exact_mut(size).enumerate() {
+            let (u0, v) = centred(0, y, size);
+            let (start, step) = (a + b * u0 + c * v, b / size as f32);
+            for (x, g) in row.iter_mut().enumerate() {
+                *g -= start + step * x as f32;
+            }
+        }
+    }
+}
+
+fn centred(x: usize, y: usize, size: usize) -> (f32, f32) {
+    let s = size as f32;
+    ((x as f32 + 0.5) / s - 0.5, (y as f32 + 0.5) / s - 0.5)
+}
+
+impl Rim {
+    /// The rim on a `small`-sided grid over the crop (where the coarse change is).
+    fn new(size: usize, small: usize, mask: &[f32]) -> Self {
+        let mut grid = vec![0.0; small * small];
+        // A mask can always be resized; failing that, the rim is empty (no drift fit).
+        let _ = resize(mask, size, &mut grid, small, imgproc::INTER_AREA);
+        let pixels: Vec<_> = grid
+            .iter()
+            .enumerate()
+            .filter(|(_, &m)| m > 0.01 && m < 0.99)
+            .map(|(i, _)| {
+                let (u, v) = centred(i % small, i / small, small);
+                (i, u, v)
+            })
+            .collect();
+        Rim {
+            weights: vec![1.0; pixels.len()],
+            pixels,
+        }
+    }
+
+    /// A plane fitted to `values` (the rim's grid, [0, 1] units) over the rim, robustly (Cauchy
+    /// weights, three rounds), so that a real change reaching into part of the rim (a
+    /// dropped jaw) counts little against the drift all around it.
+    fn fit(&mut self, values: &[f32]) -> Plane {
+        self.weights.fill(1.0);
+        let mut plane = Plane([0.0; 3]);
+        let scale = RIM_ROBUST_SCALE / 255.0;
+        for round in 0..3 {
+            if round > 0 {
+                for (w, &(i, u, v)) in self.weights.iter_mut().zip(&self.pixels) {
+                    let r = (values[i] - (plane.0[0] + plane.0[1] * u + plane.0[2] * v)) / scale;
+                    *w = 1.0 / (1.0 + r * r);
+                }
+            }
+            let mut a = [[0.0f64; 3]; 3];
+            let mut b = [0.0f64; 3];
+            for (&w, &(i, u, v)) in self.weights.iter().zip(&self.pixels) {
+                let basis = [1.0, u as f64, v as f64];
+                for r in 0..3 {
+                    for c in 0..3 {
+                        a[r][c] += w as f64 * basis[r] * basis[c];
+                    }
+                    b[r] += w as f64 * basis[r] * values[i] as f64;
+                }
+            }
+            match solve3(a, b) {
+                Some(p) => plane = Plane(p.map(|v| v as f32)),
+                None => return Plane([0.0; 3]),
+            }
+        }
+        plane
+    }
+}
+
+/// Solves the 3x3 system by Cramer's rule (None when it is singular).
+fn solve3(a: [[f64; 3]; 3], b: [f64; 3]) -> Option<[f64; 3]> {
+    let det = |m: &[[f64; 3]; 3]| {
+        m[0][0] * (m[1][1] * m[2][2] - m[1][2] * m[2][1])
+            - m[0][1] * (m[1][0] * m[2][2] - m[1][2] * m[2][0])
+            + m[0][2] * (m[1][0] * m[2][1] - m[1][1] * m[2][0])
+    };
+    let d = det(&a);
+    if d.abs() < 1e-12 {
+        return None;
+    }
+    let mut x = [0.0; 3];
+    for (k, xk) in x.iter_mut().enumerate() {
+        let mut m = a;
+        for r in 0..3 {
+            m[r][k] = b[r];
+        }
+        *xk = det(&m) / d;
+    }
+    Some(x)
 }
 
 /// A rectangle of the frame: the part of it one face's change can reach.

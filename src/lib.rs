@@ -13,14 +13,17 @@ pub mod error;
 pub mod flow;
 pub mod frame;
 pub mod model;
+pub mod pose;
 pub mod processor;
 
 pub use align::{Alignment, Template};
+pub use composite::{CompositeOptions, Detail};
 pub use detect::{DetectorKind, Face, FaceDetector};
 pub use error::{Error, Result};
 pub use frame::{FrameMut, PixelLayout, RgbImage};
 pub use model::{Device, ExpressionModel, Manifest, ModelOutput, ALL_EXPRESSIONS, EXPRESSIONS};
-pub use processor::{FrameProcessor, FrameReport, ProcessorConfig, StageTimings};
+pub use pose::HeadPose;
+pub use processor::{FaceEdit, FrameProcessor, FrameReport, ProcessorConfig, StageTimings};
 
 /// The model shipped with the project (used when no model is given).
 pub fn default_model_dir() -> std::path::PathBuf {

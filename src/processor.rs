@@ -1,6 +1,8 @@
 //! `FrameProcessor`: detect -> align -> model -> composite for one frame, shared by the
 //! GStreamer element, the CLI and embedding apps. Flow models (contract v2) move each
-//! face's frame pixels by their flow inside the composite stage.
+//! face's frame pixels by their flow inside the composite stage. Each face's head pose
+//! is estimated from its keypoints, and a face turned further than `max_yaw` is left
+//! alone (the edit fades out before it, [`crate::pose::yaw_strength`]).
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -8,11 +10,12 @@ use std::time::{Duration, Instant};
 use ndarray::Array4;
 
 use crate::align::{crop_to_planar, Alignment, Template};
-use crate::composite::Compositor;
+use crate::composite::{CompositeOptions, Compositor, Detail};
 use crate::detect::{DetectorKind, Face, FaceDetector};
 use crate::error::Result;
 use crate::frame::FrameMut;
 use crate::model::{Device, ExpressionModel};
+use crate::pose::{yaw_strength, HeadPose, DEFAULT_MAX_YAW};
 
 /// What the processor should do; everything but the model and detector can change
 /// between frames.
@@ -28,6 +31,24 @@ pub struct ProcessorConfig {
     pub device: Device,
     /// ONNX Runtime intra-op threads.
     pub threads: usize,
+    /// How much of the face's own detail is kept where the model's coarse change is
+    /// small ([`CompositeOptions::detail`]).
+    pub detail: Detail,
+    /// Keep the face's colours: chroma change only where the brightness change is
+    /// large, no tone edge at the mask's rim ([`CompositeOptions::keep_colour`]).
+    pub keep_colour: bool,
+    /// Degrees of yaw at which a turned head's edit has faded to nothing (from full
+    /// strength 15 degrees before; 90 = never fade).
+    pub max_yaw: f32,
+}
+
+impl ProcessorConfig {
+    pub fn composite_options(&self) -> CompositeOptions {
+        CompositeOptions {
+            detail: self.detail,
+            keep_colour: self.keep_colour,
+        }
+    }
 }
 
 impl Default for ProcessorConfig {
@@ -40,6 +61,9 @@ impl Default for ProcessorConfig {
             detector: DetectorKind::Auto,
             device: Device::Auto,
             threads: 1,
+            detail: Detail::Fine,
+            keep_colour: true,
+            max_yaw: DEFAULT_MAX_YAW,
         }
     }
 }
@@ -59,11 +83,24 @@ impl StageTimings {
     }
 }
 
+/// What was done to one face.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+pub struct FaceEdit {
+    /// Head pose estimated from the face's keypoints.
+    pub pose: HeadPose,
+    /// Share of the configured intensity the face got: 1 for a face turned less than
+    /// `max_yaw - 15` degrees, fading to 0 at `max_yaw` (0: left untouched).
+    pub strength: f32,
+}
+
 /// What one frame's processing found and did.
 #[derive(Debug, Clone, Default)]
 pub struct FrameReport {
-    /// Faces that were changed (at most `max_faces`, largest first).
+    /// Faces that were edited (at most `max_faces`, largest first), including faces
+    /// turned too far to get any of the edit (their `edits` strength is 0).
     pub faces: Vec<Face>,
+    /// Pose and strength of each of `faces`, in the same order.
+    pub edits: Vec<FaceEdit>,
     /// All faces the detector reported, before the size and count limits.
     pub detected: usize,
     pub timings: StageTimings,
@@ -95,7 +132,7 @@ impl FrameProcessor {
     ) -> Result<Self> {
         let expression_index = model.manifest().expression_index(&config.expression)? as i64;
         let template = model.manifest().template.clone();
-        let compositor = Compositor::new(template.size)?;
+        let compositor = Compositor::for_template(&template, config.composite_options())?;
         Ok(FrameProcessor {
             detector,
             tracker: Tracker::default(),
@@ -132,6 +169,23 @@ impl FrameProcessor {
 
     pub fn set_min_face_size(&mut self, px: f32) {
         self.config.min_face_size = px;
+    }
+
+    /// How much of the face's own detail is kept ([`CompositeOptions::detail`]).
+    pub fn set_detail(&mut self, detail: Detail) {
+        self.config.detail = detail;
+        self.compositor.set_options(self.config.composite_options());
+    }
+
+    /// Keep the face's colours ([`CompositeOptions::keep_colour`]).
+    pub fn set_keep_colour(&mut self, on: bool) {
+        self.config.keep_colour = on;
+        self.compositor.set_options(self.config.composite_options());
+    }
+
+    /// Degrees of yaw at which the edit has faded to nothing (0..=90; 90 never fades).
+    pub fn set_max_yaw(&mut self, degrees: f32) {
+        self.config.max_yaw = degrees.clamp(0.0, 90.0);
     }
 
     /// Video: blend each face's keypoints with the same face in the previous frame
@@ -205,16 +259,30 @@ impl FrameProcessor {
             .filter_map(|f| Alignment::for_face(&f, template).ok().map(|a| (f, a)))
             .take(self.config.max_faces)
             .unzip();
-        if faces.is_empty() || self.config.intensity == 0.0 {
+        let edits: Vec<FaceEdit> = faces
+            .iter()
+            .map(|f| {
+                let pose = HeadPose::estimate(&f.keypoints);
+                FaceEdit {
+                    pose,
+                    strength: yaw_strength(pose.yaw, self.config.max_yaw),
+                }
+            })
+            .collect();
+        let edited: Vec<usize> = (0..faces.len())
+            .filter(|&i| edits[i].strength > 0.0)
+            .collect();
+        if edited.is_empty() || self.config.intensity == 0.0 {
             report.faces = faces;
+            report.edits = edits;
             return Ok(report);
         }
 
         let s = self.template.size;
-        let mut batch = Array4::<f32>::zeros((faces.len(), 3, s, s));
-        for (i, alignment) in alignments.iter().enumerate() {
-            let crop = alignment.warp_crop(frame)?;
-            let mut slot = batch.index_axis_mut(ndarray::Axis(0), i);
+        let mut batch = Array4::<f32>::zeros((edited.len(), 3, s, s));
+        for (slot, &i) in edited.iter().enumerate() {
+            let crop = alignments[i].warp_crop(frame)?;
+            let mut slot = batch.index_axis_mut(ndarray::Axis(0), slot);
             crop_to_planar(
                 &crop,
                 frame.layout(),
@@ -224,28 +292,32 @@ impl FrameProcessor {
         report.timings.align = t.elapsed();
 
         let t = Instant::now();
-        let expressions = vec![self.expression_index; faces.len()];
+        let expressions = vec![self.expression_index; edited.len()];
         let out = self.model.run_with_flow(batch.view(), &expressions)?;
         report.timings.model = t.elapsed();
 
         // Composite covers the flow warp of the frame too (both are per-face pixel work).
         let t = Instant::now();
-        for (i, alignment) in alignments.iter().enumerate() {
-            let crop = batch.index_axis(ndarray::Axis(0), i);
-            let result = out.face.index_axis(ndarray::Axis(0), i);
-            let flow = out.flow.as_ref().map(|f| f.index_axis(ndarray::Axis(0), i));
+        for (slot, &i) in edited.iter().enumerate() {
+            let crop = batch.index_axis(ndarray::Axis(0), slot);
+            let result = out.face.index_axis(ndarray::Axis(0), slot);
+            let flow = out
+                .flow
+                .as_ref()
+                .map(|f| f.index_axis(ndarray::Axis(0), slot));
             self.compositor.apply_with_flow(
                 frame,
                 crop.as_slice().expect("standard layout"),
                 result.as_slice().expect("standard layout"),
                 flow.as_ref()
                     .map(|f| f.as_slice().expect("standard layout")),
-                alignment,
-                self.config.intensity,
+                &alignments[i],
+                self.config.intensity * edits[i].strength,
             )?;
         }
         report.timings.composite = t.elapsed();
         report.faces = faces;
+        report.edits = edits;
         Ok(report)
     }
 }
