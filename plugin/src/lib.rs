@@ -17,7 +17,7 @@ use gst::glib;
 
 pub mod faceexpression;
 
-pub use faceexpression::{Detector, Device, Expression, FaceExpression};
+pub use faceexpression::{Detail, Detector, Device, Expression, FaceExpression};
 
 fn plugin_init(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
     faceexpression::register(plugin)

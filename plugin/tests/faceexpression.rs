@@ -217,6 +217,74 @@ fn roi_meta_marks_the_astronaut_face() {
     let conf = p.get::<f64>("confidence").unwrap();
     assert!((0.5..=1.0).contains(&conf), "confidence {conf}");
     assert_eq!(p.get::<&str>("expression").unwrap(), "happy");
+    // The astronaut looks at the camera: a small yaw, the whole edit.
+    let yaw = p.get::<f64>("yaw").unwrap();
+    assert!(yaw.abs() < 15.0, "yaw {yaw}");
+    assert!(p.get::<f64>("pitch").is_ok() && p.get::<f64>("roll").is_ok());
+    assert_eq!(p.get::<f64>("strength").unwrap(), 1.0);
+    assert_eq!(p.get::<f64>("applied-intensity").unwrap(), 1.0);
+}
+
+/// With `max-yaw` under the astronaut's own small yaw the face is left alone (the fade
+/// reached zero), the frame passes bit-identical, and the meta says so.
+#[test]
+fn a_face_turned_past_max_yaw_is_left_alone_and_the_meta_says_so() {
+    let (Some(model), Some(img)) = (shipped_model(), astronaut()) else {
+        return;
+    };
+    let (buffer, info) = to_buffer(&img, gst_video::VideoFormat::Rgb);
+    let mut h = harness(
+        &[("model", &model.to_str().unwrap()), ("max-yaw", &0.0f64)],
+        &info,
+    );
+    let (before, out) = run_one(&mut h, buffer);
+    assert!(before == bytes(&out), "a face past max-yaw was changed");
+    let metas: Vec<_> = out
+        .iter_meta::<gst_video::VideoRegionOfInterestMeta>()
+        .collect();
+    assert_eq!(metas.len(), 1);
+    let p = metas[0].param("detection").unwrap();
+    assert_eq!(p.get::<f64>("strength").unwrap(), 0.0);
+    assert_eq!(p.get::<f64>("applied-intensity").unwrap(), 0.0);
+}
+
+/// The detail and colour options reach the compositor while playing: each setting gives
+/// another frame, and `detail=off keep-colour=false` is the plain residual.
+#[test]
+fn detail_and_keep_colour_change_the_result_while_playing() {
+    let (Some(model), Some(img)) = (shipped_model(), astronaut()) else {
+        return;
+    };
+    let (buffer, info) = to_buffer(&img, gst_video::VideoFormat::Rgb);
+    // A full search every frame, so each frame's face is found as the core finds it.
+    let mut h = harness(
+        &[
+            ("model", &model.to_str().unwrap()),
+            ("detect-interval", &1u32),
+        ],
+        &info,
+    );
+    let element = h.element().unwrap();
+    let (_, default) = run_one(&mut h, buffer.copy());
+    element.set_property_from_str("detail", "off");
+    let (_, no_detail) = run_one(&mut h, buffer.copy());
+    element.set_property("keep-colour", false);
+    let (_, plain) = run_one(&mut h, buffer.copy());
+    element.set_property_from_str("detail", "full");
+    let (_, full) = run_one(&mut h, buffer.copy());
+    let plain_rgb = to_rgb(&plain, &info);
+    let [default, no_detail, plain, full] = [default, no_detail, plain, full].map(|b| bytes(&b));
+    assert!(default != no_detail && no_detail != plain && plain != full);
+    // The plain residual is what the core makes with both options off.
+    let config = reggan::ProcessorConfig {
+        detail: reggan::Detail::Off,
+        keep_colour: false,
+        ..Default::default()
+    };
+    let mut p = reggan::FrameProcessor::new(&model, config).unwrap();
+    let mut reference = img.clone();
+    p.process(&mut reference.as_frame()).unwrap();
+    assert_eq!(count_differences(&plain_rgb, &reference, 0), 0);
 }
 
 #[test]
@@ -285,6 +353,20 @@ fn properties_have_the_documented_defaults() {
     assert_eq!(e.property::<String>("provider"), "");
     assert_eq!(e.property::<u32>("detect-interval"), 3);
     assert_eq!(e.property::<f64>("smoothing"), 0.0);
+    assert_eq!(
+        e.property::<gstreggan::Detail>("detail"),
+        gstreggan::Detail::Fine
+    );
+    assert!(e.property::<bool>("keep-colour"));
+    assert_eq!(e.property::<f64>("max-yaw"), 35.0);
+    e.set_property_from_str("detail", "full");
+    assert_eq!(
+        e.property::<gstreggan::Detail>("detail"),
+        gstreggan::Detail::Full
+    );
+    let pspec = e.find_property("max-yaw").unwrap();
+    let d = pspec.downcast_ref::<glib::ParamSpecDouble>().unwrap();
+    assert_eq!((d.minimum(), d.maximum()), (0.0, 90.0));
     assert_eq!(
         std::path::PathBuf::from(e.property::<String>("model")),
         reggan::default_model_dir()

@@ -6,8 +6,9 @@
 //! detector load in `start` (so a missing or broken model fails the state change with a
 //! message naming the path); every frame then goes through
 //! [`reggan::FrameProcessor::process`] and gets one `GstVideoRegionOfInterestMeta` of
-//! type "face" per changed face. `expression`, `intensity`, `max-faces` and
-//! `min-face-size` apply from the next frame; a new `model`, `device` or `detector` set
+//! type "face" per face it considered (with its head pose and the share of the edit it
+//! got). `expression`, `intensity`, `max-faces`, `min-face-size`, `detail`,
+//! `keep-colour` and `max-yaw` apply from the next frame; a new `model`, `device` or `detector` set
 //! while streaming is loaded before the next frame (hot swap, blocking that frame).
 
 use std::path::PathBuf;
@@ -20,7 +21,7 @@ use gst_base::subclass::BaseTransformMode;
 use gst_video::prelude::*;
 use gst_video::subclass::prelude::*;
 
-use super::{Detector, Device, Expression};
+use super::{Detail, Detector, Device, Expression};
 
 static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
     gst::DebugCategory::new(
@@ -44,6 +45,9 @@ const DEFAULT_THREADS: u32 = 0;
 // picked up within 3 frames.
 const DEFAULT_DETECT_INTERVAL: u32 = 3;
 const DEFAULT_SMOOTHING: f64 = 0.0;
+const DEFAULT_DETAIL: Detail = Detail::Fine;
+const DEFAULT_KEEP_COLOUR: bool = true;
+const DEFAULT_MAX_YAW: f64 = reggan::pose::DEFAULT_MAX_YAW as f64;
 const MAX_SMOOTHING: f64 = 0.95;
 
 const FORMATS: [gst_video::VideoFormat; 6] = [
@@ -67,6 +71,9 @@ struct Settings {
     threads: u32,
     detect_interval: u32,
     smoothing: f64,
+    detail: Detail,
+    keep_colour: bool,
+    max_yaw: f64,
 }
 
 impl Default for Settings {
@@ -82,6 +89,9 @@ impl Default for Settings {
             threads: DEFAULT_THREADS,
             detect_interval: DEFAULT_DETECT_INTERVAL,
             smoothing: DEFAULT_SMOOTHING,
+            detail: DEFAULT_DETAIL,
+            keep_colour: DEFAULT_KEEP_COLOUR,
+            max_yaw: DEFAULT_MAX_YAW,
         }
     }
 }
@@ -105,6 +115,9 @@ impl Settings {
             detector: self.detector.into(),
             device: self.device.into(),
             threads,
+            detail: self.detail.into(),
+            keep_colour: self.keep_colour,
+            max_yaw: self.max_yaw as f32,
         }
     }
 }
@@ -197,6 +210,15 @@ impl FaceExpression {
         if p.config().min_face_size != want.min_face_size {
             p.set_min_face_size(want.min_face_size);
         }
+        if p.config().detail != want.detail {
+            p.set_detail(want.detail);
+        }
+        if p.config().keep_colour != want.keep_colour {
+            p.set_keep_colour(want.keep_colour);
+        }
+        if p.config().max_yaw != want.max_yaw {
+            p.set_max_yaw(want.max_yaw);
+        }
         if state.detect_interval != settings.detect_interval {
             p.set_detect_interval(settings.detect_interval);
             state.detect_interval = settings.detect_interval;
@@ -284,6 +306,25 @@ impl ObjectImpl for FaceExpression {
                     .default_value(DEFAULT_SMOOTHING)
                     .mutable_playing()
                     .build(),
+                glib::ParamSpecEnum::builder_with_default("detail", DEFAULT_DETAIL)
+                    .nick("Detail")
+                    .blurb("Keep the face's own detail where the model smoothed it away: off, fine (skin texture, lashes, hair where the model changed little), full (also the model's coarser smoothing)")
+                    .mutable_playing()
+                    .build(),
+                glib::ParamSpecBoolean::builder("keep-colour")
+                    .nick("Keep colour")
+                    .blurb("Keep the face's colours (eyes, make-up, skin tone): carry the model's colour changes only at the mouth, and no tone edge at the mask's rim")
+                    .default_value(DEFAULT_KEEP_COLOUR)
+                    .mutable_playing()
+                    .build(),
+                glib::ParamSpecDouble::builder("max-yaw")
+                    .nick("Maximum yaw")
+                    .blurb("Degrees a head may turn: the edit fades from full strength 15 degrees before this to nothing at it (90: never fades)")
+                    .minimum(0.0)
+                    .maximum(90.0)
+                    .default_value(DEFAULT_MAX_YAW)
+                    .mutable_playing()
+                    .build(),
                 glib::ParamSpecUInt::builder("threads")
                     .nick("Threads")
                     .blurb("ONNX Runtime intra-op threads (0: one per CPU core); applies at the next load")
@@ -328,6 +369,9 @@ impl ObjectImpl for FaceExpression {
                 settings.detect_interval = value.get().expect("type checked upstream")
             }
             "smoothing" => settings.smoothing = value.get().expect("type checked upstream"),
+            "detail" => settings.detail = value.get().expect("type checked upstream"),
+            "keep-colour" => settings.keep_colour = value.get().expect("type checked upstream"),
+            "max-yaw" => settings.max_yaw = value.get().expect("type checked upstream"),
             _ => unimplemented!(),
         }
     }
@@ -348,6 +392,9 @@ impl ObjectImpl for FaceExpression {
             "threads" => settings.threads.to_value(),
             "detect-interval" => settings.detect_interval.to_value(),
             "smoothing" => settings.smoothing.to_value(),
+            "detail" => settings.detail.to_value(),
+            "keep-colour" => settings.keep_colour.to_value(),
+            "max-yaw" => settings.max_yaw.to_value(),
             _ => unimplemented!(),
         }
     }
@@ -522,7 +569,7 @@ impl VideoFilterImpl for FaceExpression {
         // in-place processing) and no slice of its pixel data is alive any more. Adding
         // a meta only touches the buffer's meta list, never the mapped memory.
         let buffer = unsafe { gst::BufferRef::from_mut_ptr((*frame.as_mut_ptr()).buffer) };
-        for face in &report.faces {
+        for (face, edit) in report.faces.iter().zip(&report.edits) {
             let Some(rect) = clip_box(&face.bbox, width, height) else {
                 continue;
             };
@@ -532,6 +579,14 @@ impl VideoFilterImpl for FaceExpression {
                     .field("confidence", face.score as f64)
                     .field("expression", settings.expression.name())
                     .field("intensity", settings.intensity)
+                    .field("yaw", edit.pose.yaw as f64)
+                    .field("pitch", edit.pose.pitch as f64)
+                    .field("roll", edit.pose.roll as f64)
+                    .field("strength", edit.strength as f64)
+                    .field(
+                        "applied-intensity",
+                        settings.intensity * edit.strength as f64,
+                    )
                     .build(),
             );
         }

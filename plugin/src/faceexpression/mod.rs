@@ -96,6 +96,39 @@ impl From<Detector> for reggan::DetectorKind {
     }
 }
 
+/// How much of the person's own detail is kept (`detail` property).
+#[derive(Debug, Eq, PartialEq, Ord, PartialOrd, Hash, Clone, Copy, Default, glib::Enum)]
+#[repr(u32)]
+#[enum_type(name = "GstRegganDetail")]
+pub enum Detail {
+    #[enum_value(
+        name = "Off: carry every change, the detail the model smoothed away too",
+        nick = "off"
+    )]
+    Off = 0,
+    #[default]
+    #[enum_value(
+        name = "Fine: keep the face's finest detail (skin, lashes, hair) where the model changed little",
+        nick = "fine"
+    )]
+    Fine = 1,
+    #[enum_value(
+        name = "Full: also undo the model's coarser smoothing where it changed next to nothing",
+        nick = "full"
+    )]
+    Full = 2,
+}
+
+impl From<Detail> for reggan::Detail {
+    fn from(d: Detail) -> Self {
+        match d {
+            Detail::Off => reggan::Detail::Off,
+            Detail::Fine => reggan::Detail::Fine,
+            Detail::Full => reggan::Detail::Full,
+        }
+    }
+}
+
 glib::wrapper! {
     pub struct FaceExpression(ObjectSubclass<imp::FaceExpression>)
         @extends gst_video::VideoFilter, gst_base::BaseTransform, gst::Element, gst::Object;
@@ -105,6 +138,7 @@ pub fn register(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
     Expression::static_type().mark_as_plugin_api(gst::PluginAPIFlags::empty());
     Device::static_type().mark_as_plugin_api(gst::PluginAPIFlags::empty());
     Detector::static_type().mark_as_plugin_api(gst::PluginAPIFlags::empty());
+    Detail::static_type().mark_as_plugin_api(gst::PluginAPIFlags::empty());
     gst::Element::register(
         Some(plugin),
         "faceexpression",
