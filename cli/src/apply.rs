@@ -245,11 +245,24 @@ fn apply_image(processor: &mut FrameProcessor, job: &Job, side_by_side: bool) ->
     result
         .save(&job.output)
         .with_context(|| format!("cannot write {}", job.output.display()))?;
-    let faces = match report.faces.len() {
-        0 => "no face found, written unchanged".to_string(),
+    let turned = report.edits.iter().filter(|e| e.strength == 0.0).count();
+    let mut faces = match report.faces.len() - turned {
+        0 if turned == 0 => "no face found, written unchanged".to_string(),
         1 => "1 face".to_string(),
         n => format!("{n} faces"),
     };
+    if turned > 0 {
+        faces += &format!(
+            " changed, {turned} turned past --max-yaw left alone (yaw {})",
+            report
+                .edits
+                .iter()
+                .filter(|e| e.strength == 0.0)
+                .map(|e| format!("{:.0}", e.pose.yaw))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
     println!(
         "{} -> {}: {faces} ({} detected), {ms:.0} ms on {}",
         job.input.display(),

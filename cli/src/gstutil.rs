@@ -40,6 +40,9 @@ pub fn configure(
     element.set_property("max-faces", model.max_faces as u32);
     element.set_property("min-face-size", model.min_face_size.round() as u32);
     element.set_property("threads", threads as u32);
+    element.set_property_from_str("detail", &model.detail);
+    element.set_property("keep-colour", model.keep_colour);
+    element.set_property("max-yaw", model.max_yaw as f64);
 }
 
 /// Builds a pipeline from a gst-launch description.

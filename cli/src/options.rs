@@ -23,6 +23,27 @@ pub struct ModelArgs {
     /// Faces narrower than this many pixels are left alone
     #[arg(long, default_value_t = 32.0)]
     pub min_face_size: f32,
+    /// Keep the face's own detail where the model smoothed it away: off, fine (skin
+    /// texture, lashes, hair where the model changed little), full (also the model's
+    /// coarser smoothing; sharpest, slightly weaker expressions)
+    #[arg(long, default_value = "fine", value_parser = ["off", "fine", "full"])]
+    pub detail: String,
+    /// Keep the face's colours (eyes, make-up, skin tone): the model's colour changes
+    /// only at the mouth, and no tone edge where the edit ends
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub keep_colour: bool,
+    /// Degrees a head may turn: the edit fades from full strength 15 degrees before this
+    /// to nothing at it (90: never fades)
+    #[arg(long, default_value_t = reggan::pose::DEFAULT_MAX_YAW, value_parser = parse_max_yaw, value_name = "DEG")]
+    pub max_yaw: f32,
+}
+
+fn parse_max_yaw(s: &str) -> Result<f32, String> {
+    let v: f32 = s.parse().map_err(|_| format!("'{s}' is not a number"))?;
+    if !(0.0..=90.0).contains(&v) {
+        return Err(format!("{v} is outside 0..90"));
+    }
+    Ok(v)
 }
 
 impl ModelArgs {
@@ -61,6 +82,9 @@ impl ModelArgs {
                 .map_err(anyhow::Error::msg)?,
             device: self.device.parse::<Device>().map_err(anyhow::Error::msg)?,
             threads,
+            detail: self.detail.parse().map_err(anyhow::Error::msg)?,
+            keep_colour: self.keep_colour,
+            max_yaw: self.max_yaw,
         })
     }
 }

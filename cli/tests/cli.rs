@@ -97,6 +97,48 @@ fn mean_diff(a: &RgbImage, b: &RgbImage, x0: usize, y0: usize, w: usize, h: usiz
     sum as f64 / (w * h * 3) as f64
 }
 
+/// `--max-yaw 0` leaves every face alone (the fade has reached zero) and says so;
+/// `--detail` and `--keep-colour` are accepted and change the result.
+#[test]
+fn compositing_options_reach_the_processor() {
+    let Some((model, photo)) = fixtures("compositing_options_reach_the_processor") else {
+        return;
+    };
+    let dir = scratch("compositing-options");
+    let run_with = |name: &str, extra: &[&str]| {
+        let out = dir.join(name);
+        let mut args = vec![
+            "apply",
+            path_str(&photo),
+            "--model",
+            path_str(&model),
+            "-o",
+            path_str(&out),
+        ];
+        args.extend_from_slice(extra);
+        let run = reggan(&args);
+        assert!(run.status.success(), "{extra:?}: {}", stderr(&run));
+        (
+            String::from_utf8_lossy(&run.stdout).into_owned(),
+            RgbImage::load(&out).unwrap(),
+        )
+    };
+    let (said, turned) = run_with("turned.png", &["--max-yaw", "0"]);
+    assert!(said.contains("turned past --max-yaw"), "stdout: {said}");
+    let before = RgbImage::load(&photo).unwrap();
+    assert_eq!(turned, before, "a face past --max-yaw was changed");
+    let (_, default) = run_with("default.png", &[]);
+    let (_, plain) = run_with("plain.png", &["--detail", "off", "--keep-colour", "false"]);
+    assert_ne!(default, before);
+    assert_ne!(default, plain);
+    let bad = reggan(&["apply", path_str(&photo), "-o", "x.png", "--max-yaw", "120"]);
+    assert!(
+        !bad.status.success() && stderr(&bad).contains("outside 0..90"),
+        "{}",
+        stderr(&bad)
+    );
+}
+
 #[test]
 fn apply_changes_the_face_and_nothing_far_from_it() {
     let Some((model, photo)) = fixtures("apply_changes_the_face_and_nothing_far_from_it") else {
