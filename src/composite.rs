@@ -262,7 +262,7 @@ impl Compositor {
         intensity: f32,
         roi: Roi,
     ) -> Result<()> {
-        let diff = self.shaper.shape(crop, out)?;
+        let diff = self.shaper.shape(crop, out, frame_scale(alignment))?;
         fill_residual(&mut self.residual, &self.mask, diff, intensity)?;
         warp_to_roi(&self.residual, &mut self.warped, alignment, roi)?;
         add_residual(frame, &self.warped, roi)
@@ -281,7 +281,9 @@ impl Compositor {
         roi: Roi,
     ) -> Result<()> {
         self.flow.warp_crop(crop, flow, &mut self.warped_crop)?;
-        let diff = self.shaper.shape(&self.warped_crop, out)?;
+        let diff = self
+            .shaper
+            .shape(&self.warped_crop, out, frame_scale(alignment))?;
         self.change.fill(&ChangeInputs {
             mask: &self.mask,
             flow,
@@ -536,8 +538,8 @@ impl Default for CompositeOptions {
     }
 }
 
-/// Gaussian sigma (crop pixels of a 128 px crop; scaled with the crop) under which the
-/// change is its finest band.
+/// Gaussian sigma (crop pixels of a 128 px crop; scaled with the crop, and at least
+/// this many frame pixels) under which the change is its finest band.
 pub const FINE_SIGMA: f32 = 0.8;
 /// Gaussian sigma of the coarse change (about 1/50 of the face's width), which says
 /// where the model really changed the face: a blur by up to 1.6 crop pixels changes it
@@ -662,8 +664,9 @@ impl ResidualShaper {
     }
 
     /// The change to carry back for a model output `out` on `base` (both planar RGB in
-    /// [0, 1], 3*S*S). With [`CompositeOptions::PLAIN`] it is exactly `out - base`.
-    pub fn shape(&mut self, base: &[f32], out: &[f32]) -> Result<&[f32]> {
+    /// [0, 1], 3*S*S), for a face whose crop pixel is `frame_scale` frame pixels wide.
+    /// With [`CompositeOptions::PLAIN`] it is exactly `out - base`.
+    pub fn shape(&mut self, base: &[f32], out: &[f32], frame_scale: f32) -> Result<&[f32]> {
         for ((d, &o), &b) in self.diff.iter_mut().zip(out).zip(base) {
             *d = o - b;
         }
@@ -704,7 +707,10 @@ impl ResidualShaper {
             imgproc::INTER_LINEAR,
         )?;
         if self.options.detail != Detail::Off {
-            self.find_lost_detail(base)?;
+            // The finest band reaches at least FINE_SIGMA frame pixels: on a face smaller
+            // than its crop, the frame's own finest detail lies in coarser crop bands.
+            let fine = (FINE_SIGMA * s as f32 / 128.0).max(FINE_SIGMA / frame_scale.max(1e-3));
+            self.find_lost_detail(base, fine)?;
             let fine_gate = in_units(DETAIL_GATE);
             let blur_gate = in_units(MID_GATE);
             let full = self.options.detail == Detail::Full;
@@ -774,10 +780,9 @@ impl ResidualShaper {
     /// blurs by one of [`BLUR_BASES`] changes the bands above the finest by exactly
     /// that blur; a new crease or a moved lip does not look like a blur of the input
     /// and stays. The fit is on luma, by non-negative least squares.
-    fn find_lost_detail(&mut self, base: &[f32]) -> Result<()> {
+    fn find_lost_detail(&mut self, base: &[f32], fine: f32) -> Result<()> {
         let (s, n) = (self.size, self.size * self.size);
         let scale = s as f32 / 128.0;
-        let fine = FINE_SIGMA * scale;
         blur_planes(&self.diff, &mut self.above_fine, s, fine)?;
         for ((lost, &d), &f) in self
             .lost_fine
@@ -1059,6 +1064,12 @@ fn solve3(a: [[f64; 3]; 3], b: [f64; 3]) -> Option<[f64; 3]> {
         *xk = det(&m) / d;
     }
     Some(x)
+}
+
+/// Frame pixels per crop pixel of a face (the similarity's scale).
+fn frame_scale(alignment: &Alignment) -> f32 {
+    let [[a, b, _], [c, d, _]] = alignment.to_frame;
+    (a * d - b * c).abs().sqrt() as f32
 }
 
 /// A rectangle of the frame: the part of it one face's change can reach.
