@@ -38,10 +38,12 @@ case "$METHOD" in
     $BIN export --weights "$WORK/pixel-kr-weights" --out "$OUT" --fp16 --preview "$OUT/preview.png" ;;
   regflow)
     # Flow layer (k, lambda cross-validated; DIS flows of every pair cached in the
-    # cache's flows/, ~2 min the first time) + MR appearance layer on flow-warped
-    # sources, every source expression to every target and to neutral.
-    $BIN regflow --cache "$WORK/cache" --out "$WORK/regflow-weights" --model "$OUT" --fp16 \
-      --preview "$OUT/preview.png" ;;
+    # cache's flows/, ~3 min the first time) + MR appearance layer on flow-warped
+    # sources, every source expression to every target and to neutral; the
+    # appearance penalty is checked on the London training subjects (out of
+    # distribution). ~12 min on 2 cores.
+    $BIN regflow --cache "$WORK/cache" --ood-cache "$WORK/london" --out "$WORK/regflow-weights" \
+      --model "$OUT" --fp16 --preview "$OUT/preview.png" ;;
   lsrf-happy)
     # The LSRF authors' published 128 px weights, video-safe mode (no per-frame min-max).
     $BIN import-lsrf "$DATA/reference/lsrf/lsrf_weights_N2HAS_f-1_img-size_128.npz" \

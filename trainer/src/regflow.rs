@@ -573,7 +573,9 @@ pub fn fit(cache: &Path, opts: &RegFlowOptions) -> Result<RegFlow> {
         let per = |p: [(f64, f64); 2]| p.map(|(s, n)| s / n.max(1.0));
         flow_val.insert(e.clone(), per(split));
         zero_val.insert(e.clone(), per(zsplit));
-        meta_flow_lambda.insert(e.clone(), sweep.lambdas[l]);
+        // The mean flow (k = 0) has no penalty.
+        let lambda = if flow_k == 0 { 0.0 } else { sweep.lambdas[l] };
+        meta_flow_lambda.insert(e.clone(), lambda);
         train_pairs.insert(e.clone(), pairs);
         flow_layers.push(layer);
     }
@@ -799,7 +801,13 @@ fn choose_towards_identity(fits: &[(f64, Layer, f64)]) -> usize {
         .unwrap_or(0)
 }
 
-/// The appearance λ that fits other people best: the happy layer is fitted on the
+/// How much worse (relative) than the best out-of-distribution fit the chosen
+/// appearance λ may be: the smallest λ (the most appearance change) within this of the
+/// best. On London the error falls all the way to the identity (λ = 1e5), which paints
+/// no teeth at all; 1e3 is within 11 % of it and keeps part of the change.
+pub const APPEARANCE_OOD_TOLERANCE: f64 = 0.15;
+
+/// The appearance λ that fits other people (nearly) best: the happy layer is fitted on the
 /// training performers for every λ of the grid and scored (4x4-block MSE) on the
 /// training subjects of an out-of-distribution cache (London: another population,
 /// studio and camera), neutral -> smiling. Validation performers of the training data
@@ -846,11 +854,13 @@ fn ood_appearance_lambda(
             .collect::<Vec<_>>()
             .join(", ")
     );
-    let best = scored
+    let best = scored.iter().map(|s| s.1).fold(f64::INFINITY, f64::min);
+    let chosen = scored
         .iter()
-        .min_by(|a, b| a.1.total_cmp(&b.1))
-        .expect("a lambda grid");
-    Ok(best.0)
+        .filter(|s| s.1 <= best * (1.0 + APPEARANCE_OOD_TOLERANCE))
+        .map(|s| s.0)
+        .fold(f64::INFINITY, f64::min);
+    Ok(chosen)
 }
 
 /// The appearance layer that changes nothing (`--flow-only`).
