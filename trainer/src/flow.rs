@@ -162,7 +162,10 @@ mod tests {
         for (name, f) in [("shift", shift), ("shear", shear), ("bump", bump)] {
             let err = recovered(&f);
             println!("{name}: mean endpoint error {err:.3} px");
-            assert!(err < 0.25, "{name}: flow recovered to {err:.3} px, want < 0.25");
+            assert!(
+                err < 0.25,
+                "{name}: flow recovered to {err:.3} px, want < 0.25"
+            );
         }
     }
 

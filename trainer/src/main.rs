@@ -66,38 +66,7 @@ enum Command {
     },
     /// Fit RegFlow (flow layer + appearance layer, every source expression to every
     /// target and to neutral); with --model, export and verify it too.
-    Regflow {
-        #[arg(long)]
-        cache: PathBuf,
-        /// Output folder of the fitted weights (weights.safetensors + meta.json).
-        #[arg(long)]
-        out: PathBuf,
-        /// Also export the model here (model.onnx + model.json).
-        #[arg(long)]
-        model: Option<PathBuf>,
-        /// Flow-layer receptive field (grid cells); default: cross-validate 0, 1, 3, 5.
-        #[arg(long)]
-        flow_k: Option<usize>,
-        /// Data sets of the cache to train on (default: tfeid).
-        #[arg(long, value_delimiter = ',')]
-        datasets: Option<Vec<String>>,
-        /// Store the appearance weights as float16.
-        #[arg(long)]
-        fp16: bool,
-        /// Recolour each training performer N times for the appearance layer; 0 = off.
-        #[arg(long, default_value_t = 0)]
-        colour_augment: usize,
-        /// A prepare cache of other people (e.g. London) whose training subjects'
-        /// neutral -> happy pairs choose the appearance penalty out of distribution.
-        #[arg(long)]
-        ood_cache: Option<PathBuf>,
-        /// No appearance layer (the identity): the flow alone (an ablation).
-        #[arg(long)]
-        flow_only: bool,
-        /// A PNG of validation faces and their outputs for every target.
-        #[arg(long)]
-        preview: Option<PathBuf>,
-    },
+    Regflow(RegflowArgs),
     /// Train RegGAN's refinement network (on the fitted MR layer), US-GAN or SARGAN.
     Gan {
         #[arg(long, value_parser = ["reggan", "usgan", "sargan"])]
@@ -234,6 +203,41 @@ fn prepare(
     Ok(())
 }
 
+/// `regflow` options.
+#[derive(clap::Args)]
+struct RegflowArgs {
+    #[arg(long)]
+    cache: PathBuf,
+    /// Output folder of the fitted weights (weights.safetensors + meta.json).
+    #[arg(long)]
+    out: PathBuf,
+    /// Also export the model here (model.onnx + model.json).
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Flow-layer receptive field (grid cells); default: cross-validate 0, 1, 3, 5.
+    #[arg(long)]
+    flow_k: Option<usize>,
+    /// Data sets of the cache to train on (default: tfeid).
+    #[arg(long, value_delimiter = ',')]
+    datasets: Option<Vec<String>>,
+    /// Store the appearance weights as float16.
+    #[arg(long)]
+    fp16: bool,
+    /// Recolour each training performer N times for the appearance layer; 0 = off.
+    #[arg(long, default_value_t = 0)]
+    colour_augment: usize,
+    /// A prepare cache of other people (e.g. London) whose training subjects'
+    /// neutral -> happy pairs choose the appearance penalty out of distribution.
+    #[arg(long)]
+    ood_cache: Option<PathBuf>,
+    /// No appearance layer (the identity): the flow alone (an ablation).
+    #[arg(long)]
+    flow_only: bool,
+    /// A PNG of validation faces and their outputs for every target.
+    #[arg(long)]
+    preview: Option<PathBuf>,
+}
+
 /// `fit` options of Pixel-KR and colour augmentation.
 #[derive(clap::Args)]
 struct FitExtra {
@@ -328,19 +332,20 @@ fn export_cmd(weights: PathBuf, out: PathBuf, fp16: bool, preview: Option<PathBu
     Ok(())
 }
 
-fn regflow_cmd(
-    cache: PathBuf,
-    out: PathBuf,
-    model: Option<PathBuf>,
-    flow_k: Option<usize>,
-    datasets: Option<Vec<String>>,
-    fp16: bool,
-    colour_augment: usize,
-    flow_only: bool,
-    ood_cache: Option<PathBuf>,
-    preview: Option<PathBuf>,
-) -> Result<()> {
+fn regflow_cmd(args: RegflowArgs) -> Result<()> {
     use reggan_trainer::{regflow, regflow_export};
+    let RegflowArgs {
+        cache,
+        out,
+        model,
+        flow_k,
+        datasets,
+        fp16,
+        colour_augment,
+        ood_cache,
+        flow_only,
+        preview,
+    } = args;
     let flow_ks = match flow_k {
         Some(k) if k % 2 == 0 && k != 0 => bail!("--flow-k must be 0 or odd"),
         Some(k) => vec![k],
@@ -389,29 +394,7 @@ fn main() -> Result<()> {
             out,
             extra,
         } => fit_cmd(method, cache, k, lambda, datasets, out, extra),
-        Command::Regflow {
-            cache,
-            out,
-            model,
-            flow_k,
-            datasets,
-            fp16,
-            colour_augment,
-            flow_only,
-            ood_cache,
-            preview,
-        } => regflow_cmd(
-            cache,
-            out,
-            model,
-            flow_k,
-            datasets,
-            fp16,
-            colour_augment,
-            flow_only,
-            ood_cache,
-            preview,
-        ),
+        Command::Regflow(args) => regflow_cmd(args),
         Command::Gan {
             model,
             config,

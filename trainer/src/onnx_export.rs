@@ -189,7 +189,8 @@ pub fn build(w: &Tensor, b: &Tensor, k: usize, fp16: bool) -> Result<ModelProto>
 /// initializer `axis2` ([2]) in the graph.
 pub fn push_shifted(g: &mut GraphProto, input: &str, k: usize, size: i64, prefix: &str, out: &str) {
     if k == 1 {
-        g.node.push(node("Unsqueeze", &[input, "axis2"], out, vec![]));
+        g.node
+            .push(node("Unsqueeze", &[input, "axis2"], out, vec![]));
         return;
     }
     let r = (k / 2) as i64;

@@ -170,11 +170,22 @@ impl RigidPart {
         let mask = Tensor::from_slice(&reggan::composite::face_mask(crop_size as usize))
             .to_kind(Kind::Double)
             .view([1, 1, crop_size, crop_size])
-            .avg_pool2d([cell as i64, cell as i64], [cell as i64, cell as i64], [0, 0], false, true, None::<i64>)
+            .avg_pool2d(
+                [cell as i64, cell as i64],
+                [cell as i64, cell as i64],
+                [0, 0],
+                false,
+                true,
+                None::<i64>,
+            )
             .reshape([-1]);
         let w = Tensor::cat(&[&mask, &mask], 0); // [2G²]
         let bw = &basis * w.unsqueeze(1);
-        let project = bw.transpose(0, 1).matmul(&basis).inverse().matmul(&bw.transpose(0, 1));
+        let project = bw
+            .transpose(0, 1)
+            .matmul(&basis)
+            .inverse()
+            .matmul(&bw.transpose(0, 1));
         RigidPart { project, basis }
     }
 
@@ -184,7 +195,9 @@ impl RigidPart {
         let flat = flow.to_kind(Kind::Double).reshape([-1, 2 * GRID * GRID]); // [N, 2G²]
         let params = flat.matmul(&self.project.transpose(0, 1)); // [N, 4]
         let rigid = params.matmul(&self.basis.transpose(0, 1)); // [N, 2G²]
-        (flat - rigid).reshape(shape.as_slice()).to_kind(Kind::Float)
+        (flat - rigid)
+            .reshape(shape.as_slice())
+            .to_kind(Kind::Float)
     }
 
     fn remove(&self, flows: &PersonFlows) -> PersonFlows {
@@ -198,9 +211,10 @@ impl RigidPart {
 /// DIS flows of every (source, target) pair of a performer, cached in
 /// `cache/flows/<performer>.safetensors` (computing them takes a minute or two).
 pub fn person_flows(cache: &Path, person: &Person, est: &mut FlowEstimator) -> Result<PersonFlows> {
-    let file = cache
-        .join("flows")
-        .join(format!("{}-g{GRID}.safetensors", person.name.replace('/', "_")));
+    let file = cache.join("flows").join(format!(
+        "{}-g{GRID}.safetensors",
+        person.name.replace('/', "_")
+    ));
     if file.is_file() {
         let named = Tensor::read_safetensors(&file)
             .with_context(|| format!("cannot read {}", file.display()))?;
@@ -505,7 +519,10 @@ fn progress(len: usize, what: &str) -> ProgressBar {
 /// validation performers.
 pub fn fit(cache: &Path, opts: &RegFlowOptions) -> Result<RegFlow> {
     let index = Index::read(cache)?;
-    let datasets = opts.datasets.clone().unwrap_or_else(|| vec!["tfeid".into()]);
+    let datasets = opts
+        .datasets
+        .clone()
+        .unwrap_or_else(|| vec!["tfeid".into()]);
     let train = load_people(cache, &index, &index.train_subjects, &datasets)?;
     let val = load_people(cache, &index, &index.val_subjects, &datasets)?;
     if train.is_empty() || val.is_empty() {
@@ -665,7 +682,10 @@ pub fn fit(cache: &Path, opts: &RegFlowOptions) -> Result<RegFlow> {
     };
     Ok(RegFlow {
         flow_w: Tensor::stack(
-            &flow_layers.iter().map(|l| l.w.shallow_clone()).collect::<Vec<_>>(),
+            &flow_layers
+                .iter()
+                .map(|l| l.w.shallow_clone())
+                .collect::<Vec<_>>(),
             0,
         ),
         app_w: stack(&|l| &l.w),
@@ -742,7 +762,10 @@ fn identity_subjects(people: &[Person], target: &str) -> Vec<Subject> {
             Some(Subject {
                 name: p.name.clone(),
                 neutral: p.sources_for(target)?,
-                targets: BTreeMap::from([(target.to_string(), p.crops.get(target)?.shallow_clone())]),
+                targets: BTreeMap::from([(
+                    target.to_string(),
+                    p.crops.get(target)?.shallow_clone(),
+                )]),
             })
         })
         .collect()
@@ -757,7 +780,14 @@ const COARSE: i64 = 4;
 /// can predict and whose plain MSE rewards blurring the input's own detail away.
 fn coarse_mse(subjects: &[Subject], target: &str, predict: impl Fn(&Tensor) -> Tensor) -> f64 {
     let coarse = |x: &Tensor| {
-        x.avg_pool2d([COARSE, COARSE], [COARSE, COARSE], [0, 0], false, true, None::<i64>)
+        x.avg_pool2d(
+            [COARSE, COARSE],
+            [COARSE, COARSE],
+            [0, 0],
+            false,
+            true,
+            None::<i64>,
+        )
     };
     let (sse, n) = pair_sse_with(subjects, target, |x| coarse(&predict(x)), coarse);
     sse / n.max(1.0)
@@ -995,7 +1025,14 @@ impl FlowSweep {
                 if *k == 0 && li > 0 {
                     continue;
                 }
-                out += &format!("{k:>3} {:>8}", if *k == 0 { "mean".into() } else { format!("{l:.0e}") });
+                out += &format!(
+                    "{k:>3} {:>8}",
+                    if *k == 0 {
+                        "mean".into()
+                    } else {
+                        format!("{l:.0e}")
+                    }
+                );
                 for row in &self.epe2[ki] {
                     out += &format!(" {:>9.3}", row[li]);
                 }
@@ -1105,7 +1142,10 @@ mod tests {
         let g = GRID as usize;
         for gy in 0..g {
             for gx in 0..g {
-                let (x, y) = ((gx as f64 + 0.5) * cell - 64.0, (gy as f64 + 0.5) * cell - 64.0);
+                let (x, y) = (
+                    (gx as f64 + 0.5) * cell - 64.0,
+                    (gy as f64 + 0.5) * cell - 64.0,
+                );
                 // 3 % zoom, 2 degrees of rotation, a shift: a pure similarity.
                 let (a, b, tx, ty) = (0.03, 0.035, 1.5, -2.0);
                 v[gy * g + gx] = (a * x - b * y + tx) as f32;

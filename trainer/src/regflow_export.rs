@@ -88,7 +88,8 @@ pub fn build(model: &RegFlow, fp16: bool) -> Result<onnx_protobuf::ModelProto> {
     ];
 
     // Flow on the grid from the luma's neighbourhoods.
-    g.node.push(node("Conv", &["face", "luma_w"], "luma", vec![]));
+    g.node
+        .push(node("Conv", &["face", "luma_w"], "luma", vec![]));
     g.node.push(node(
         "AveragePool",
         &["luma"],
@@ -133,10 +134,18 @@ pub fn build(model: &RegFlow, fp16: bool) -> Result<onnx_protobuf::ModelProto> {
         "flow_nhwc",
         vec![attr_ints("perm", &[0, 2, 3, 1])],
     ));
-    g.node
-        .push(node("Mul", &["flow_nhwc", "px_to_grid"], "flow_norm", vec![]));
-    g.node
-        .push(node("Add", &["flow_norm", "base_grid"], "sample_grid", vec![]));
+    g.node.push(node(
+        "Mul",
+        &["flow_nhwc", "px_to_grid"],
+        "flow_norm",
+        vec![],
+    ));
+    g.node.push(node(
+        "Add",
+        &["flow_norm", "base_grid"],
+        "sample_grid",
+        vec![],
+    ));
     g.node.push(node(
         "GridSample",
         &["face", "sample_grid"],
@@ -259,8 +268,12 @@ fn verification_batch(model: &RegFlow, n: i64) -> Result<(Tensor, Vec<i64>)> {
 pub fn preview_faces(model: &RegFlow) -> Result<Tensor> {
     let cache = Path::new(&model.meta.cache);
     let index = crate::data::Index::read(cache)?;
-    let people =
-        crate::regflow::load_people(cache, &index, &model.meta.val_subjects, &model.meta.datasets)?;
+    let people = crate::regflow::load_people(
+        cache,
+        &index,
+        &model.meta.val_subjects,
+        &model.meta.datasets,
+    )?;
     let mut faces = Vec::new();
     for p in &people {
         for (e, t) in &p.crops {

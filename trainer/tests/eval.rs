@@ -427,8 +427,8 @@ fn regflow_keeps_identity_and_detail_better_than_mr() {
         let (fe, fd, fs) = measure(&mut flow);
         let (me, md, ms) = measure(&mut mr);
         let full = |dir: &std::path::Path| {
-            let r = reggan_trainer::eval::fullres::sharpness_ratios(dir, &photos, expression)
-                .unwrap();
+            let r =
+                reggan_trainer::eval::fullres::sharpness_ratios(dir, &photos, expression).unwrap();
             reggan_trainer::eval::fullres::median(&r)
         };
         let (ffull, mfull) = (full(&flow_dir), full(&mr_dir));

@@ -281,7 +281,11 @@ fn random_regflow(flow_k: usize, s: i64) -> reggan_trainer::regflow::RegFlow {
     tch::manual_seed(3);
     let t = targets();
     let e = t.len() as i64;
-    let kk = if flow_k == 0 { 1 } else { (flow_k * flow_k + 1) as i64 };
+    let kk = if flow_k == 0 {
+        1
+    } else {
+        (flow_k * flow_k + 1) as i64
+    };
     let flow_w = Tensor::randn([e, 2, kk, GRID, GRID], (Kind::Float, tch::Device::Cpu)) * 2.0;
     let app_w = Tensor::randn([e, 3, 9, s, s], (Kind::Float, tch::Device::Cpu)) * 0.02;
     let _ = app_w.narrow(2, 4, 1).g_add_scalar_(1.0);

@@ -17,8 +17,8 @@
 //! input.
 
 pub mod fer;
-pub mod fullres;
 pub mod fss;
+pub mod fullres;
 pub mod metrics;
 pub mod report;
 
@@ -591,7 +591,10 @@ fn full_res_photos(opts: &EvalOptions) -> Result<Vec<PathBuf>> {
     Ok(photos.into_iter().filter(|p| p.is_file()).collect())
 }
 
-fn full_resolution_rows(opts: &EvalOptions, methods: &[Method]) -> Result<Vec<fullres::FullResRow>> {
+fn full_resolution_rows(
+    opts: &EvalOptions,
+    methods: &[Method],
+) -> Result<Vec<fullres::FullResRow>> {
     let photos = full_res_photos(opts)?;
     let mut rows = Vec::new();
     if photos.is_empty() {
