@@ -1,10 +1,12 @@
 //! reggan core: facial-expression synthesis on video frames.
 //!
 //! One frame's way: [`detect`] faces (BlazeFace via OpenCV dnn, Haar fallback) ->
-//! [`align`] each to the model's template -> run the [`model`] (ONNX Runtime) ->
-//! [`composite`] the change back into the frame (for flow models, after moving the
-//! face's own pixels by the model's [`flow`]). [`FrameProcessor`] ties them together
-//! for the GStreamer element, the CLI and other apps. No GStreamer, no LibTorch here.
+//! [`align`] each to the model's template, estimate its head [`pose`] (a face turned
+//! too far is left alone) -> run the [`model`] (ONNX Runtime) -> [`composite`] the
+//! change back into the frame, keeping the face's own detail and colours (for flow
+//! models, after moving the face's own pixels by the model's [`flow`]).
+//! [`FrameProcessor`] ties them together for the GStreamer element, the CLI and other
+//! apps. No GStreamer, no LibTorch here.
 
 pub mod align;
 pub mod composite;
