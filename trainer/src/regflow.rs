@@ -5,10 +5,12 @@
 //!    towards the target expression, regressed per cell of a G x G grid (4 px cells)
 //!    on the k x k neighbourhood of the input's luma at that grid, plus a bias. The
 //!    bias alone (k = 0) is the mean flow; the neighbourhood lets the flow depend on
-//!    the face it moves (a smiling source needs its smile undone, a neutral one not).
-//!    Targets are the DIS flows ([`crate::flow`]) between every crop of a performer and
-//!    every crop of the same performer with the target expression, from ANY other
-//!    expression (neutral included), mirrored too.
+//!    the face it moves. Targets are the DIS flows ([`crate::flow`]) between every crop
+//!    of a performer and every crop of the same performer with the target expression,
+//!    from ANY other expression (neutral included), mirrored too, with their
+//!    similarity-transform part removed ([`RigidPart`]: alignment noise, not
+//!    expression). The smallest k within [`FLOW_K_TOLERANCE`] of the best validation
+//!    error is kept.
 //!    Smoothness comes from three places: DIS's variational refinement smooths each
 //!    training flow; the fit is on 4 px cells (area-averaged flow), and bilinear
 //!    upsampling makes the field continuous; the ridge penalty shrinks every cell's
@@ -16,11 +18,12 @@
 //! 2. **Appearance layer.** MR (k = 3) fitted on (flow-warped source, target) pairs,
 //!    so it only adds what moving cannot: teeth, the mouth interior, shading. Its ridge
 //!    penalty pulls towards the identity (not towards zero, which is a mean face), and
-//!    λ is chosen on the 4x4-block MSE, so the input's own detail and colour stay.
+//!    λ is chosen on the 4x4-block MSE: within a tolerance of the best on the
+//!    validation performers and, with an out-of-distribution cache, of the best on
+//!    other people (`ood_appearance_lambda`), so the input's own detail, colour and
+//!    identity stay.
 //!
 //! Targets are the six expressions plus `neutral` (any expression to neutral).
-//! λ and k of the flow layer and λ of the appearance layer are cross-validated on the
-//! validation performers.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
