@@ -39,9 +39,7 @@ use reggan_trainer::eval::fer::{fer_label, Fer};
 use reggan_trainer::eval::fss::{self, FaceRecognizer};
 use tch::Tensor;
 
-// The chroma measure, shared with `eval` once `trainer/src/eval/mod.rs` declares it.
-#[path = "../src/eval/colour.rs"]
-mod colour;
+use reggan_trainer::eval::colour;
 
 struct Args {
     models: Vec<PathBuf>,

@@ -16,6 +16,7 @@
 //! Ceilings and baselines share the table: the real target photos and the unchanged
 //! input.
 
+pub mod colour;
 pub mod fer;
 pub mod fss;
 pub mod fullres;
