@@ -28,18 +28,18 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use opencv::core::{Mat, Rect, CV_64F};
-use opencv::prelude::*;
+use opencv::core::Rect;
 use reggan::align::crop_to_planar;
 use reggan::{
     Alignment, Detail, Device, ExpressionModel, Face, FrameProcessor, ProcessorConfig, RgbImage,
 };
-use reggan_trainer::data::Index;
 use reggan_trainer::eval::fer::{fer_label, Fer};
 use reggan_trainer::eval::fss::{self, FaceRecognizer};
 use tch::Tensor;
 
 use reggan_trainer::eval::colour;
+use reggan_trainer::eval::full_res_photos;
+use reggan_trainer::eval::fullres::box_laplacian_variance;
 
 struct Args {
     models: Vec<PathBuf>,
@@ -79,28 +79,6 @@ fn parse() -> Result<Args> {
     Ok(a)
 }
 
-fn photos(args: &Args) -> Result<Vec<PathBuf>> {
-    let index = Index::read(&args.cache)?;
-    let mut photos: Vec<PathBuf> = index
-        .entries
-        .iter()
-        .filter(|e| e.expression == "neutral" && index.val_subjects.contains(&e.subject))
-        .map(|e| PathBuf::from(&e.source))
-        .collect();
-    if let Some(london) = &args.london {
-        let index = Index::read(london)?;
-        photos.extend(
-            index
-                .entries
-                .iter()
-                .filter(|e| e.expression == "neutral")
-                .take(args.london_count)
-                .map(|e| PathBuf::from(&e.source)),
-        );
-    }
-    Ok(photos.into_iter().filter(|p| p.is_file()).collect())
-}
-
 /// What one compositing made of one photo.
 struct Scored {
     sharpness: f64,
@@ -111,7 +89,7 @@ struct Scored {
 
 fn main() -> Result<()> {
     let args = parse()?;
-    let photos = photos(&args)?;
+    let photos = full_res_photos(&args.cache, args.london.as_deref(), args.london_count)?;
     let fer = Fer::load(&reggan_trainer::eval::fer::default_path())?;
     let mut dlib = FaceRecognizer::load(&fss::default_dir())?;
     println!("{} photos", photos.len());
@@ -195,7 +173,8 @@ fn score(p: &mut FrameProcessor, input: &RgbImage, face: &Face, a: &Alignment) -
     p.process_faces(&mut out.as_frame(), vec![face.clone()])?;
     let rect = face_rect(input, face);
     Ok(Scored {
-        sharpness: laplacian_variance(&out, rect)? / laplacian_variance(input, rect)?.max(1e-9),
+        sharpness: box_laplacian_variance(&out, rect)?
+            / box_laplacian_variance(input, rect)?.max(1e-9),
         chroma: colour::chroma_change(input, &out, colour::upper_face(rect))?,
         crop: planar(&out, a)?,
     })
@@ -230,34 +209,6 @@ fn face_rect(img: &RgbImage, f: &Face) -> Rect {
     let x1 = ((b.x + b.w) as i32).min(img.width as i32);
     let y1 = ((b.y + b.h) as i32).min(img.height as i32);
     Rect::new(x0, y0, x1 - x0, y1 - y0)
-}
-
-fn as_mat(img: &RgbImage) -> Result<Mat> {
-    Ok(
-        Mat::new_rows_cols_with_data(img.height as i32, (img.width * 3) as i32, &img.data)?
-            .reshape(3, img.height as i32)?
-            .try_clone()?,
-    )
-}
-
-fn laplacian_variance(img: &RgbImage, rect: Rect) -> Result<f64> {
-    let roi = Mat::roi(&as_mat(img)?, rect)?.try_clone()?;
-    let mut grey = Mat::default();
-    opencv::imgproc::cvt_color_def(&roi, &mut grey, opencv::imgproc::COLOR_RGB2GRAY)?;
-    let mut lap = Mat::default();
-    opencv::imgproc::laplacian(
-        &grey,
-        &mut lap,
-        CV_64F,
-        1,
-        1.0,
-        0.0,
-        opencv::core::BORDER_REPLICATE,
-    )?;
-    let (mut m, mut sd) = (Mat::default(), Mat::default());
-    opencv::core::mean_std_dev(&lap, &mut m, &mut sd, &opencv::core::no_array())?;
-    let sd = *sd.at_2d::<f64>(0, 0)?;
-    Ok(sd * sd)
 }
 
 fn median(v: &[f64]) -> f64 {

@@ -980,31 +980,14 @@ impl FlowSweep {
     /// The smallest k whose mean (over targets) of the per-target best error is within
     /// [`FLOW_K_TOLERANCE`] of the lowest, and the best λ index of each target for it.
     pub fn choose(&self) -> (usize, Vec<usize>) {
-        let best = |ki: usize| -> (Vec<usize>, f64) {
-            let idx: Vec<usize> = self.epe2[ki]
-                .iter()
-                .map(|row| {
-                    (0..row.len())
-                        .min_by(|&a, &b| row[a].total_cmp(&row[b]))
-                        .unwrap_or(0)
-                })
-                .collect();
-            let mean = idx
-                .iter()
-                .zip(&self.epe2[ki])
-                .map(|(&i, r)| r[i])
-                .sum::<f64>()
-                / idx.len().max(1) as f64;
-            (idx, mean)
-        };
-        let lowest = (0..self.ks.len())
-            .map(|ki| best(ki).1)
-            .fold(f64::INFINITY, f64::min);
-        let ki = (0..self.ks.len())
-            .filter(|&ki| best(ki).1 <= lowest * (1.0 + FLOW_K_TOLERANCE))
-            .min_by_key(|&ki| self.ks[ki])
-            .unwrap_or(0);
-        (ki, best(ki).0)
+        // The same rule as MR's k: the regression sweep's chooser on this table.
+        crate::regression::Sweep {
+            ks: self.ks.clone(),
+            lambdas: self.lambdas.clone(),
+            expressions: self.targets.clone(),
+            mse: self.epe2.clone(),
+        }
+        .choose(FLOW_K_TOLERANCE)
     }
 
     /// Rows (k, λ), columns targets: validation squared endpoint error, px² per cell.

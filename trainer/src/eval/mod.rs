@@ -568,24 +568,29 @@ const FULL_RES_EXPRESSIONS: [&str; 4] = ["happy", "sad", "angry", "surprised"];
 /// London photos measured at full resolution (1350 px: large faces).
 const FULL_RES_LONDON: usize = 20;
 
-/// Original photos of the validation subjects' neutral crops (and of London's first
-/// neutral faces), for the full-resolution measurement.
-fn full_res_photos(opts: &EvalOptions) -> Result<Vec<PathBuf>> {
-    let index = Index::read(&opts.cache)?;
+/// Original photos of the validation subjects' neutral crops of `cache` (and of the
+/// first `london_count` neutral faces of a London cache), for measurements through the
+/// whole product path at full resolution.
+pub fn full_res_photos(
+    cache: &Path,
+    london_cache: Option<&Path>,
+    london_count: usize,
+) -> Result<Vec<PathBuf>> {
+    let index = Index::read(cache)?;
     let mut photos: Vec<PathBuf> = index
         .entries
         .iter()
         .filter(|e| e.expression == "neutral" && index.val_subjects.contains(&e.subject))
         .map(|e| PathBuf::from(&e.source))
         .collect();
-    if let Some(london) = &opts.london_cache {
+    if let Some(london) = london_cache {
         let index = Index::read(london)?;
         photos.extend(
             index
                 .entries
                 .iter()
                 .filter(|e| e.expression == "neutral")
-                .take(FULL_RES_LONDON)
+                .take(london_count)
                 .map(|e| PathBuf::from(&e.source)),
         );
     }
@@ -596,7 +601,7 @@ fn full_resolution_rows(
     opts: &EvalOptions,
     methods: &[Method],
 ) -> Result<Vec<fullres::FullResRow>> {
-    let photos = full_res_photos(opts)?;
+    let photos = full_res_photos(&opts.cache, opts.london_cache.as_deref(), FULL_RES_LONDON)?;
     let mut rows = Vec::new();
     if photos.is_empty() {
         return Ok(rows);
