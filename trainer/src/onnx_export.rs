@@ -161,14 +161,7 @@ pub fn build(w: &Tensor, b: &Tensor, k: usize, fp16: bool) -> Result<ModelProto>
     }
 
     push_shifted(&mut g, "face", k, s, "", "stack");
-    g.node.push(node("Mul", &["stack", "W_g"], "prod", vec![]));
-    g.node.push(node(
-        "ReduceSum",
-        &["prod", "axis2"],
-        "sum",
-        vec![attr_int("keepdims", 0)],
-    ));
-    g.node.push(node("Add", &["sum", "B_g"], "biased", vec![]));
+    push_weighted_sum(&mut g, "stack", "W_g", "B_g", "", "biased");
     g.node
         .push(node("Clip", &["biased", "zero", "one"], "face_out", vec![]));
 
@@ -227,6 +220,28 @@ pub fn push_shifted(g: &mut GraphProto, input: &str, k: usize, size: i64, prefix
     let refs: Vec<&str> = copies.iter().map(|c| c.as_str()).collect();
     g.node
         .push(node("Concat", &refs, out, vec![attr_int("axis", 2)]));
+}
+
+/// Nodes computing `out = ReduceSum_axis2(stack * w) + b`: the per-pixel linear map of
+/// a `push_shifted` stack with gathered weights [N,C,k²,H,W] and bias [N,C,H,W].
+/// Needs the initializer `axis2` ([2]).
+pub fn push_weighted_sum(
+    g: &mut GraphProto,
+    stack: &str,
+    w: &str,
+    b: &str,
+    prefix: &str,
+    out: &str,
+) {
+    let (prod, sum) = (format!("{prefix}prod"), format!("{prefix}sum"));
+    g.node.push(node("Mul", &[stack, w], &prod, vec![]));
+    g.node.push(node(
+        "ReduceSum",
+        &[&prod, "axis2"],
+        &sum,
+        vec![attr_int("keepdims", 0)],
+    ));
+    g.node.push(node("Add", &[&sum, b], out, vec![]));
 }
 
 /// Writes `dir/model.onnx`; returns its size in bytes.

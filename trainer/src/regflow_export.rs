@@ -19,8 +19,8 @@ use tch::{Kind, Tensor};
 use crate::export::{to_array, TFEID_LICENCE, TFEID_NAME};
 use crate::flow::{base_grid, LUMA};
 use crate::onnx_export::{
-    attr_int, attr_ints, attr_str, initializer, int64s, model_of, node, push_shifted, stored,
-    value_info, write_model,
+    attr_int, attr_ints, attr_str, initializer, int64s, model_of, node, push_shifted,
+    push_weighted_sum, stored, value_info, write_model,
 };
 use crate::regflow::RegFlow;
 
@@ -106,16 +106,7 @@ pub fn build(model: &RegFlow, fp16: bool) -> Result<onnx_protobuf::ModelProto> {
     } else {
         push_shifted(&mut g, "luma_grid", k, grid, "f_", "f_stack"); // [N,1,k²,G,G]
         push_gather(&mut g, "FW", "FW_g", false); // [N,2,k²,G,G]
-        g.node
-            .push(node("Mul", &["f_stack", "FW_g"], "f_prod", vec![]));
-        g.node.push(node(
-            "ReduceSum",
-            &["f_prod", "axis2"],
-            "f_sum",
-            vec![attr_int("keepdims", 0)],
-        ));
-        g.node
-            .push(node("Add", &["f_sum", "FB_g"], "flow_grid", vec![]));
+        push_weighted_sum(&mut g, "f_stack", "FW_g", "FB_g", "f_", "flow_grid");
     }
     g.node.push(node(
         "Resize",
@@ -168,16 +159,7 @@ pub fn build(model: &RegFlow, fp16: bool) -> Result<onnx_protobuf::ModelProto> {
     );
     push_gather(&mut g, "AW", "AW_g", fp16);
     push_gather(&mut g, "AB", "AB_g", fp16);
-    g.node
-        .push(node("Mul", &["a_stack", "AW_g"], "a_prod", vec![]));
-    g.node.push(node(
-        "ReduceSum",
-        &["a_prod", "axis2"],
-        "a_sum",
-        vec![attr_int("keepdims", 0)],
-    ));
-    g.node
-        .push(node("Add", &["a_sum", "AB_g"], "a_biased", vec![]));
+    push_weighted_sum(&mut g, "a_stack", "AW_g", "AB_g", "a_", "a_biased");
     g.node.push(node(
         "Clip",
         &["a_biased", "zero", "one"],
