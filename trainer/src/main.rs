@@ -1,8 +1,8 @@
 //! reggan-train: prepare -> fit -> export.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use reggan_trainer::data::{self, data_root};
 use reggan_trainer::fit::{self, FitOptions};
@@ -40,6 +40,10 @@ enum Command {
         /// Generic paired data: DIR/neutral/<subject>* and DIR/<expression>/<subject>*.
         #[arg(long)]
         pairs: Vec<PathBuf>,
+        /// Unpaired faces, one subject each, for the refinement network's restoration
+        /// pretraining (e.g. ../shared/data/utkface); only the sharp crops are kept.
+        #[arg(long)]
+        unpaired: Vec<PathBuf>,
         #[arg(long)]
         out: PathBuf,
     },
@@ -68,49 +72,24 @@ enum Command {
     /// target and to neutral); with --model, export and verify it too.
     Regflow(RegflowArgs),
     /// Train RegGAN's refinement network (on the fitted MR layer), US-GAN or SARGAN.
-    Gan {
-        #[arg(long, value_parser = ["reggan", "usgan", "sargan"])]
-        model: String,
-        #[arg(long, default_value = "small", value_parser = ["small", "paper"])]
-        config: String,
+    Gan(reggan_trainer::gan::train::GanCli),
+    /// Portable copies for another machine (e.g. a GPU box without OpenCV): caches with
+    /// JPEG crops, and RegFlow weights as float16.
+    Pack {
+        /// `prepare` caches, each copied to OUT/<its folder name>.
         #[arg(long)]
-        cache: PathBuf,
-        /// Fitted MR layer (RegGAN only).
+        cache: Vec<PathBuf>,
+        /// A fitted RegFlow, copied to OUT/regflow.
         #[arg(long)]
-        mr_weights: Option<PathBuf>,
-        /// Run folder: config.json, checkpoints, losses.png, samples.png.
+        regflow_weights: Option<PathBuf>,
+        /// JPEG quality of the crops.
+        #[arg(long, default_value_t = 85)]
+        quality: u8,
+        /// Keep only this many of the sharpest unpaired crops of each cache.
+        #[arg(long)]
+        sharpest: Option<usize>,
         #[arg(long)]
         out: PathBuf,
-        #[arg(long, default_value_t = 100_000)]
-        steps: usize,
-        /// Stop (and checkpoint) after this many minutes.
-        #[arg(long)]
-        max_minutes: Option<f64>,
-        /// Continue the run in --out from its last checkpoint.
-        #[arg(long)]
-        resume: bool,
-        #[arg(long, default_value_t = 1)]
-        seed: u64,
-        #[arg(long, default_value = "cpu", value_parser = ["cpu", "cuda"])]
-        device: String,
-        /// Perceptual backbone: random-convnet, vgg19:<weights.safetensors> or none.
-        #[arg(long)]
-        perceptual: Option<String>,
-        #[arg(long)]
-        batch: Option<i64>,
-        /// Steps between checkpoints / sample grids / loss plots.
-        #[arg(long)]
-        every: Option<usize>,
-        /// Weight of the adversarial loss (default: the config's, 1.0).
-        #[arg(long)]
-        adv_weight: Option<f64>,
-        /// Learning rate of generator and discriminator (default: the config's).
-        #[arg(long)]
-        lr: Option<f64>,
-        /// RegGAN: steps of restoration pretraining before fine-tuning on the MR
-        /// layer's outputs (default: the config's; 0 turns it off).
-        #[arg(long)]
-        pretrain_steps: Option<usize>,
     },
     /// Export a GAN run to model.onnx + model.json and verify ONNX Runtime against tch.
     ExportGan {
@@ -178,6 +157,7 @@ fn prepare(
     agreeing_only: bool,
     london: Option<Option<PathBuf>>,
     pairs: Vec<PathBuf>,
+    unpaired: Vec<PathBuf>,
     out: PathBuf,
 ) -> Result<()> {
     let mut sources = Vec::new();
@@ -194,8 +174,11 @@ fn prepare(
     for dir in &pairs {
         sources.extend(data::pairs_sources(dir)?);
     }
+    for dir in &unpaired {
+        sources.extend(data::unpaired_sources(dir)?);
+    }
     if sources.is_empty() {
-        bail!("no source images: give --tfeid, --london or --pairs");
+        bail!("no source images: give --tfeid, --london, --pairs or --unpaired");
     }
     std::fs::create_dir_all(&out)?;
     data::prepare(&sources, &out)?;
@@ -332,6 +315,32 @@ fn export_cmd(weights: PathBuf, out: PathBuf, fp16: bool, preview: Option<PathBu
     Ok(())
 }
 
+fn pack_cmd(
+    caches: &[PathBuf],
+    regflow: Option<&Path>,
+    quality: u8,
+    sharpest: Option<usize>,
+    out: &Path,
+) -> Result<()> {
+    if out.exists() && std::fs::read_dir(out)?.next().is_some() {
+        bail!("{} exists and is not empty; pack writes a fresh folder", out.display());
+    }
+    for cache in caches {
+        let name = cache
+            .file_name()
+            .with_context(|| format!("{} has no folder name", cache.display()))?;
+        let n = data::pack_cache(cache, &out.join(name), quality, sharpest)?;
+        println!("{}: {n} crops", out.join(name).display());
+    }
+    if let Some(dir) = regflow {
+        reggan_trainer::regflow::RegFlow::load(dir)?
+            .to_half()
+            .save(&out.join("regflow"))?;
+        println!("{}: float16 weights", out.join("regflow").display());
+    }
+    Ok(())
+}
+
 fn regflow_cmd(args: RegflowArgs) -> Result<()> {
     use reggan_trainer::{regflow, regflow_export};
     let RegflowArgs {
@@ -383,8 +392,9 @@ fn main() -> Result<()> {
             agreeing_only,
             london,
             pairs,
+            unpaired,
             out,
-        } => prepare(tfeid, no_tfeid, agreeing_only, london, pairs, out),
+        } => prepare(tfeid, no_tfeid, agreeing_only, london, pairs, unpaired, out),
         Command::Fit {
             method,
             cache,
@@ -395,45 +405,14 @@ fn main() -> Result<()> {
             extra,
         } => fit_cmd(method, cache, k, lambda, datasets, out, extra),
         Command::Regflow(args) => regflow_cmd(args),
-        Command::Gan {
-            model,
-            config,
+        Command::Gan(cli) => reggan_trainer::gan::train::run(cli.into()),
+        Command::Pack {
             cache,
-            mr_weights,
+            regflow_weights,
+            quality,
+            sharpest,
             out,
-            steps,
-            max_minutes,
-            resume,
-            seed,
-            device,
-            perceptual,
-            batch,
-            every,
-            adv_weight,
-            lr,
-            pretrain_steps,
-        } => reggan_trainer::gan::train::run(reggan_trainer::gan::train::GanArgs {
-            model,
-            config,
-            cache,
-            mr_weights,
-            out,
-            steps,
-            max_minutes,
-            resume,
-            seed,
-            device: if device == "cuda" {
-                tch::Device::Cuda(0)
-            } else {
-                tch::Device::Cpu
-            },
-            perceptual,
-            batch,
-            every,
-            adv_weight,
-            lr,
-            pretrain_steps,
-        }),
+        } => pack_cmd(&cache, regflow_weights.as_deref(), quality, sharpest, &out),
         Command::ExportGan { run, out, fp16 } => {
             reggan_trainer::gan::export::export_run(&run, &out, fp16)
         }

@@ -425,6 +425,25 @@ pub struct RegFlow {
 }
 
 impl RegFlow {
+    /// The weights as float32 (they may be stored as float16 for transport).
+    pub fn to_float(self) -> Self {
+        RegFlow {
+            flow_w: self.flow_w.to_kind(Kind::Float),
+            app_w: self.app_w.to_kind(Kind::Float),
+            app_b: self.app_b.to_kind(Kind::Float),
+            meta: self.meta,
+        }
+    }
+
+    /// A copy with float16 weights (half the size; `to_float` restores the kind).
+    pub fn to_half(&self) -> Self {
+        RegFlow {
+            flow_w: self.flow_w.to_kind(Kind::Half),
+            app_w: self.app_w.to_kind(Kind::Half),
+            app_b: self.app_b.to_kind(Kind::Half),
+            meta: self.meta.clone(),
+        }
+    }
     pub fn flow_layer(&self, e: usize) -> FlowLayer {
         FlowLayer {
             k: self.meta.flow_k,

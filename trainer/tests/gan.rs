@@ -6,7 +6,9 @@ use std::path::PathBuf;
 
 use reggan_trainer::data::Subject;
 use reggan_trainer::gan::export::{build, manifest, max_diff, reference, write};
-use reggan_trainer::gan::train::{Data, Mr, State, Trainer};
+use reggan_trainer::gan::train::{
+    sample_any_pairs, Data, ExpressionLayer, Mr, Rng, State, Trainer,
+};
 use reggan_trainer::gan::{Nets, RunConfig};
 use tch::{Device, Kind, Tensor};
 
@@ -171,7 +173,7 @@ fn a_training_step_changes_the_generator_and_stays_finite() {
     for model in ["reggan", "usgan", "sargan"] {
         let mut t = Trainer::new(
             tiny(model),
-            (model == "reggan").then(random_mr),
+            (model == "reggan").then(|| ExpressionLayer::Mr(random_mr())),
             Device::Cpu,
         )
         .unwrap();
@@ -251,7 +253,7 @@ fn reggan_pretrains_on_restoration_then_fine_tunes_on_mr_outputs() {
     let data = subjects();
     let mut cfg = tiny("reggan");
     cfg.pretrain_steps = 2;
-    let mut t = Trainer::new(cfg, Some(random_mr()), Device::Cpu).unwrap();
+    let mut t = Trainer::new(cfg, Some(ExpressionLayer::Mr(random_mr())), Device::Cpu).unwrap();
     for step in 0..3 {
         assert_eq!(t.pretraining(), step < 2);
         let losses = t.step(&data).unwrap();
@@ -263,11 +265,40 @@ fn reggan_pretrains_on_restoration_then_fine_tunes_on_mr_outputs() {
     // the degraded crop: its loss is the degradation's own error.
     let mut cfg = tiny("reggan");
     cfg.pretrain_steps = 1;
-    let mut t = Trainer::new(cfg, Some(random_mr()), Device::Cpu).unwrap();
+    let mut t = Trainer::new(cfg, Some(ExpressionLayer::Mr(random_mr())), Device::Cpu).unwrap();
     let first = t.step(&data).unwrap();
     assert!(first["restore_input_pix"] > 0.0);
     assert!(
         (first["restore_pix"] - first["restore_input_pix"]).abs() < 1e-6,
         "{first:?}"
     );
+}
+
+#[test]
+fn any_source_pairs_start_from_every_expression_and_never_target_their_own() {
+    // Every crop of expression i is filled with i/10, so a pair's labels can be read
+    // back from its pixels.
+    let names = ["neutral", "happy", "sad", "angry"];
+    let level = |name: &str| names.iter().position(|n| *n == name).unwrap() as f64 / 10.0;
+    let crop = |name: &str| Tensor::full([2, 3, 4, 4], level(name), (Kind::Float, Device::Cpu));
+    let subject = Subject {
+        name: "s".into(),
+        neutral: crop("neutral"),
+        targets: names[1..].iter().map(|n| (n.to_string(), crop(n))).collect(),
+    };
+    let targets: Vec<String> = ["happy", "sad", "angry", "disgusted", "neutral"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let (x, y, e) = sample_any_pairs(&[subject], &targets, 400, &mut Rng::new(3));
+    let mut sources = std::collections::BTreeSet::new();
+    for (i, &ei) in e.iter().enumerate() {
+        let xv = x.get(i as i64).mean(Kind::Float).double_value(&[]);
+        let yv = y.get(i as i64).mean(Kind::Float).double_value(&[]);
+        assert!((yv - level(&targets[ei as usize])).abs() < 1e-6, "target crop is not {}", targets[ei as usize]);
+        assert!((xv - yv).abs() > 1e-6, "pair {i} targets its own expression");
+        sources.insert((xv * 10.0).round() as i64);
+    }
+    assert_eq!(sources.len(), 4, "sources seen: {sources:?}");
+    assert!(!e.contains(&3), "disgusted has no crop, so it is never a target");
 }

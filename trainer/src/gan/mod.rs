@@ -59,6 +59,12 @@ pub struct RunConfig {
     pub every: usize,
     pub cache: String,
     pub mr_weights: Option<String>,
+    /// RegGAN on a RegFlow layer instead of MR.
+    #[serde(default)]
+    pub regflow_weights: Option<String>,
+    /// Unpaired crops for restoration pretraining.
+    #[serde(default)]
+    pub restore_cache: Option<String>,
     /// RegGAN: generator steps of restoration pretraining ([`restore`]) before the
     /// fine-tuning on the MR layer's outputs (0: none).
     #[serde(default)]
@@ -70,9 +76,10 @@ impl RunConfig {
         let (small, paper) = match config {
             "small" => (true, false),
             "paper" => (false, true),
-            "tiny" => (true, false),
-            _ => bail!("unknown config {config} (small, paper)"),
+            "tiny" | "medium" => (true, false),
+            _ => bail!("unknown config {config} (small, medium, paper)"),
         };
+        let medium = config == "medium";
         let tiny = config == "tiny";
         let _ = small;
         let (refiner, star) = match model {
@@ -84,6 +91,15 @@ impl RunConfig {
                         labs: 1,
                         hg_levels: 2,
                         d_base: 4,
+                    }
+                } else if medium {
+                    // For GPUs: about 4x `small`'s compute; fp16 weights of a few MB.
+                    RefinerConfig {
+                        base: 16,
+                        enc: [32, 48, 64],
+                        labs: 4,
+                        hg_levels: 3,
+                        d_base: 32,
                     }
                 } else if paper {
                     RefinerConfig {
@@ -171,6 +187,8 @@ impl RunConfig {
             every: if tiny { 1 } else { 50 },
             cache: String::new(),
             mr_weights: None,
+            regflow_weights: None,
+            restore_cache: None,
             pretrain_steps: if !reg || tiny {
                 0
             } else if paper {

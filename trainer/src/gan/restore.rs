@@ -64,8 +64,8 @@ pub struct Restoration {
 
 impl Restoration {
     /// Every crop (neutral and all expressions) of `subjects` plus `COLOUR_COPIES`
-    /// recoloured copies of each subject.
-    pub fn new(subjects: &[Subject], seed: u64) -> Self {
+    /// recoloured copies of each subject, plus `extra` crops [M,3,S,S] (unpaired faces).
+    pub fn new(subjects: &[Subject], extra: Option<&Tensor>, seed: u64) -> Self {
         let copies = subjects
             .iter()
             .map(|s| Subject {
@@ -84,6 +84,7 @@ impl Restoration {
             all.push(s.neutral.shallow_clone());
             all.extend(s.targets.values().map(|t| t.shallow_clone()));
         }
+        all.extend(extra.map(|e| e.shallow_clone()));
         let crops = Tensor::cat(&all, 0).to_kind(Kind::Float);
         let mean_face = crops.mean_dim(0, true, Kind::Float);
         Restoration { crops, mean_face }
@@ -197,7 +198,7 @@ mod tests {
 
     #[test]
     fn crops_cover_every_image_and_recoloured_copies() {
-        let r = Restoration::new(&subjects(), 7);
+        let r = Restoration::new(&subjects(), None, 7);
         // 3 subjects × (1 + COLOUR_COPIES) × (neutral + happy).
         assert_eq!(r.len(), 3 * (1 + COLOUR_COPIES as i64) * 2);
         assert_eq!(r.mean_face.size(), vec![1, 3, 32, 32]);
@@ -207,7 +208,7 @@ mod tests {
 
     #[test]
     fn degradation_blurs_pulls_to_the_mean_and_is_deterministic() {
-        let r = Restoration::new(&subjects(), 7);
+        let r = Restoration::new(&subjects(), None, 7);
         let x = r.sample(4, &mut Rng::new(1));
         tch::manual_seed(5);
         let d1 = r.degrade(&x, &mut Rng::new(9));

@@ -16,6 +16,7 @@ use super::restore::Restoration;
 use super::{save_vs, write_atomic, Disc, Nets, RunConfig, EXPRESSIONS};
 use crate::data::{load_subjects, Index, Subject};
 use crate::export::tch_forward;
+use crate::regflow::RegFlow;
 use crate::weights::Weights;
 
 /// The fitted expression layer (W [E,3,k²,S,S], B [E,3,S,S]).
@@ -54,6 +55,57 @@ impl Mr {
             )
             .to_device(dev)
         })
+    }
+}
+
+/// The closed-form expression layer in front of RegGAN's refinement network.
+pub enum ExpressionLayer {
+    /// MR (`reggan-train fit`): the paper's regression layer, from neutral faces.
+    Mr(Mr),
+    /// RegFlow (`reggan-train regflow`): a learned flow warps the face, then an
+    /// appearance layer; it also targets neutral, and takes any expression as source.
+    RegFlow(RegFlow),
+}
+
+impl ExpressionLayer {
+    /// Loads `--mr-weights` or `--regflow-weights` (exactly one must be given).
+    pub fn load(mr: Option<&str>, regflow: Option<&str>) -> Result<Self> {
+        match (mr, regflow) {
+            (Some(p), None) => Ok(Self::Mr(Mr::load(Path::new(p))?)),
+            (None, Some(p)) => Ok(Self::RegFlow(RegFlow::load(Path::new(p))?.to_float())),
+            (Some(_), Some(_)) => bail!("give either --mr-weights or --regflow-weights, not both"),
+            (None, None) => bail!(
+                "RegGAN trains on an expression layer's outputs: give --mr-weights (from `reggan-train fit`) or --regflow-weights (from `reggan-train regflow`)"
+            ),
+        }
+    }
+
+    /// The layer's output for faces [N,3,S,S] (on their device) and target indices.
+    pub fn apply(&self, faces: &Tensor, expressions: &[i64]) -> Tensor {
+        match self {
+            Self::Mr(mr) => mr.apply(faces, expressions),
+            Self::RegFlow(rf) => tch::no_grad(|| {
+                rf.forward(&faces.to_device(Device::Cpu), expressions)
+                    .0
+                    .to_device(faces.device())
+            }),
+        }
+    }
+
+    /// Crop size the layer was fitted for.
+    pub fn size(&self) -> i64 {
+        match self {
+            Self::Mr(mr) => mr.w.size()[3],
+            Self::RegFlow(rf) => rf.app_w.size()[3],
+        }
+    }
+
+    /// Target expressions in index order.
+    pub fn targets(&self) -> Vec<String> {
+        match self {
+            Self::Mr(_) => EXPRESSIONS.iter().map(|e| e.to_string()).collect(),
+            Self::RegFlow(rf) => rf.meta.targets.clone(),
+        }
     }
 }
 
@@ -162,6 +214,37 @@ pub fn sample_pairs(subjects: &[Subject], b: i64, rng: &mut Rng) -> (Tensor, Ten
         );
         ys.push(t.get(rng.below(t.size()[0] as usize) as i64));
         es.push(expr_index(k).unwrap_or(0));
+    }
+    (Tensor::stack(&xs, 0), Tensor::stack(&ys, 0), es)
+}
+
+/// (source, target, target index) pairs of training subjects from ANY source expression
+/// (neutral included) to any other of `targets` the subject has: a talking or smiling
+/// face must be editable too.
+pub fn sample_any_pairs(
+    subjects: &[Subject],
+    targets: &[String],
+    b: i64,
+    rng: &mut Rng,
+) -> (Tensor, Tensor, Vec<i64>) {
+    let (mut xs, mut ys, mut es) = (Vec::new(), Vec::new(), Vec::new());
+    while (xs.len() as i64) < b {
+        let s = &subjects[rng.below(subjects.len())];
+        let mut crops: Vec<(&str, &Tensor)> = vec![("neutral", &s.neutral)];
+        crops.extend(s.targets.iter().map(|(k, t)| (k.as_str(), t)));
+        let (src_name, src) = crops[rng.below(crops.len())];
+        let options: Vec<(usize, &Tensor)> = crops
+            .iter()
+            .filter(|(name, _)| *name != src_name)
+            .filter_map(|(name, t)| targets.iter().position(|e| e == name).map(|i| (i, *t)))
+            .collect();
+        if options.is_empty() {
+            continue;
+        }
+        let (e, tgt) = options[rng.below(options.len())];
+        xs.push(src.get(rng.below(src.size()[0] as usize) as i64));
+        ys.push(tgt.get(rng.below(tgt.size()[0] as usize) as i64));
+        es.push(e as i64);
     }
     (Tensor::stack(&xs, 0), Tensor::stack(&ys, 0), es)
 }
@@ -316,10 +399,12 @@ pub struct Trainer {
     pub nets: Nets,
     opt_g: nn::Optimizer,
     opt_d: nn::Optimizer,
-    pub mr: Option<Mr>,
+    pub layer: Option<ExpressionLayer>,
     backbone: Option<Backbone>,
     /// Crops for restoration pretraining, built on the first pretraining step.
     restoration: Option<Restoration>,
+    /// Unpaired crops [M,3,S,S] added to the restoration set (`--restore-cache`).
+    pub restore_extra: Option<Tensor>,
     pub state: State,
     device: Device,
 }
@@ -329,9 +414,9 @@ fn f(t: &Tensor) -> f64 {
 }
 
 impl Trainer {
-    pub fn new(cfg: RunConfig, mr: Option<Mr>, device: Device) -> Result<Self> {
-        if cfg.model == "reggan" && mr.is_none() {
-            bail!("RegGAN needs the fitted MR layer (--mr-weights)");
+    pub fn new(cfg: RunConfig, layer: Option<ExpressionLayer>, device: Device) -> Result<Self> {
+        if cfg.model == "reggan" && layer.is_none() {
+            bail!("RegGAN needs a fitted expression layer (--mr-weights or --regflow-weights)");
         }
         let backbone = Backbone::new(&cfg.perceptual, device)?;
         tch::manual_seed(cfg.seed as i64);
@@ -365,9 +450,10 @@ impl Trainer {
             nets,
             opt_g,
             opt_d,
-            mr,
+            layer,
             backbone,
             restoration: None,
+            restore_extra: None,
             state,
             device,
         })
@@ -414,9 +500,10 @@ impl Trainer {
     fn step_restore(&mut self, data: &[Subject], rng: &mut Rng) -> BTreeMap<String, f64> {
         let l = self.cfg.lambdas.clone();
         let seed = self.cfg.seed;
+        let extra = self.restore_extra.as_ref();
         let r = self
             .restoration
-            .get_or_insert_with(|| Restoration::new(data, seed));
+            .get_or_insert_with(|| Restoration::new(data, extra, seed));
         let clean = r.sample(self.cfg.batch, rng);
         let degraded = r.degrade(&clean, rng).to_device(self.device);
         let clean = clean.to_device(self.device);
@@ -444,13 +531,14 @@ impl Trainer {
 
     fn step_reggan(&mut self, data: &[Subject], rng: &mut Rng) -> BTreeMap<String, f64> {
         let l = self.cfg.lambdas.clone();
-        let (neutral, target, ex) = sample_pairs(data, self.cfg.batch, rng);
-        let mr = self
-            .mr
-            .as_ref()
-            .expect("checked in new")
-            .apply(&neutral, &ex)
-            .to_device(self.device);
+        let layer = self.layer.as_ref().expect("checked in new");
+        let (source, target, ex) = match layer {
+            ExpressionLayer::Mr(_) => sample_pairs(data, self.cfg.batch, rng),
+            ExpressionLayer::RegFlow(rf) => {
+                sample_any_pairs(data, &rf.meta.targets, self.cfg.batch, rng)
+            }
+        };
+        let mr = layer.apply(&source, &ex).to_device(self.device);
         let target = target.to_device(self.device);
         let Disc::Reg(d) = &self.nets.d else {
             unreachable!()
@@ -567,8 +655,8 @@ impl Trainer {
     /// The generator's output for validation faces and every expression.
     pub fn outputs(&self, faces: &Tensor, expressions: &[i64]) -> Tensor {
         tch::no_grad(|| {
-            let x = match &self.mr {
-                Some(mr) if self.cfg.model == "reggan" => mr.apply(faces, expressions),
+            let x = match &self.layer {
+                Some(layer) if self.cfg.model == "reggan" => layer.apply(faces, expressions),
                 _ => faces.shallow_clone(),
             }
             .to_device(self.device);
@@ -587,8 +675,8 @@ impl Trainer {
                 let Some(e) = expr_index(k) else { continue };
                 let x = s.neutral.get(0).unsqueeze(0);
                 let y = self.outputs(&x, &[e]);
-                let inp = match &self.mr {
-                    Some(mr) if self.cfg.model == "reggan" => mr.apply(&x, &[e]),
+                let inp = match &self.layer {
+                    Some(layer) if self.cfg.model == "reggan" => layer.apply(&x, &[e]),
                     _ => x,
                 };
                 let t = t.get(0).unsqueeze(0);
@@ -655,8 +743,8 @@ pub fn sample_grid(t: &Trainer, val: &[Subject], path: &Path) -> Result<()> {
         let mut row = vec![x.shallow_clone()];
         row.extend(y.unbind(0).into_iter().map(|v| v.unsqueeze(0)));
         rows.push(Tensor::cat(&Tensor::cat(&row, 0).unbind(0), 2));
-        if let Some(mr) = t.mr.as_ref().filter(|_| t.cfg.model == "reggan") {
-            let m = mr.apply(&xs, &e);
+        if let Some(layer) = t.layer.as_ref().filter(|_| t.cfg.model == "reggan") {
+            let m = layer.apply(&xs, &e);
             let mut row = vec![Tensor::ones_like(&x) * 0.5];
             row.extend(m.unbind(0).into_iter().map(|v| v.unsqueeze(0)));
             rows.push(Tensor::cat(&Tensor::cat(&row, 0).unbind(0), 2));
@@ -757,13 +845,91 @@ pub fn loss_plot(history: &[HistEntry], png: &Path, csv: &Path) -> Result<()> {
             prev = Some((x, y));
         }
     }
-    reggan::RgbImage {
-        width: w,
-        height: h,
-        data: img,
+    crate::data::save_rgb(w, h, img, png, 95)
+}
+
+/// The options of `reggan-train gan` (also taken by `examples/train_refiner.rs`).
+#[derive(clap::Args, Debug)]
+pub struct GanCli {
+    #[arg(long, value_parser = ["reggan", "usgan", "sargan"])]
+    pub model: String,
+    /// Network size: small (CPU), medium (GPU), paper (the paper's RegGAN).
+    #[arg(long, default_value = "small", value_parser = ["small", "medium", "paper"])]
+    pub config: String,
+    #[arg(long)]
+    pub cache: PathBuf,
+    /// Fitted MR layer (RegGAN only).
+    #[arg(long)]
+    pub mr_weights: Option<PathBuf>,
+    /// A fitted RegFlow instead of MR (RegGAN only): the refinement network then
+    /// learns on flow-warped faces, from every source expression, neutral included.
+    #[arg(long)]
+    pub regflow_weights: Option<PathBuf>,
+    /// A `prepare --unpaired` cache (e.g. UTKFace) added to restoration pretraining.
+    #[arg(long)]
+    pub restore_cache: Option<PathBuf>,
+    /// Run folder: config.json, checkpoints, losses.png, samples.png.
+    #[arg(long)]
+    pub out: PathBuf,
+    #[arg(long, default_value_t = 100_000)]
+    pub steps: usize,
+    /// Stop (and checkpoint) after this many minutes.
+    #[arg(long)]
+    pub max_minutes: Option<f64>,
+    /// Continue the run in --out from its last checkpoint.
+    #[arg(long)]
+    pub resume: bool,
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    #[arg(long, default_value = "cpu", value_parser = ["cpu", "cuda"])]
+    pub device: String,
+    /// Perceptual backbone: random-convnet, vgg19:<weights.safetensors> or none.
+    #[arg(long)]
+    pub perceptual: Option<String>,
+    #[arg(long)]
+    pub batch: Option<i64>,
+    /// Steps between checkpoints / sample grids / loss plots.
+    #[arg(long)]
+    pub every: Option<usize>,
+    /// Weight of the adversarial loss (default: the config's, 1.0).
+    #[arg(long)]
+    pub adv_weight: Option<f64>,
+    /// Learning rate of generator and discriminator (default: the config's).
+    #[arg(long)]
+    pub lr: Option<f64>,
+    /// RegGAN: steps of restoration pretraining before fine-tuning on the MR
+    /// layer's outputs (default: the config's; 0 turns it off).
+    #[arg(long)]
+    pub pretrain_steps: Option<usize>,
+}
+
+impl From<GanCli> for GanArgs {
+    fn from(c: GanCli) -> Self {
+        GanArgs {
+            model: c.model,
+            config: c.config,
+            cache: c.cache,
+            mr_weights: c.mr_weights,
+            regflow_weights: c.regflow_weights,
+            restore_cache: c.restore_cache,
+            out: c.out,
+            steps: c.steps,
+            max_minutes: c.max_minutes,
+            resume: c.resume,
+            seed: c.seed,
+            device: if c.device == "cuda" {
+                Device::Cuda(0)
+            } else {
+                Device::Cpu
+            },
+            perceptual: c.perceptual,
+            batch: c.batch,
+            every: c.every,
+            adv_weight: c.adv_weight,
+            lr: c.lr,
+            pretrain_steps: c.pretrain_steps,
+        }
     }
-    .save(png)?;
-    Ok(())
 }
 
 pub struct GanArgs {
@@ -771,6 +937,10 @@ pub struct GanArgs {
     pub config: String,
     pub cache: PathBuf,
     pub mr_weights: Option<PathBuf>,
+    /// A fitted RegFlow (`reggan-train regflow`) instead of MR (RegGAN only).
+    pub regflow_weights: Option<PathBuf>,
+    /// A `prepare --unpaired` cache whose crops join restoration pretraining.
+    pub restore_cache: Option<PathBuf>,
     pub out: PathBuf,
     pub steps: usize,
     pub max_minutes: Option<f64>,
@@ -786,6 +956,29 @@ pub struct GanArgs {
     pub lr: Option<f64>,
     /// Overrides the config's restoration-pretraining steps (RegGAN).
     pub pretrain_steps: Option<usize>,
+}
+
+/// Every crop of an unpaired cache (`prepare --unpaired`), [M,3,S,S].
+pub fn load_unpaired(cache: &Path, size: i64) -> Result<Tensor> {
+    let index = Index::read(cache)?;
+    if index.crop_size as i64 != size {
+        bail!(
+            "{} has {} px crops; the run uses {} px",
+            cache.display(),
+            index.crop_size,
+            size
+        );
+    }
+    let crops = index
+        .entries
+        .iter()
+        .map(|e| crate::data::load_crop(&cache.join(&e.path)))
+        .collect::<Result<Vec<_>>>()?;
+    if crops.is_empty() {
+        bail!("{} holds no crops", cache.display());
+    }
+    println!("restoration pretraining: {} unpaired crops from {}", crops.len(), cache.display());
+    Ok(Tensor::stack(&crops, 0))
 }
 
 /// Available memory in bytes: MemAvailable on CPU; for CUDA $REGGAN_GPU_MEM_GB (default 16).
@@ -831,12 +1024,15 @@ pub fn run(args: GanArgs) -> Result<()> {
             .unwrap_or(args.cache.clone())
             .display()
             .to_string();
-        cfg.mr_weights = args.mr_weights.as_ref().map(|p| {
+        let absolute = |p: &PathBuf| {
             std::fs::canonicalize(p)
                 .unwrap_or(p.clone())
                 .display()
                 .to_string()
-        });
+        };
+        cfg.mr_weights = args.mr_weights.as_ref().map(absolute);
+        cfg.regflow_weights = args.regflow_weights.as_ref().map(absolute);
+        cfg.restore_cache = args.restore_cache.as_ref().map(absolute);
         if let Some(p) = &args.perceptual {
             cfg.perceptual = p.clone();
         }
@@ -869,24 +1065,26 @@ pub fn run(args: GanArgs) -> Result<()> {
             cfg.size
         );
     }
-    let mr = match (&cfg.mr_weights, cfg.model.as_str()) {
-        (Some(p), "reggan") => {
-            let mr = Mr::load(Path::new(p))?;
-            if mr.w.size()[3] != cfg.size {
-                bail!(
-                    "MR weights are for {} px crops, the cache has {} px",
-                    mr.w.size()[3],
-                    cfg.size
-                );
-            }
-            Some(mr)
+    let layer = if cfg.model == "reggan" {
+        let layer =
+            ExpressionLayer::load(cfg.mr_weights.as_deref(), cfg.regflow_weights.as_deref())?;
+        if layer.size() != cfg.size {
+            bail!(
+                "the expression layer is for {} px crops, the cache has {} px",
+                layer.size(),
+                cfg.size
+            );
         }
-        (None, "reggan") => bail!(
-            "RegGAN trains on the MR layer's outputs: give --mr-weights (from `reggan-train fit`)"
-        ),
-        _ => None,
+        Some(layer)
+    } else {
+        None
     };
-    let mut t = Trainer::new(cfg, mr, args.device)?;
+    let restore_extra = match &cfg.restore_cache {
+        Some(dir) => Some(load_unpaired(Path::new(dir), cfg.size)?),
+        None => None,
+    };
+    let mut t = Trainer::new(cfg, layer, args.device)?;
+    t.restore_extra = restore_extra;
     let need = t.memory_estimate();
     let have = available_memory(args.device);
     if need > 0.8 * have {
