@@ -310,7 +310,8 @@ pub fn prepare(sources: &[Source], cache: &Path) -> Result<Index> {
             .with_context(|| format!("while cropping {}", src.file.display()))?
         {
             Some(crop)
-                if src.expression == UNLABELLED && crop_sharpness(&crop) < MIN_UNPAIRED_SHARPNESS =>
+                if src.expression == UNLABELLED
+                    && crop_sharpness(&crop) < MIN_UNPAIRED_SHARPNESS =>
             {
                 skipped.push(format!("{} (blurred)", src.file.display()));
                 count.1 += 1;
@@ -486,7 +487,8 @@ pub fn pack_cache(cache: &Path, out: &Path, quality: u8, sharpest: Option<usize>
     }
     if let Some(n) = sharpest {
         crops.sort_by(|a, b| b.2.total_cmp(&a.2));
-        crops.truncate(n.max(crops.iter().filter(|c| c.2.is_infinite()).count()));
+        let paired = crops.iter().filter(|c| c.2.is_infinite()).count();
+        crops.truncate(paired + n);
     }
     index.entries.clear();
     // One flat folder: thousands of one-face subject folders would cost more to carry

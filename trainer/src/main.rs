@@ -323,7 +323,10 @@ fn pack_cmd(
     out: &Path,
 ) -> Result<()> {
     if out.exists() && std::fs::read_dir(out)?.next().is_some() {
-        bail!("{} exists and is not empty; pack writes a fresh folder", out.display());
+        bail!(
+            "{} exists and is not empty; pack writes a fresh folder",
+            out.display()
+        );
     }
     for cache in caches {
         let name = cache

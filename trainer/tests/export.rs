@@ -360,3 +360,78 @@ fn regflow_onnx_matches_tch_for_face_and_flow() {
         assert!(flow.abs().mean(Kind::Float).double_value(&[]) > 0.5);
     }
 }
+
+/// RegGAN on a RegFlow layer exports as one contract-v2 graph: the refinement network
+/// after the warp and appearance layer, with the layer's flow still an output; ONNX
+/// Runtime computes what tch computes, and a training step on that layer runs.
+#[test]
+fn reggan_on_regflow_exports_refinement_of_warped_faces_with_flow() {
+    use reggan_trainer::gan::export::{manifest, max_diff as gan_max_diff, write};
+    use reggan_trainer::gan::train::{ExpressionLayer, State, Trainer};
+    use reggan_trainer::gan::{Nets, RunConfig};
+    let s = 128;
+    let mut cfg = RunConfig::new("reggan", "tiny", s).unwrap();
+    cfg.batch = 2;
+    cfg.regflow_weights = Some("random".into());
+    tch::manual_seed(11);
+    let nets = Nets::new(&cfg, tch::Device::Cpu);
+    tch::no_grad(|| {
+        for (_, mut v) in nets.gvs.variables() {
+            v.copy_(&(Tensor::randn(v.size(), (Kind::Float, tch::Device::Cpu)) * 0.2));
+        }
+    });
+    let layer = ExpressionLayer::RegFlow(random_regflow(0, s));
+    let dir = temp_dir("reggan-regflow");
+    write(&nets, Some(&layer), s, true, &dir).unwrap();
+    let template = Template::lsrf(s as usize);
+    manifest(
+        &cfg,
+        &State::default(),
+        s as usize,
+        template,
+        true,
+        serde_json::json!({}),
+    )
+    .write(&dir)
+    .unwrap();
+    let faces = Tensor::rand([3, 3, s, s], (Kind::Float, tch::Device::Cpu));
+    let exprs = [0, 2, 6];
+    let diff = gan_max_diff(&dir, &nets, Some(&layer), &faces, &exprs, true).unwrap();
+    eprintln!("RegGAN on RegFlow: ORT vs tch max abs diff {diff:.2e}");
+    assert!(diff < 1e-3, "ORT vs tch {diff}");
+    let mut loaded = ExpressionModel::load(&dir, Device::Cpu, 1).unwrap();
+    assert_eq!(loaded.manifest().format_version, 2);
+    assert_eq!(loaded.manifest().expression_index("neutral").unwrap(), 6);
+    let out = loaded
+        .run_with_flow(to_array(&faces).unwrap().view(), &exprs)
+        .unwrap();
+    let flow = out.flow.expect("the layer's flow is an output");
+    let ExpressionLayer::RegFlow(rf) = &layer else {
+        unreachable!()
+    };
+    let (_, want) = tch::no_grad(|| rf.forward(&faces, &exprs));
+    let flow_diff = flow
+        .iter()
+        .zip(to_array(&want).unwrap().iter())
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    assert!(flow_diff < 1e-3, "flow differs by {flow_diff} px");
+
+    // Training on the layer: pairs from any source expression; losses finite.
+    let r = |n| Tensor::rand([n, 3, s, s], (Kind::Float, tch::Device::Cpu));
+    let subjects: Vec<Subject> = (0..2)
+        .map(|i| Subject {
+            name: format!("s{i}"),
+            neutral: r(1),
+            targets: BTreeMap::from([("happy".to_string(), r(1)), ("sad".to_string(), r(1))]),
+        })
+        .collect();
+    cfg.pretrain_steps = 0;
+    let mut t = Trainer::new(cfg, Some(layer), tch::Device::Cpu).unwrap();
+    let losses = t.step(&subjects).unwrap();
+    assert!(
+        losses.contains_key("g_adv") && losses.values().all(|v| v.is_finite()),
+        "{losses:?}"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}

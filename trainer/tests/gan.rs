@@ -68,7 +68,7 @@ fn export_parity(model: &str) -> (f32, Tensor) {
     tch::manual_seed(11);
     let nets = Nets::new(&cfg, Device::Cpu);
     randomise(&nets);
-    let mr = (model == "reggan").then(random_mr);
+    let mr = (model == "reggan").then(|| ExpressionLayer::Mr(random_mr()));
     let dir = tmp(&format!("parity-{model}"));
     write(&nets, mr.as_ref(), S, false, &dir).unwrap();
     manifest(
@@ -116,7 +116,7 @@ fn reggan_onnx_matches_refinement_of_mr() {
     let direct = nets
         .generate(&mr.apply(&x, &e), &Tensor::from_slice(&e))
         .detach();
-    let via = reference(&nets, Some(&mr), &x, &e, false);
+    let via = reference(&nets, Some(&ExpressionLayer::Mr(mr)), &x, &e, false);
     assert!(f64::try_from((direct - via).abs().max()).unwrap() < 1e-6);
 }
 
@@ -150,7 +150,9 @@ fn graph_counts_parameters_like_the_var_store() {
         assert!(macs > 0.0);
         let m = build(
             &nets,
-            (model == "reggan").then(random_mr).as_ref(),
+            (model == "reggan")
+                .then(|| ExpressionLayer::Mr(random_mr()))
+                .as_ref(),
             S,
             false,
         )
@@ -284,7 +286,10 @@ fn any_source_pairs_start_from_every_expression_and_never_target_their_own() {
     let subject = Subject {
         name: "s".into(),
         neutral: crop("neutral"),
-        targets: names[1..].iter().map(|n| (n.to_string(), crop(n))).collect(),
+        targets: names[1..]
+            .iter()
+            .map(|n| (n.to_string(), crop(n)))
+            .collect(),
     };
     let targets: Vec<String> = ["happy", "sad", "angry", "disgusted", "neutral"]
         .iter()
@@ -295,10 +300,20 @@ fn any_source_pairs_start_from_every_expression_and_never_target_their_own() {
     for (i, &ei) in e.iter().enumerate() {
         let xv = x.get(i as i64).mean(Kind::Float).double_value(&[]);
         let yv = y.get(i as i64).mean(Kind::Float).double_value(&[]);
-        assert!((yv - level(&targets[ei as usize])).abs() < 1e-6, "target crop is not {}", targets[ei as usize]);
-        assert!((xv - yv).abs() > 1e-6, "pair {i} targets its own expression");
+        assert!(
+            (yv - level(&targets[ei as usize])).abs() < 1e-6,
+            "target crop is not {}",
+            targets[ei as usize]
+        );
+        assert!(
+            (xv - yv).abs() > 1e-6,
+            "pair {i} targets its own expression"
+        );
         sources.insert((xv * 10.0).round() as i64);
     }
     assert_eq!(sources.len(), 4, "sources seen: {sources:?}");
-    assert!(!e.contains(&3), "disgusted has no crop, so it is never a target");
+    assert!(
+        !e.contains(&3),
+        "disgusted has no crop, so it is never a target"
+    );
 }

@@ -37,7 +37,10 @@ pub fn build(
                 ExpressionLayer::Mr(mr) => onnx_export::build(&mr.w, &mr.b, mr.k, fp16)?,
                 ExpressionLayer::RegFlow(rf) => crate::regflow_export::build(rf, fp16)?,
             };
-            let mut graph = base.graph.into_option().context("layer model without graph")?;
+            let mut graph = base
+                .graph
+                .into_option()
+                .context("layer model without graph")?;
             // The layer's output becomes the refinement network's input.
             for n in graph.node.iter_mut() {
                 for o in n.output.iter_mut() {
@@ -115,7 +118,11 @@ pub fn reference(
         let dev = nets.gvs.device();
         match (&nets.g, layer) {
             (Gen::Reg(r), Some(layer)) => r
-                .forward(&as_stored(layer, fp16).apply(faces, expressions).to_device(dev))
+                .forward(
+                    &as_stored(layer, fp16)
+                        .apply(faces, expressions)
+                        .to_device(dev),
+                )
                 .to_device(tch::Device::Cpu),
             _ => nets
                 .generate(

@@ -977,7 +977,11 @@ pub fn load_unpaired(cache: &Path, size: i64) -> Result<Tensor> {
     if crops.is_empty() {
         bail!("{} holds no crops", cache.display());
     }
-    println!("restoration pretraining: {} unpaired crops from {}", crops.len(), cache.display());
+    println!(
+        "restoration pretraining: {} unpaired crops from {}",
+        crops.len(),
+        cache.display()
+    );
     Ok(Tensor::stack(&crops, 0))
 }
 
