@@ -380,7 +380,7 @@ fn reggan_on_regflow_exports_refinement_of_warped_faces_with_flow() {
             v.copy_(&(Tensor::randn(v.size(), (Kind::Float, tch::Device::Cpu)) * 0.2));
         }
     });
-    let layer = ExpressionLayer::RegFlow(random_regflow(0, s));
+    let layer = ExpressionLayer::RegFlow(Box::new(random_regflow(0, s)));
     let dir = temp_dir("reggan-regflow");
     write(&nets, Some(&layer), s, true, &dir).unwrap();
     let template = Template::lsrf(s as usize);

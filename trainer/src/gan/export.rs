@@ -97,12 +97,14 @@ fn as_stored(layer: &ExpressionLayer, fp16: bool) -> ExpressionLayer {
             b: onnx_export::stored(&mr.b, fp16),
             k: mr.k,
         }),
-        ExpressionLayer::RegFlow(rf) => ExpressionLayer::RegFlow(crate::regflow::RegFlow {
-            meta: rf.meta.clone(),
-            flow_w: rf.flow_w.shallow_clone(),
-            app_w: onnx_export::stored(&rf.app_w, fp16),
-            app_b: onnx_export::stored(&rf.app_b, fp16),
-        }),
+        ExpressionLayer::RegFlow(rf) => {
+            ExpressionLayer::RegFlow(Box::new(crate::regflow::RegFlow {
+                meta: rf.meta.clone(),
+                flow_w: rf.flow_w.shallow_clone(),
+                app_w: onnx_export::stored(&rf.app_w, fp16),
+                app_b: onnx_export::stored(&rf.app_b, fp16),
+            }))
+        }
     }
 }
 

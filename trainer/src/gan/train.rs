@@ -64,7 +64,7 @@ pub enum ExpressionLayer {
     Mr(Mr),
     /// RegFlow (`reggan-train regflow`): a learned flow warps the face, then an
     /// appearance layer; it also targets neutral, and takes any expression as source.
-    RegFlow(RegFlow),
+    RegFlow(Box<RegFlow>),
 }
 
 impl ExpressionLayer {
@@ -72,7 +72,9 @@ impl ExpressionLayer {
     pub fn load(mr: Option<&str>, regflow: Option<&str>) -> Result<Self> {
         match (mr, regflow) {
             (Some(p), None) => Ok(Self::Mr(Mr::load(Path::new(p))?)),
-            (None, Some(p)) => Ok(Self::RegFlow(RegFlow::load(Path::new(p))?.to_float())),
+            (None, Some(p)) => Ok(Self::RegFlow(Box::new(
+                RegFlow::load(Path::new(p))?.to_float(),
+            ))),
             (Some(_), Some(_)) => bail!("give either --mr-weights or --regflow-weights, not both"),
             (None, None) => bail!(
                 "RegGAN trains on an expression layer's outputs: give --mr-weights (from `reggan-train fit`) or --regflow-weights (from `reggan-train regflow`)"
