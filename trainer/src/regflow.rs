@@ -394,6 +394,10 @@ pub struct RegFlowMeta {
     /// The appearance λ chosen on the out-of-distribution cache, if one was given.
     #[serde(default)]
     pub ood_lambda: Option<f64>,
+    /// λ of the appearance layer inside the mouth region (chosen out of distribution
+    /// too); outside it, `appearance_lambda`. None: one λ everywhere.
+    #[serde(default)]
+    pub appearance_mouth_lambda: Option<f64>,
     /// Validation squared endpoint error (px² per grid cell): [neutral src, other src].
     pub flow_val_epe2: BTreeMap<String, [f64; 2]>,
     pub zero_flow_val_epe2: BTreeMap<String, [f64; 2]>,
@@ -623,15 +627,19 @@ pub fn fit(cache: &Path, opts: &RegFlowOptions) -> Result<RegFlow> {
     // 3. Appearance layers on (warped source, target) pairs. λ: the largest within a
     // tolerance of the best on the validation performers, and at least the best on
     // other people's pairs when an out-of-distribution cache is given.
-    let ood_lambda = match &opts.ood_cache {
-        Some(c) => Some(ood_appearance_lambda(
-            c,
-            &train,
-            &flow_layers[targets.iter().position(|t| t == "happy").expect("happy")],
-            opts.colour_augment,
-        )?),
-        None => None,
+    let (ood_lambda, mouth_lambda) = match &opts.ood_cache {
+        Some(c) => {
+            let (face, mouth) = ood_appearance_lambda(
+                c,
+                &train,
+                &flow_layers[targets.iter().position(|t| t == "happy").expect("happy")],
+                opts.colour_augment,
+            )?;
+            (Some(face), mouth)
+        }
+        None => (None, None),
     };
+    let mouth = mouth_weights(&index.template);
     let t = Instant::now();
     let mut app_layers = Vec::new();
     let (mut app_lambda, mut mse_id, mut mse_warp, mut mse) = (
@@ -679,7 +687,18 @@ pub fn fit(cache: &Path, opts: &RegFlowOptions) -> Result<RegFlow> {
                     .map_or(i, |j| j.max(i)),
                 None => i,
             };
-            fits.swap_remove(i)
+            let (lambda, layer, err) = fits.swap_remove(i);
+            match mouth_lambda.filter(|&m| m < lambda) {
+                // The face keeps its λ; the mouth, where the warp cannot paint teeth
+                // or a mouth's interior, takes the smaller one.
+                Some(m) => {
+                    let map = lambda_map(lambda, m, &mouth);
+                    let layer = solve_towards_identity_map(&ata, &atb, &map, size);
+                    let err = coarse_mse(&va, e, |x| layer.apply(x));
+                    (lambda, layer, err)
+                }
+                None => (lambda, layer, err),
+            }
         } else {
             let layer = identity_layer(size);
             let err = coarse_mse(&va, e, |x| layer.apply(x));
@@ -721,6 +740,7 @@ pub fn fit(cache: &Path, opts: &RegFlowOptions) -> Result<RegFlow> {
             appearance_lambda: app_lambda,
             colour_augment: opts.colour_augment,
             ood_lambda,
+            appearance_mouth_lambda: mouth_lambda.filter(|_| opts.appearance),
             flow_val_epe2: flow_val,
             zero_flow_val_epe2: zero_val,
             val_mse_identity: mse_id,
@@ -870,7 +890,7 @@ fn ood_appearance_lambda(
     train: &[Person],
     happy_flow: &FlowLayer,
     colour_augment: usize,
-) -> Result<f64> {
+) -> Result<(f64, Option<f64>)> {
     let index = Index::read(cache)?;
     let datasets: Vec<String> = index
         .entries
@@ -912,7 +932,76 @@ fn ood_appearance_lambda(
         .filter(|s| s.1 <= best * (1.0 + APPEARANCE_OOD_TOLERANCE))
         .map(|s| s.0)
         .fold(f64::INFINITY, f64::min);
-    Ok(chosen)
+
+    // The mouth alone: the face keeps `chosen`; smaller λ inside the mouth region are
+    // scored on the mouth region's error, and chosen by the same rule.
+    let mouth = mouth_weights(&index.template);
+    let in_mouth: Vec<(f64, f64)> = APPEARANCE_LAMBDAS
+        .iter()
+        .filter(|&&l| l <= chosen)
+        .map(|&l| {
+            let layer =
+                solve_towards_identity_map(&ata, &atb, &lambda_map(chosen, l, &mouth), size);
+            (l, coarse_mse_in(&dev, "happy", |x| layer.apply(x), &mouth))
+        })
+        .collect();
+    println!(
+        "appearance, happy, out of distribution, mouth region (face lambda {chosen:.0e}): coarse MSE by mouth lambda: {}",
+        in_mouth
+            .iter()
+            .map(|(l, m)| format!("{l:.0e} {m:.6}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let best_mouth = in_mouth.iter().map(|s| s.1).fold(f64::INFINITY, f64::min);
+    let mouth_lambda = in_mouth
+        .iter()
+        .filter(|s| s.1 <= best_mouth * (1.0 + APPEARANCE_OOD_TOLERANCE))
+        .map(|s| s.0)
+        .fold(f64::INFINITY, f64::min);
+    Ok((chosen, (mouth_lambda < chosen).then_some(mouth_lambda)))
+}
+
+/// The compositor's mouth region ([`reggan::composite::mouth_region`]) as [S,S]: where
+/// the model's change is carried whole is where the appearance layer may paint.
+fn mouth_weights(template: &reggan::Template) -> Tensor {
+    let s = template.size as i64;
+    Tensor::from_slice(&reggan::composite::mouth_region(template)).view([s, s])
+}
+
+/// Per-pixel λ [S,S]: `face` outside the mouth, `mouth` inside, log-interpolated over
+/// the region's soft edge (no seam in the change).
+fn lambda_map(face: f64, mouth: f64, region: &Tensor) -> Tensor {
+    let (lf, lm) = (face.ln(), mouth.ln());
+    (region.to_kind(Kind::Double) * (lm - lf) + lf).exp()
+}
+
+/// Coarse MSE weighted by `region` [S,S]: the error where the region is.
+fn coarse_mse_in(
+    subjects: &[Subject],
+    target: &str,
+    predict: impl Fn(&Tensor) -> Tensor,
+    region: &Tensor,
+) -> f64 {
+    let pool = |x: &Tensor| {
+        x.avg_pool2d(
+            [COARSE, COARSE],
+            [COARSE, COARSE],
+            [0, 0],
+            false,
+            true,
+            None::<i64>,
+        )
+    };
+    let w = pool(&region.to_kind(Kind::Float).unsqueeze(0).unsqueeze(0)).sqrt();
+    let share = w.square().mean(Kind::Double).double_value(&[]).max(1e-12);
+    let (sse, n) = pair_sse_with(
+        subjects,
+        target,
+        |x| pool(&predict(x)) * &w,
+        |t| pool(t) * &w,
+    );
+    sse / n.max(1.0) / share
 }
 
 /// The appearance layer that changes nothing (`--flow-only`).
@@ -934,12 +1023,26 @@ fn identity_layer(size: i64) -> Layer {
 /// is a stranger's. The bias is shrunk too, so only a change the pairs support
 /// strongly is painted.
 fn solve_towards_identity(ata: &Tensor, atb: &Tensor, lambda: f64, size: i64) -> Layer {
+    let map = Tensor::full([size, size], lambda, (Kind::Double, ata.device()));
+    solve_towards_identity_map(ata, atb, &map, size)
+}
+
+/// [`solve_towards_identity`] with a λ per pixel ([S,S], shared by the channels): each
+/// pixel's system is its own, so each may be shrunk by its own amount.
+fn solve_towards_identity_map(ata: &Tensor, atb: &Tensor, lambda: &Tensor, size: i64) -> Layer {
     let kk = (APPEARANCE_K * APPEARANCE_K) as i64;
-    let mut prior = vec![0.0; kk as usize + 1];
-    prior[(kk / 2) as usize] = lambda;
-    let eye = Tensor::eye(kk + 1, (Kind::Double, ata.device())) * lambda;
-    let rhs = atb + Tensor::from_slice(&prior).view([1, -1, 1]);
-    let sol = Tensor::linalg_solve(&(ata + eye.unsqueeze(0)), &rhs, true).squeeze_dim(2);
+    // Rows are channel-major, then y, x: the map repeats for each channel.
+    let lam = lambda
+        .to_kind(Kind::Double)
+        .to_device(ata.device())
+        .reshape([1, -1])
+        .repeat([3, 1])
+        .reshape([-1, 1, 1]);
+    let eye = Tensor::eye(kk + 1, (Kind::Double, ata.device())).unsqueeze(0) * &lam;
+    let centre = Tensor::zeros([1, kk + 1, 1], (Kind::Double, ata.device()));
+    let _ = centre.narrow(1, kk / 2, 1).fill_(1.0);
+    let rhs = atb + centre * &lam;
+    let sol = Tensor::linalg_solve(&(ata + eye), &rhs, true).squeeze_dim(2);
     let sol = sol.view([3, size, size, kk + 1]).permute([0, 3, 1, 2]);
     Layer {
         k: APPEARANCE_K,
@@ -1166,6 +1269,60 @@ mod tests {
         let kept = rigid.remove_from(&bump);
         let at = kept.double_value(&[1, 25, 15]);
         assert!(at > 1.7, "bump kept {at}");
+    }
+
+    /// Each pixel is shrunk by its own λ: where λ is huge the layer stays the identity,
+    /// where it is tiny it fits the pairs; a constant map is the scalar solve.
+    #[test]
+    fn per_pixel_lambda_shrinks_each_pixel_by_its_own_amount() {
+        let s = 8i64;
+        let kk = (APPEARANCE_K * APPEARANCE_K) as i64;
+        let r = 3 * s * s;
+        // Normal equations of pairs whose target is 0.3 + 0.5 x (centre tap) with a
+        // random neighbourhood: AᵀA from random features, Aᵀt from the law.
+        tch::manual_seed(1);
+        let a = Tensor::rand([r, 40, kk + 1], (Kind::Double, tch::Device::Cpu));
+        let _ = a.narrow(2, kk, 1).fill_(1.0);
+        let t = a.narrow(2, kk / 2, 1) * 0.5 + 0.3;
+        let ata = a.transpose(1, 2).matmul(&a);
+        let atb = a.transpose(1, 2).matmul(&t);
+        let mut map = Tensor::full([s, s], 1e9, (Kind::Double, tch::Device::Cpu));
+        let _ = map.narrow(0, 0, 1).fill_(1e-9); // row 0: fit; the rest: identity
+        let layer = solve_towards_identity_map(&ata, &atb, &map, s);
+        let centre = layer.w.select(1, kk / 2); // [3,S,S]
+        let fit_row = centre.narrow(1, 0, 1);
+        let id_rows = centre.narrow(1, 1, s - 1);
+        assert!((fit_row - 0.5).abs().max().double_value(&[]) < 1e-4);
+        assert!(
+            (layer.b.narrow(1, 0, 1) - 0.3)
+                .abs()
+                .max()
+                .double_value(&[])
+                < 1e-4
+        );
+        assert!((id_rows - 1.0).abs().max().double_value(&[]) < 1e-6);
+        assert!(layer.b.narrow(1, 1, s - 1).abs().max().double_value(&[]) < 1e-6);
+        let scalar = solve_towards_identity(&ata, &atb, 10.0, s);
+        let mapped = solve_towards_identity_map(
+            &ata,
+            &atb,
+            &Tensor::full([s, s], 10.0, (Kind::Double, tch::Device::Cpu)),
+            s,
+        );
+        assert!((scalar.w - mapped.w).abs().max().double_value(&[]) < 1e-9);
+    }
+
+    #[test]
+    fn lambda_map_is_the_face_lambda_outside_and_the_mouth_lambda_inside() {
+        let region = Tensor::from_slice(&[0.0f32, 1.0, 0.5]).view([1, 3]);
+        let m = lambda_map(1e3, 1.0, &region);
+        let v: Vec<f64> = Vec::try_from(m.flatten(0, -1)).unwrap();
+        assert!((v[0] - 1e3).abs() < 1e-6 && (v[1] - 1.0).abs() < 1e-9);
+        assert!(
+            (v[2] - (1e3f64).sqrt()).abs() < 1e-6,
+            "log-interpolated: {}",
+            v[2]
+        );
     }
 
     #[test]

@@ -300,6 +300,7 @@ fn random_regflow(flow_k: usize, s: i64) -> reggan_trainer::regflow::RegFlow {
         appearance_lambda: per(1.0),
         colour_augment: 0,
         ood_lambda: None,
+        appearance_mouth_lambda: None,
         flow_val_epe2: t.iter().map(|x| (x.clone(), [0.0, 0.0])).collect(),
         zero_flow_val_epe2: t.iter().map(|x| (x.clone(), [0.0, 0.0])).collect(),
         val_mse_identity: per(0.0),
