@@ -1286,7 +1286,7 @@ mod tests {
         let t = a.narrow(2, kk / 2, 1) * 0.5 + 0.3;
         let ata = a.transpose(1, 2).matmul(&a);
         let atb = a.transpose(1, 2).matmul(&t);
-        let mut map = Tensor::full([s, s], 1e9, (Kind::Double, tch::Device::Cpu));
+        let map = Tensor::full([s, s], 1e9, (Kind::Double, tch::Device::Cpu));
         let _ = map.narrow(0, 0, 1).fill_(1e-9); // row 0: fit; the rest: identity
         let layer = solve_towards_identity_map(&ata, &atb, &map, s);
         let centre = layer.w.select(1, kk / 2); // [3,S,S]
