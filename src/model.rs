@@ -33,6 +33,9 @@ pub const FORMAT_VERSION: u32 = 1;
 /// build reads every version from [`FORMAT_VERSION`] up to this one.
 pub const FORMAT_VERSION_FLOW: u32 = 2;
 
+/// The largest crop side a model may have (the shipped ones use 128).
+pub const MAX_CROP_SIZE: usize = 1024;
+
 /// The graph output every model has: the edited face.
 pub const OUTPUT_FACE: &str = "face_out";
 
@@ -113,8 +116,25 @@ impl Manifest {
         if m.expressions.is_empty() {
             return Err(Error::model(&path, "lists no expressions"));
         }
+        if !(1..=MAX_CROP_SIZE).contains(&m.crop_size) {
+            // Every buffer of the model and the compositor is S x S: a typo or a hostile
+            // file must not make the element allocate gigabytes before it fails.
+            return Err(Error::model(
+                &path,
+                format!(
+                    "crop_size {} is outside 1 to {MAX_CROP_SIZE}",
+                    m.crop_size
+                ),
+            ));
+        }
         if m.template.size != m.crop_size {
             return Err(Error::model(&path, "template size differs from crop_size"));
+        }
+        if let Some(p) = m.template.points.iter().flatten().find(|v| !v.is_finite()) {
+            return Err(Error::model(
+                &path,
+                format!("template point coordinate {p} is not a finite number"),
+            ));
         }
         Ok(m)
     }

@@ -34,11 +34,25 @@ pub fn run(target: &str, data: &[u8]) -> String {
 /// a value get the same label.
 fn label(prefix: &str, err: &dyn std::fmt::Display) -> String {
     let scratch = scratch_base().to_string_lossy().to_string();
+    // Quoted parts (the offending value in a JSON error) and numbers are left out, so
+    // that labels name kinds of outcome, not values.
+    let mut quote = None;
     let text: String = err
         .to_string()
         .replace(&scratch, "")
         .chars()
-        .filter(|c| !c.is_ascii_digit())
+        .filter(|&c| match (quote, c) {
+            (Some(q), c) if c == q => {
+                quote = None;
+                false
+            }
+            (Some(_), _) => false,
+            (None, '"' | '`' | '\'') => {
+                quote = Some(c);
+                false
+            }
+            (None, c) => !c.is_ascii_digit(),
+        })
         .take(120)
         .collect();
     format!("{prefix}: {text}")

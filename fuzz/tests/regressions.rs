@@ -44,3 +44,19 @@ fn models_that_ignore_the_batch_are_refused_at_load() {
         );
     }
 }
+
+/// model.json files that made the loader allocate without bound (crop_size 60000: the
+/// process grew to 21 GB before the kernel killed it) or align faces to an infinite
+/// point. Both are refused when the manifest is parsed.
+#[test]
+fn manifests_with_huge_sizes_or_infinite_points_are_refused() {
+    for (name, label) in replay("manifest") {
+        assert!(label.starts_with("parse:"), "{name}: {label}");
+        let why = if name.starts_with("huge") {
+            "crop_size"
+        } else {
+            "not a finite number"
+        };
+        assert!(label.contains(why), "{name}: {label}");
+    }
+}
