@@ -121,10 +121,7 @@ impl Manifest {
             // file must not make the element allocate gigabytes before it fails.
             return Err(Error::model(
                 &path,
-                format!(
-                    "crop_size {} is outside 1 to {MAX_CROP_SIZE}",
-                    m.crop_size
-                ),
+                format!("crop_size {} is outside 1 to {MAX_CROP_SIZE}", m.crop_size),
             ));
         }
         if m.template.size != m.crop_size {
@@ -395,7 +392,6 @@ impl ExpressionModel {
         }
         Ok(out)
     }
-
 
     fn check_batch(&self, faces: ArrayView4<f32>, expressions: &[i64]) -> Result<()> {
         let n = faces.shape()[0];

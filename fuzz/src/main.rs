@@ -121,7 +121,10 @@ fn supervise(o: &Options) -> Result<bool, String> {
     let (mut execs, mut crashes, mut hangs, mut workers) = (0u64, 0u64, 0u64, 0u64);
     let started = Instant::now();
     while Instant::now() < deadline {
-        let left = deadline.saturating_duration_since(Instant::now()).as_secs().max(1);
+        let left = deadline
+            .saturating_duration_since(Instant::now())
+            .as_secs()
+            .max(1);
         let mut child = Command::new(&exe)
             .args(["worker", &o.target, "--seconds", &left.to_string()])
             .args(["--dir", &o.dir.to_string_lossy()])
@@ -169,12 +172,18 @@ fn supervise(o: &Options) -> Result<bool, String> {
             None => {
                 hangs += 1;
                 let path = save(&o.artifacts(), "hang-", &current);
-                println!("HANG: worker silent for {HANG_SECONDS} s; input saved to {}", path.display());
+                println!(
+                    "HANG: worker silent for {HANG_SECONDS} s; input saved to {}",
+                    path.display()
+                );
             }
             Some(status) if !status.success() && worker_execs == 0 => {
                 crashes += 1;
                 let path = save(&o.artifacts(), "crash-", &current);
-                println!("CRASH: worker died ({status}); input saved to {}", path.display());
+                println!(
+                    "CRASH: worker died ({status}); input saved to {}",
+                    path.display()
+                );
             }
             Some(_) => {}
         }
@@ -297,7 +306,15 @@ fn load_corpus(o: &Options) -> Result<Vec<Vec<u8>>, String> {
 
 /// First inputs of a target with an empty corpus.
 fn seeds(target: &str) -> Vec<Vec<u8>> {
-    let patterns = || (0..16u8).map(|i| (0..96u8).map(|j| i.wrapping_mul(37) ^ j.wrapping_mul(11)).collect()).collect();
+    let patterns = || {
+        (0..16u8)
+            .map(|i| {
+                (0..96u8)
+                    .map(|j| i.wrapping_mul(37) ^ j.wrapping_mul(11))
+                    .collect()
+            })
+            .collect()
+    };
     match target {
         "manifest" => {
             let models = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models");
@@ -313,10 +330,23 @@ fn seeds(target: &str) -> Vec<Vec<u8>> {
         "image" => {
             use opencv::core::{Mat, Scalar, Vector, CV_8UC3};
             let mut seeds = Vec::new();
-            for (ext, side) in [(".png", 8), (".jpg", 16), (".bmp", 4), (".ppm", 3), (".tif", 5)] {
-                let img = Mat::new_rows_cols_with_default(side, side + 1, CV_8UC3, Scalar::new(10.0, 120.0, 240.0, 0.0)).expect("image");
+            for (ext, side) in [
+                (".png", 8),
+                (".jpg", 16),
+                (".bmp", 4),
+                (".ppm", 3),
+                (".tif", 5),
+            ] {
+                let img = Mat::new_rows_cols_with_default(
+                    side,
+                    side + 1,
+                    CV_8UC3,
+                    Scalar::new(10.0, 120.0, 240.0, 0.0),
+                )
+                .expect("image");
                 let mut buf = Vector::<u8>::new();
-                if opencv::imgcodecs::imencode(ext, &img, &mut buf, &Vector::new()).unwrap_or(false) {
+                if opencv::imgcodecs::imencode(ext, &img, &mut buf, &Vector::new()).unwrap_or(false)
+                {
                     seeds.push(buf.as_slice().to_vec());
                 }
             }
@@ -330,18 +360,55 @@ fn seeds(target: &str) -> Vec<Vec<u8>> {
 fn dictionary(target: &str) -> Vec<Vec<u8>> {
     let words: &[&str] = match target {
         "manifest" => &[
-            "\"crop_size\": 4294967295", "\"crop_size\": 100000", "\"crop_size\": 0", "\"size\": 0",
-            "\"size\": 100000", "1e39", "-1e39", "1e308", "-0", "null", "[]", "{}", "\"\"",
-            "\"format_version\": 2", "\"outputs\": [\"face_out\", \"flow\"]", "\"outputs\": []",
-            "\"expressions\": []", "\"expressions\": [\"happy\", \"happy\"]", "18446744073709551616",
-            "\"points\": [[0,0],[0,0],[0,0],[0,0]]", "\"points\": [[1e30,0],[0,1e30],[0,0],[1,1]]",
-            "\\u0000", "\"\\ud800\"", ",", ":", "\"template\": {\"size\": 65536, \"points\": [[0,0],[1,0],[0,1],[1,1]]}",
+            "\"crop_size\": 4294967295",
+            "\"crop_size\": 100000",
+            "\"crop_size\": 0",
+            "\"size\": 0",
+            "\"size\": 100000",
+            "1e39",
+            "-1e39",
+            "1e308",
+            "-0",
+            "null",
+            "[]",
+            "{}",
+            "\"\"",
+            "\"format_version\": 2",
+            "\"outputs\": [\"face_out\", \"flow\"]",
+            "\"outputs\": []",
+            "\"expressions\": []",
+            "\"expressions\": [\"happy\", \"happy\"]",
+            "18446744073709551616",
+            "\"points\": [[0,0],[0,0],[0,0],[0,0]]",
+            "\"points\": [[1e30,0],[0,1e30],[0,0],[1,1]]",
+            "\\u0000",
+            "\"\\ud800\"",
+            ",",
+            ":",
+            "\"template\": {\"size\": 65536, \"points\": [[0,0],[1,0],[0,1],[1,1]]}",
         ],
-        "image" => &["\u{89}PNG\r\n\u{1a}\n", "IHDR", "IDAT", "IEND", "\u{ff}\u{d8}\u{ff}", "BM", "P6\n", "II*\0"],
+        "image" => &[
+            "\u{89}PNG\r\n\u{1a}\n",
+            "IHDR",
+            "IDAT",
+            "IEND",
+            "\u{ff}\u{d8}\u{ff}",
+            "BM",
+            "P6\n",
+            "II*\0",
+        ],
         _ => &[],
     };
     let mut d: Vec<Vec<u8>> = words.iter().map(|w| w.as_bytes().to_vec()).collect();
-    for v in [0u32, 1, 0x7fff_ffff, 0xffff_ffff, 0x8000_0000, 0x0001_0000, 0x0000_ffff] {
+    for v in [
+        0u32,
+        1,
+        0x7fff_ffff,
+        0xffff_ffff,
+        0x8000_0000,
+        0x0001_0000,
+        0x0000_ffff,
+    ] {
         d.push(v.to_le_bytes().to_vec());
         d.push(v.to_be_bytes().to_vec());
     }
@@ -393,8 +460,19 @@ fn mutate(parent: &[u8], other: &[u8], dictionary: &[Vec<u8>], rng: &mut Rng) ->
             _ => {
                 // A run of ASCII digits replaced by another number (sizes in JSON, text headers).
                 if let Some(start) = (at..len).chain(0..at).find(|&i| data[i].is_ascii_digit()) {
-                    let end = (start..len).find(|&i| !data[i].is_ascii_digit()).unwrap_or(len);
-                    let number = ["0", "1", "65535", "65536", "2147483648", "4294967296", "99999999999", "-1"][rng.below(8)];
+                    let end = (start..len)
+                        .find(|&i| !data[i].is_ascii_digit())
+                        .unwrap_or(len);
+                    let number = [
+                        "0",
+                        "1",
+                        "65535",
+                        "65536",
+                        "2147483648",
+                        "4294967296",
+                        "99999999999",
+                        "-1",
+                    ][rng.below(8)];
                     data.splice(start..end, number.bytes());
                 }
             }

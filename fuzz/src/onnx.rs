@@ -38,9 +38,13 @@ pub enum Body {
 pub enum Flow {
     Absent,
     /// flow = Gather(zeros [E, channels, S, S], expression).
-    Zeros { channels: i64 },
+    Zeros {
+        channels: i64,
+    },
     /// flow = the face's first two channels times `scale` (huge or NaN flows).
-    FromFace { scale: f32 },
+    FromFace {
+        scale: f32,
+    },
     /// Only the first item of the batch.
     FirstOfBatch,
 }
@@ -94,11 +98,7 @@ impl GraphSpec {
                 DataType::FLOAT,
                 &[DataType::DOUBLE, DataType::FLOAT16, DataType::UINT8],
             ),
-            expression_type: common(
-                input,
-                DataType::INT64,
-                &[DataType::INT32, DataType::FLOAT],
-            ),
+            expression_type: common(input, DataType::INT64, &[DataType::INT32, DataType::FLOAT]),
             body,
             flow,
         }

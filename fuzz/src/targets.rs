@@ -80,7 +80,10 @@ pub fn manifest(data: &[u8]) -> String {
         Err(e) => return label("parse", &e),
     };
     assert!(!m.expressions.is_empty(), "accepted without expressions");
-    assert_eq!(m.template.size, m.crop_size, "accepted a template of another size");
+    assert_eq!(
+        m.template.size, m.crop_size,
+        "accepted a template of another size"
+    );
     match Compositor::for_template(&m.template, CompositeOptions::default()) {
         Ok(c) => assert_eq!(c.mask().len(), m.crop_size * m.crop_size),
         Err(e) => return label("compositor", &e),
@@ -352,12 +355,14 @@ fn template_from_input(input: &mut Input) -> Template {
 fn values(input: &mut Input, n: usize, lo: f32, hi: f32) -> Vec<f32> {
     let bytes = input.rest();
     (0..n)
-        .map(|i| match bytes.get(i % bytes.len().max(1)).copied().unwrap_or(128) {
-            0 => f32::NAN,
-            1 => f32::INFINITY,
-            2 => f32::NEG_INFINITY,
-            b => lo + (hi - lo) * b as f32 / 255.0 + (i % 7) as f32 * 1e-3,
-        })
+        .map(
+            |i| match bytes.get(i % bytes.len().max(1)).copied().unwrap_or(128) {
+                0 => f32::NAN,
+                1 => f32::INFINITY,
+                2 => f32::NEG_INFINITY,
+                b => lo + (hi - lo) * b as f32 / 255.0 + (i % 7) as f32 * 1e-3,
+            },
+        )
         .collect()
 }
 

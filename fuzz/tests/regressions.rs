@@ -14,7 +14,11 @@ fn replay(target: &str) -> Vec<(String, String)> {
         .map(|e| e.path())
         .collect();
     files.sort();
-    assert!(!files.is_empty(), "no regression inputs in {}", dir.display());
+    assert!(
+        !files.is_empty(),
+        "no regression inputs in {}",
+        dir.display()
+    );
     files
         .iter()
         .map(|f| {

@@ -259,7 +259,11 @@ fn streams(frames: u64, count: usize, size: usize) -> Result<()> {
         all_equal &= same;
         println!(
             "stream {k} of {count}: {fps:.1} fps, output {} the single stream's",
-            if same { "identical to" } else { "DIFFERENT from" }
+            if same {
+                "identical to"
+            } else {
+                "DIFFERENT from"
+            }
         );
     }
     if !all_equal {
@@ -273,7 +277,11 @@ fn main() -> Result<()> {
     gstreggan::plugin_register_static()?;
     let args: Vec<String> = std::env::args().skip(1).collect();
     let number = |i: usize, default: u64| -> Result<u64> {
-        Ok(args.get(i).map(|s| s.parse()).transpose()?.unwrap_or(default))
+        Ok(args
+            .get(i)
+            .map(|s| s.parse())
+            .transpose()?
+            .unwrap_or(default))
     };
     match args.first().map(String::as_str) {
         Some("soak") => soak(number(1, 100_000)?, number(2, 256)? as usize),

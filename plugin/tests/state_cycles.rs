@@ -71,7 +71,10 @@ fn hundred_playing_null_cycles_leak_nothing() {
             .unwrap_or_else(|| panic!("cycle {i}: no frame came out"));
         let out = to_rgb(sample.buffer().unwrap(), &info);
         let off = count_differences(&out, &reference, 1);
-        assert_eq!(off, 0, "cycle {i}: {off} pixels differ from the core's result");
+        assert_eq!(
+            off, 0,
+            "cycle {i}: {off} pixels differ from the core's result"
+        );
         pipeline.set_state(gst::State::Null).unwrap();
     };
     for i in 0..WARM_UP {

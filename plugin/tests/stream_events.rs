@@ -64,7 +64,11 @@ fn assert_fresh(
     let (_, out) = run_one(h, buffer);
     let rois = face_rois(&out);
     assert_eq!(rois.len(), 1, "{what}: expected one face, got {rois:?}");
-    let off = count_differences(&to_rgb(&out, &info), &core_reference(model, img, "happy"), 1);
+    let off = count_differences(
+        &to_rgb(&out, &info),
+        &core_reference(model, img, "happy"),
+        1,
+    );
     assert_eq!(
         off, 0,
         "{what}: {off} pixels differ from a fresh processor's result (stale tracking?)"
@@ -153,7 +157,10 @@ fn caps_change_from_640x480_rgb_to_1280x720_bgrx_mid_stream() {
     );
     let small_roi = assert_fresh(&mut h, &model, &small, rgb, "640x480 RGB");
     let tracked = one_face(&push_rgb(&mut h, &small), "tracked");
-    assert!(same_face(tracked, small_roi), "{tracked:?} vs {small_roi:?}");
+    assert!(
+        same_face(tracked, small_roi),
+        "{tracked:?} vs {small_roi:?}"
+    );
 
     h.set_src_caps(large_info.to_caps().unwrap());
     let large_roi = assert_fresh(&mut h, &model, &large, bgrx, "after caps 1280x720 BGRx");
@@ -164,7 +171,10 @@ fn caps_change_from_640x480_rgb_to_1280x720_bgrx_mid_stream() {
     // The tracked face carries on in the new size...
     let (buffer, _) = to_buffer(&large, bgrx);
     let tracked = one_face(&run_one(&mut h, buffer).1, "tracked in 1280x720");
-    assert!(same_face(tracked, large_roi), "{tracked:?} vs {large_roi:?}");
+    assert!(
+        same_face(tracked, large_roi),
+        "{tracked:?} vs {large_roi:?}"
+    );
     // ...and back to the first caps, the face is found where it is there.
     h.set_src_caps(small_info.to_caps().unwrap());
     assert_eq!(
@@ -209,7 +219,13 @@ fn eos_then_a_new_stream_starts_afresh() {
         ],
         &info,
     );
-    assert_fresh(&mut h, &model, &here, gst_video::VideoFormat::Rgb, "stream 1");
+    assert_fresh(
+        &mut h,
+        &model,
+        &here,
+        gst_video::VideoFormat::Rgb,
+        "stream 1",
+    );
     push_rgb(&mut h, &here);
     assert!(h.push_event(gst::event::Eos::new()));
     // Data after EOS is refused until a new stream starts.

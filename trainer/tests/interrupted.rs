@@ -58,7 +58,9 @@ fn synthetic_cache(name: &str) -> PathBuf {
         crop_size: s,
         template: Template::lsrf(s),
         entries,
-        train_subjects: ["s0", "s1", "s2"].map(|s| format!("synthetic/{s}")).to_vec(),
+        train_subjects: ["s0", "s1", "s2"]
+            .map(|s| format!("synthetic/{s}"))
+            .to_vec(),
         val_subjects: vec!["synthetic/v0".into()],
         skipped: vec![],
     }
@@ -70,15 +72,23 @@ fn synthetic_cache(name: &str) -> PathBuf {
 /// The trainer's command line for a run in `out` to `steps` (`--resume` when `resume`).
 fn train(cache: &Path, out: &Path, steps: usize, resume: bool) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_reggan-train"));
-    c.args(["gan", "--model", "usgan", "--perceptual", "none", "--batch", "2"])
-        .args(["--seed", "5", "--steps", &steps.to_string()])
-        .args(["--every", &EVERY.to_string()])
-        .arg("--cache")
-        .arg(cache)
-        .arg("--out")
-        .arg(out)
-        .env("REGGAN_THREADS", "1")
-        .env_remove("REGGAN_TEST_CHECKPOINT_PAUSE");
+    c.args([
+        "gan",
+        "--model",
+        "usgan",
+        "--perceptual",
+        "none",
+        "--batch",
+        "2",
+    ])
+    .args(["--seed", "5", "--steps", &steps.to_string()])
+    .args(["--every", &EVERY.to_string()])
+    .arg("--cache")
+    .arg(cache)
+    .arg("--out")
+    .arg(out)
+    .env("REGGAN_THREADS", "1")
+    .env_remove("REGGAN_TEST_CHECKPOINT_PAUSE");
     if resume {
         c.arg("--resume");
     }
@@ -88,12 +98,9 @@ fn train(cache: &Path, out: &Path, steps: usize, resume: bool) -> Command {
 /// Runs the trainer to success; returns its stdout and stderr.
 fn run_ok(mut c: Command) -> String {
     let out = c.output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "{c:?} failed: {}\n{text}",
-        out.status
-    );
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{c:?} failed: {}\n{text}", out.status);
     text
 }
 
@@ -187,7 +194,11 @@ fn killed_during_a_checkpoint_resumes_to_the_uninterrupted_result() {
             "{point}: {log}"
         );
         assert_eq!(state_step(&run), STEPS, "{point}");
-        assert!(staged_files(&run).is_empty(), "{point}: {:?}", staged_files(&run));
+        assert!(
+            staged_files(&run).is_empty(),
+            "{point}: {:?}",
+            staged_files(&run)
+        );
         let diff = max_difference(&weights(&run), &expected);
         eprintln!("{point}: resumed from step {resumed_from}, max |difference| {diff:e}");
         assert!(
@@ -236,7 +247,10 @@ fn a_full_disk_is_a_clear_error_and_keeps_the_previous_checkpoint() {
     let out = c.output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     eprintln!("{stderr}");
-    assert!(!out.status.success(), "the trainer succeeded over the limit");
+    assert!(
+        !out.status.success(),
+        "the trainer succeeded over the limit"
+    );
     assert!(
         stderr.contains(&format!("checkpoint of step {} not written", 2 * EVERY))
             && stderr.contains("keeps the previous one")

@@ -79,7 +79,8 @@ impl Adam {
 
     /// Writes the step count and the moments (safetensors).
     pub fn save(&self, path: &Path) -> Result<()> {
-        let mut named: Vec<(String, Tensor)> = vec![("step".into(), Tensor::from_slice(&[self.step]))];
+        let mut named: Vec<(String, Tensor)> =
+            vec![("step".into(), Tensor::from_slice(&[self.step]))];
         for (name, _, m, v) in &self.params {
             named.push((format!("m.{name}"), m.to_device(tch::Device::Cpu)));
             named.push((format!("v.{name}"), v.to_device(tch::Device::Cpu)));

@@ -289,7 +289,9 @@ pub const CHECKPOINT_FILES: [&str; 5] = [
 /// Where a checkpoint file waits while a save is in progress:
 /// `gen.safetensors` -> `gen.next.safetensors`.
 pub fn staged(run: &Path, file: &str) -> PathBuf {
-    let (stem, ext) = file.split_once('.').expect("checkpoint files have an extension");
+    let (stem, ext) = file
+        .split_once('.')
+        .expect("checkpoint files have an extension");
     run.join(format!("{stem}.next.{ext}"))
 }
 

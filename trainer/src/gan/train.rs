@@ -11,12 +11,10 @@ use serde::{Deserialize, Serialize};
 use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
 
+use super::adam::Adam;
 use super::nets::{Conv, DOMAINS};
 use super::restore::Restoration;
-use super::adam::Adam;
-use super::{
-    recover_checkpoint, stage, staged, write_atomic, Disc, Nets, RunConfig, EXPRESSIONS,
-};
+use super::{recover_checkpoint, stage, staged, write_atomic, Disc, Nets, RunConfig, EXPRESSIONS};
 use crate::data::{load_subjects, Index, Subject};
 use crate::export::tch_forward;
 use crate::weights::Weights;
@@ -624,14 +622,22 @@ impl Trainer {
     }
 
     fn stage_checkpoint(&self, run: &Path) -> Result<()> {
-        stage(&staged(run, "gen.safetensors"), |p| save_var_store(&self.nets.gvs, p))?;
-        stage(&staged(run, "disc.safetensors"), |p| save_var_store(&self.nets.dvs, p))?;
+        stage(&staged(run, "gen.safetensors"), |p| {
+            save_var_store(&self.nets.gvs, p)
+        })?;
+        stage(&staged(run, "disc.safetensors"), |p| {
+            save_var_store(&self.nets.dvs, p)
+        })?;
         stage(&staged(run, "gen-adam.safetensors"), |p| self.opt_g.save(p))?;
-        stage(&staged(run, "disc-adam.safetensors"), |p| self.opt_d.save(p))?;
+        stage(&staged(run, "disc-adam.safetensors"), |p| {
+            self.opt_d.save(p)
+        })?;
         test_pause("staged", self.state.step);
         // The commit point: written whole (temporary file, then rename) or not at all.
         let state = serde_json::to_string_pretty(&self.state)? + "\n";
-        stage(&staged(run, "state.json"), |p| write_atomic(p, state.as_bytes()))
+        stage(&staged(run, "state.json"), |p| {
+            write_atomic(p, state.as_bytes())
+        })
     }
 
     /// Restores weights, optimiser moments and state from a run folder (first
