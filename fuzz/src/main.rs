@@ -177,7 +177,9 @@ fn supervise(o: &Options) -> Result<bool, String> {
                     path.display()
                 );
             }
-            Some(status) if !status.success() && worker_execs == 0 => {
+            // Killed by a signal (abort, segfault, the kernel's OOM killer): the input
+            // it was running is the crash. Exit code 1 is a worker that caught panics.
+            Some(status) if status.code().is_none_or(|code| code > 1) => {
                 crashes += 1;
                 let path = save(&o.artifacts(), "crash-", &current);
                 println!(

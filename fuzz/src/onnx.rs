@@ -84,7 +84,7 @@ impl GraphSpec {
             _ => Flow::Zeros { channels: 2 },
         };
         let common = |input: &mut Input, good: DataType, bad: &[DataType]| {
-            if input.u8() % 4 == 0 {
+            if input.u8().is_multiple_of(4) {
                 input.choose(bad)
             } else {
                 good

@@ -131,7 +131,7 @@ pub fn model_dir(data: &[u8]) -> String {
     };
     let mut onnx = spec.to_bytes();
     // Now and then the file itself is damaged: a few bytes overwritten from the input.
-    if input.u8() % 8 == 0 && !onnx.is_empty() {
+    if input.u8().is_multiple_of(8) && !onnx.is_empty() {
         for _ in 0..input.range(1, 8) {
             let at = input.u32() as usize % onnx.len();
             onnx[at] = input.u8();
@@ -282,7 +282,7 @@ impl TestFrame {
             }
         }
         // The last row may be cut at the row's end, as GStreamer allows.
-        if input.u8() % 4 == 0 {
+        if input.u8().is_multiple_of(4) {
             data.truncate(stride * (height - 1) + width * bpp);
         }
         TestFrame {
@@ -342,7 +342,7 @@ fn face_from_input(input: &mut Input, width: usize, height: usize) -> Face {
 fn template_from_input(input: &mut Input) -> Template {
     let size = input.choose(&[1usize, 2, 8, 16, 32, 64]);
     let mut t = Template::lsrf(size);
-    if input.u8() % 4 == 0 {
+    if input.u8().is_multiple_of(4) {
         let s = size as f32;
         for p in t.points.iter_mut() {
             *p = [input.f32_in(-s, 2.0 * s), input.f32_in(-s, 2.0 * s)];
@@ -375,14 +375,14 @@ pub fn composite(data: &[u8]) -> String {
     let template = template_from_input(&mut input);
     let options = CompositeOptions {
         detail: input.choose(&[Detail::Off, Detail::Fine, Detail::Full]),
-        keep_colour: input.u8() % 2 == 0,
+        keep_colour: input.u8().is_multiple_of(2),
     };
     let face = face_from_input(&mut input, tf.width, tf.height);
     let intensity = match input.u8() % 5 {
         0 => 0.0,
         _ => input.f32_in(0.0, 2.0),
     };
-    let with_flow = input.u8() % 2 == 0;
+    let with_flow = input.u8().is_multiple_of(2);
     let alignment = match Alignment::for_face(&face, &template) {
         Ok(a) => a,
         Err(e) => return label("align", &e),

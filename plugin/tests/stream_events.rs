@@ -389,7 +389,7 @@ fn properties_set_from_another_thread_while_frames_flow() {
             while !stop.load(Ordering::Relaxed) {
                 element.set_property_from_str("expression", expressions[n % 2]);
                 element.set_property("intensity", intensities[n % 3]);
-                if n % 7 == 0 {
+                if n.is_multiple_of(7) {
                     element.set_property("model", models[n / 7 % 2].to_str().unwrap());
                 }
                 n += 1;
