@@ -33,6 +33,9 @@ pub const FORMAT_VERSION: u32 = 1;
 /// build reads every version from [`FORMAT_VERSION`] up to this one.
 pub const FORMAT_VERSION_FLOW: u32 = 2;
 
+/// The largest crop side a model may have (the shipped ones use 128).
+pub const MAX_CROP_SIZE: usize = 1024;
+
 /// The graph output every model has: the edited face.
 pub const OUTPUT_FACE: &str = "face_out";
 
@@ -91,8 +94,14 @@ impl Manifest {
         let path = dir.join("model.json");
         let text = std::fs::read_to_string(&path)
             .map_err(|e| Error::model(&path, format!("cannot read: {e}")))?;
-        let m: Manifest = serde_json::from_str(&text)
-            .map_err(|e| Error::model(&path, format!("not a valid model.json: {e}")))?;
+        Self::parse(&text, &path)
+    }
+
+    /// Parses and checks the text of a `model.json` (`path` only names it in errors).
+    pub fn parse(text: &str, path: &Path) -> Result<Self> {
+        let m: Manifest = serde_json::from_str(text)
+            .map_err(|e| Error::model(path, format!("not a valid model.json: {e}")))?;
+        let path = path.to_path_buf();
         if !(FORMAT_VERSION..=FORMAT_VERSION_FLOW).contains(&m.format_version) {
             return Err(Error::model(
                 &path,
@@ -107,8 +116,22 @@ impl Manifest {
         if m.expressions.is_empty() {
             return Err(Error::model(&path, "lists no expressions"));
         }
+        if !(1..=MAX_CROP_SIZE).contains(&m.crop_size) {
+            // Every buffer of the model and the compositor is S x S: a typo or a hostile
+            // file must not make the element allocate gigabytes before it fails.
+            return Err(Error::model(
+                &path,
+                format!("crop_size {} is outside 1 to {MAX_CROP_SIZE}", m.crop_size),
+            ));
+        }
         if m.template.size != m.crop_size {
             return Err(Error::model(&path, "template size differs from crop_size"));
+        }
+        if let Some(p) = m.template.points.iter().flatten().find(|v| !v.is_finite()) {
+            return Err(Error::model(
+                &path,
+                format!("template point coordinate {p} is not a finite number"),
+            ));
         }
         Ok(m)
     }
@@ -289,31 +312,19 @@ impl ExpressionModel {
                 ),
             ));
         }
-        // One real run: a graph that loads but cannot execute fails here, at start-up.
+        // Real runs: a graph that loads but cannot execute, or whose outputs do not
+        // follow the batch (one face out per face in), fails here, at start-up, not on
+        // the first frame with two faces.
         let s = self.manifest.crop_size;
-        let probe = Array4::<f32>::from_elem((1, 3, s, s), 0.5);
-        let out = self
-            .run_with_flow(probe.view(), &[0])
-            .map_err(|e| Error::model(onnx, format!("test inference failed: {e}")))?;
-        if out.face.shape() != [1, 3, s, s] {
-            return Err(Error::model(
-                onnx,
-                format!(
-                    "face_out has shape {:?}, expected [1, 3, {s}, {s}]",
-                    out.face.shape()
-                ),
-            ));
-        }
-        if let Some(flow) = &out.flow {
-            if flow.shape() != [1, 2, s, s] {
-                return Err(Error::model(
-                    onnx,
-                    format!(
-                        "{OUTPUT_FLOW} has shape {:?}, expected [1, 2, {s}, {s}]",
-                        flow.shape()
-                    ),
-                ));
-            }
+        let last = self.manifest.expressions.len() as i64 - 1;
+        for n in [1, 2] {
+            let probe = Array4::<f32>::from_elem((n, 3, s, s), 0.5);
+            let codes: Vec<i64> = (0..n as i64).map(|i| i.min(last)).collect();
+            self.run_with_flow(probe.view(), &codes)
+                .map_err(|e| match e {
+                    Error::Model { .. } => e,
+                    e => Error::model(onnx, format!("test inference failed: {e}")),
+                })?;
         }
         Ok(())
     }
@@ -365,13 +376,21 @@ impl ExpressionModel {
                 .map_err(|e| Error::Runtime(format!("{name}: {e}")))
                 .map(|a| a.to_owned())
         };
-        Ok(ModelOutput {
+        let out = ModelOutput {
             face: extract(OUTPUT_FACE)?,
             flow: match self.manifest.has_flow() {
                 true => Some(extract(OUTPUT_FLOW)?),
                 false => None,
             },
-        })
+        };
+        // The compositor indexes one output per input face: a graph that answers a
+        // batch with another count or size is an error here, never a panic there.
+        let (n, s) = (faces.shape()[0], self.manifest.crop_size);
+        check_output(&self.dir, OUTPUT_FACE, &out.face, [n, 3, s, s])?;
+        if let Some(flow) = &out.flow {
+            check_output(&self.dir, OUTPUT_FLOW, flow, [n, 2, s, s])?;
+        }
+        Ok(out)
     }
 
     fn check_batch(&self, faces: ArrayView4<f32>, expressions: &[i64]) -> Result<()> {
@@ -392,6 +411,21 @@ impl ExpressionModel {
         }
         Ok(())
     }
+}
+
+/// An output of the shape the contract gives it for the batch, or an error naming the model.
+fn check_output(dir: &Path, name: &str, value: &Array4<f32>, want: [usize; 4]) -> Result<()> {
+    if value.shape() == want {
+        return Ok(());
+    }
+    Err(Error::model(
+        dir.join("model.onnx"),
+        format!(
+            "{name} has shape {:?}, expected {want:?} for a batch of {}",
+            value.shape(),
+            want[0]
+        ),
+    ))
 }
 
 /// What one batch through the model gives.

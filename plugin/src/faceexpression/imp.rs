@@ -129,6 +129,8 @@ struct State {
     detect_interval: u32,
     smoothing: f64,
     frames: u64,
+    /// Width and height of the negotiated frames (None before the first caps).
+    frame_size: Option<(u32, u32)>,
 }
 
 #[derive(Default)]
@@ -185,13 +187,16 @@ impl FaceExpression {
             detect_interval: settings.detect_interval,
             smoothing: settings.smoothing,
             frames: 0,
+            frame_size: None,
         })
     }
 
     /// Brings the processor in line with the current settings before a frame.
     fn sync(&self, state: &mut State, settings: &Settings) -> Result<(), gst::ErrorMessage> {
         if state.loaded != settings.load_key() {
+            let frame_size = state.frame_size;
             *state = self.load(settings)?;
+            state.frame_size = frame_size;
             return Ok(());
         }
         let p = &mut state.processor;
@@ -505,6 +510,31 @@ fn clip_box(b: &reggan::detect::BoxF, width: u32, height: u32) -> Option<(u32, u
 }
 
 impl VideoFilterImpl for FaceExpression {
+    fn set_info(
+        &self,
+        incaps: &gst::Caps,
+        in_info: &gst_video::VideoInfo,
+        outcaps: &gst::Caps,
+        out_info: &gst_video::VideoInfo,
+    ) -> Result<(), gst::LoggableError> {
+        // Tracked faces are in pixels of the old frame size: at another size a search
+        // around them looks in the wrong place. A format change alone keeps them.
+        let size = (in_info.width(), in_info.height());
+        if let Some(state) = self.state.lock().unwrap().as_mut() {
+            if state.frame_size.is_some_and(|old| old != size) {
+                gst::debug!(
+                    CAT,
+                    imp = self,
+                    "frame size {:?} -> {size:?}: resetting face tracking",
+                    state.frame_size
+                );
+                state.processor.reset_tracking();
+            }
+            state.frame_size = Some(size);
+        }
+        self.parent_set_info(incaps, in_info, outcaps, out_info)
+    }
+
     fn transform_frame_ip(
         &self,
         frame: &mut gst_video::VideoFrameRef<&mut gst::BufferRef>,

@@ -247,6 +247,8 @@ pub fn manifest(
 
 /// `export-gan`: model.onnx + model.json from a run folder, verified on validation crops.
 pub fn export_run(run: &Path, out: &Path, fp16: bool) -> Result<()> {
+    // Weights and state from the same checkpoint, even after an interrupted save.
+    super::recover_checkpoint(run)?;
     let cfg = RunConfig::read(run)?;
     let sp = run.join("state.json");
     let state: State = serde_json::from_str(

@@ -1,13 +1,14 @@
 //! RegGAN's refinement network, US-GAN and SARGAN: networks ([`nets`]), training
 //! ([`train`]), ONNX export under the model contract ([`export`]).
 
+pub mod adam;
 pub mod export;
 pub mod nets;
 pub mod onnx;
 pub mod restore;
 pub mod train;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -291,6 +292,59 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
     std::fs::rename(&tmp, path).with_context(|| format!("cannot rename to {}", path.display()))
+}
+
+/// The files of a checkpoint in a run folder, in the order a save commits them:
+/// `state.json` last, since it names the step the others belong to.
+pub const CHECKPOINT_FILES: [&str; 5] = [
+    "gen.safetensors",
+    "disc.safetensors",
+    "gen-adam.safetensors",
+    "disc-adam.safetensors",
+    "state.json",
+];
+
+/// Where a checkpoint file waits while a save is in progress:
+/// `gen.safetensors` -> `gen.next.safetensors`.
+pub fn staged(run: &Path, file: &str) -> PathBuf {
+    let (stem, ext) = file
+        .split_once('.')
+        .expect("checkpoint files have an extension");
+    run.join(format!("{stem}.next.{ext}"))
+}
+
+/// Writes a staged checkpoint file with `write` and flushes it to the disk.
+pub fn stage(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    write(path)?;
+    std::fs::File::open(path)
+        .and_then(|f| f.sync_all())
+        .with_context(|| format!("cannot flush {}", path.display()))
+}
+
+/// Makes a run folder's checkpoint whole after a save that was interrupted (killed,
+/// out of disk). A save stages every file, then writes `state.next.json` (the commit
+/// point), then moves the staged files in: staged files with a `state.next.json` are
+/// moved in (the new checkpoint), staged files without one are removed (the previous
+/// checkpoint stays as it was). Returns what it did, for the log.
+pub fn recover_checkpoint(run: &Path) -> Result<Option<&'static str>> {
+    let committed = staged(run, "state.json").is_file();
+    let mut did = None;
+    for file in CHECKPOINT_FILES {
+        let next = staged(run, file);
+        if !next.exists() {
+            continue;
+        }
+        if committed {
+            std::fs::rename(&next, run.join(file))
+                .with_context(|| format!("cannot move {} in", next.display()))?;
+            did = Some("completed the checkpoint an interrupted save had written");
+        } else {
+            std::fs::remove_file(&next)
+                .with_context(|| format!("cannot remove {}", next.display()))?;
+            did = Some("removed the partial checkpoint of an interrupted save");
+        }
+    }
+    Ok(did)
 }
 
 /// Saves a VarStore atomically as safetensors.

@@ -8,12 +8,13 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
-use tch::nn::{self, OptimizerConfig, VarStore};
+use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
 
+use super::adam::Adam;
 use super::nets::{Conv, DOMAINS};
 use super::restore::Restoration;
-use super::{save_vs, write_atomic, Disc, Nets, RunConfig, EXPRESSIONS};
+use super::{recover_checkpoint, stage, staged, write_atomic, Disc, Nets, RunConfig, EXPRESSIONS};
 use crate::data::{load_subjects, Index, Subject};
 use crate::export::tch_forward;
 use crate::regflow::RegFlow;
@@ -399,8 +400,8 @@ pub struct State {
 pub struct Trainer {
     pub cfg: RunConfig,
     pub nets: Nets,
-    opt_g: nn::Optimizer,
-    opt_d: nn::Optimizer,
+    opt_g: Adam,
+    opt_d: Adam,
     pub layer: Option<ExpressionLayer>,
     backbone: Option<Backbone>,
     /// Crops for restoration pretraining, built on the first pretraining step.
@@ -423,22 +424,8 @@ impl Trainer {
         let backbone = Backbone::new(&cfg.perceptual, device)?;
         tch::manual_seed(cfg.seed as i64);
         let nets = Nets::new(&cfg, device);
-        let opt_g = nn::Adam {
-            beta1: cfg.beta1,
-            beta2: cfg.beta2,
-            wd: 0.0,
-            eps: 1e-8,
-            amsgrad: false,
-        }
-        .build(&nets.gvs, cfg.lr_g)?;
-        let opt_d = nn::Adam {
-            beta1: cfg.beta1,
-            beta2: cfg.beta2,
-            wd: 0.0,
-            eps: 1e-8,
-            amsgrad: false,
-        }
-        .build(&nets.dvs, cfg.lr_d)?;
+        let opt_g = Adam::new(&nets.gvs, cfg.lr_g, cfg.beta1, cfg.beta2);
+        let opt_d = Adam::new(&nets.dvs, cfg.lr_d, cfg.beta1, cfg.beta2);
         let (_, macs, _) = nets.g_cost(cfg.size);
         let state = State {
             g_params: nets.g_params(),
@@ -698,23 +685,58 @@ impl Trainer {
         ])
     }
 
+    /// Writes a checkpoint: weights, both optimisers' moments and the state, as one.
+    /// Every file is staged first ([`super::staged`]); `state.next.json` then commits
+    /// them and they are moved in. A save killed or out of disk before the commit
+    /// leaves the previous checkpoint as it was (and [`recover_checkpoint`] removes
+    /// the staged files); one killed after it is completed by [`recover_checkpoint`].
     pub fn save(&self, run: &Path) -> Result<()> {
         std::fs::create_dir_all(run).with_context(|| format!("cannot create {}", run.display()))?;
+        recover_checkpoint(run)?;
         write_atomic(
             &run.join("config.json"),
             (serde_json::to_string_pretty(&self.cfg)? + "\n").as_bytes(),
         )?;
-        save_vs(&self.nets.gvs, &run.join("gen.safetensors"))?;
-        save_vs(&self.nets.dvs, &run.join("disc.safetensors"))?;
-        // state.json last: it names the step the weights belong to.
-        write_atomic(
-            &run.join("state.json"),
-            (serde_json::to_string_pretty(&self.state)? + "\n").as_bytes(),
-        )
+        if let Err(e) = self.stage_checkpoint(run) {
+            // Nothing was committed: drop the partial files, keep the previous checkpoint.
+            let _ = recover_checkpoint(run);
+            return Err(e.context(format!(
+                "checkpoint of step {} not written; {} keeps the previous one",
+                self.state.step,
+                run.display()
+            )));
+        }
+        test_pause("committed", self.state.step);
+        recover_checkpoint(run)?;
+        Ok(())
     }
 
-    /// Restores weights and state from a run folder (Adam moments restart).
+    fn stage_checkpoint(&self, run: &Path) -> Result<()> {
+        stage(&staged(run, "gen.safetensors"), |p| {
+            save_var_store(&self.nets.gvs, p)
+        })?;
+        stage(&staged(run, "disc.safetensors"), |p| {
+            save_var_store(&self.nets.dvs, p)
+        })?;
+        stage(&staged(run, "gen-adam.safetensors"), |p| self.opt_g.save(p))?;
+        stage(&staged(run, "disc-adam.safetensors"), |p| {
+            self.opt_d.save(p)
+        })?;
+        test_pause("staged", self.state.step);
+        // The commit point: written whole (temporary file, then rename) or not at all.
+        let state = serde_json::to_string_pretty(&self.state)? + "\n";
+        stage(&staged(run, "state.json"), |p| {
+            write_atomic(p, state.as_bytes())
+        })
+    }
+
+    /// Restores weights, optimiser moments and state from a run folder (first
+    /// completing or removing what an interrupted save left). A run saved before the
+    /// moments were checkpointed resumes with fresh ones.
     pub fn resume(&mut self, run: &Path) -> Result<()> {
+        if let Some(did) = recover_checkpoint(run)? {
+            eprintln!("{}: {did}", run.display());
+        }
         self.nets
             .gvs
             .load(run.join("gen.safetensors"))
@@ -723,11 +745,43 @@ impl Trainer {
             .dvs
             .load(run.join("disc.safetensors"))
             .with_context(|| format!("cannot load {}/disc.safetensors", run.display()))?;
+        for (opt, file) in [
+            (&mut self.opt_g, "gen-adam.safetensors"),
+            (&mut self.opt_d, "disc-adam.safetensors"),
+        ] {
+            let path = run.join(file);
+            if path.is_file() {
+                opt.load(&path)?;
+            } else {
+                eprintln!("{}: no {file}; the optimiser restarts", run.display());
+            }
+        }
         let p = run.join("state.json");
         self.state = serde_json::from_str(
             &std::fs::read_to_string(&p).with_context(|| format!("cannot read {}", p.display()))?,
-        )?;
+        )
+        .with_context(|| format!("{} is not a valid state", p.display()))?;
         Ok(())
+    }
+}
+
+fn save_var_store(vs: &VarStore, path: &Path) -> Result<()> {
+    vs.save(path)
+        .with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// For the crash tests: `REGGAN_TEST_CHECKPOINT_PAUSE=POINT@STEP` stops the save of
+/// step STEP at POINT (`staged`: every file staged, nothing committed; `committed`:
+/// committed, nothing moved in), says so on stderr and waits to be killed.
+fn test_pause(point: &str, step: usize) {
+    let Ok(want) = std::env::var("REGGAN_TEST_CHECKPOINT_PAUSE") else {
+        return;
+    };
+    if want == format!("{point}@{step}") {
+        eprintln!("checkpoint paused: {want}");
+        loop {
+            std::thread::sleep(std::time::Duration::from_secs(1));
+        }
     }
 }
 
