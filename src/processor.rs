@@ -100,7 +100,8 @@ pub struct FaceEdit {
     /// Head pose estimated from the face's keypoints.
     pub pose: HeadPose,
     /// Share of the configured intensity the face got: 1 for a face turned less than
-    /// `max_yaw - 15` degrees, fading to 0 at `max_yaw` (0: left untouched).
+    /// `max_yaw - 15` degrees, fading to 0 at `max_yaw` (0: left untouched), times how
+    /// far the face has faded in or out (video).
     pub strength: f32,
 }
 
@@ -347,24 +348,35 @@ impl FrameProcessor {
     pub fn process_video(&mut self, frame: &mut FrameMut, time: Duration) -> Result<FrameReport> {
         let t0 = Instant::now();
         self.tracker.predict(frame)?;
-        // Full-frame search every `detect_interval` frames, and whenever a face was lost
-        // or optical flow could not follow it; in between, each tracked face is searched
-        // for only around where it went.
+        // Each tracked face is searched for around where optical flow put it, every
+        // frame, so its keypoints always come from the same view of it (a still head
+        // gives the same keypoints frame after frame). The whole frame is searched every
+        // `detect_interval` frames, and whenever a face was lost or optical flow could
+        // not follow it; it only adds faces not found around a tracked one.
+        // (Without tracking, the search around each face only runs between full
+        // searches, as before the tracker.)
         let due = self
             .frames_since_detection
             .is_multiple_of(self.detect_interval);
-        let found = if due || !self.tracker.confident() {
-            self.frames_since_detection = 0;
-            self.detect(frame)?
-        } else {
-            let mut near = Vec::new();
+        let raw = !self.config.tracking.optical_flow;
+        let mut found = Vec::new();
+        if !(raw && due) {
             for previous in self.tracker.predicted() {
                 if let Some(face) = self.detector.detect_near(frame, &previous)? {
-                    near.push(face);
+                    found.push(face);
                 }
             }
-            crate::detect::weighted_nms(near, 0.3)
-        };
+        }
+        let mut found = crate::detect::weighted_nms(found, 0.3);
+        if due || !self.tracker.confident() || found.len() < self.tracker.predicted().len() {
+            self.frames_since_detection = 0;
+            let known = found.clone();
+            found.extend(
+                self.detect(frame)?
+                    .into_iter()
+                    .filter(|f| known.iter().all(|k| k.bbox.iou(&f.bbox) <= 0.3)),
+            );
+        }
         self.frames_since_detection = self.frames_since_detection.wrapping_add(1);
         let t = time.as_secs_f64();
         let tracked = self.tracker.update(found, t);

@@ -5,7 +5,9 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use reggan::{default_model_dir, Device, FrameProcessor, ProcessorConfig, RgbImage};
+use reggan::{
+    default_model_dir, Device, FrameProcessor, ProcessorConfig, RgbImage, TrackingOptions,
+};
 
 fn inputs() -> Option<(PathBuf, RgbImage)> {
     let model = default_model_dir();
@@ -31,6 +33,14 @@ fn processor(model: &std::path::Path, expression: &str) -> FrameProcessor {
         ..Default::default()
     };
     FrameProcessor::new(model, config).unwrap()
+}
+
+/// With each frame's own full search (as the still path), so that video frames can be
+/// compared with still results bit for bit.
+fn untracked(model: &std::path::Path, expression: &str) -> FrameProcessor {
+    let mut p = processor(model, expression);
+    p.set_tracking(TrackingOptions::raw());
+    p
 }
 
 /// Mean absolute difference over all channels.
@@ -79,7 +89,7 @@ fn intensity_ramps_down_monotonically_and_ends_bit_identical_at_the_set_time() {
     let Some((model, photo)) = inputs() else {
         return;
     };
-    let mut p = processor(&model, "happy");
+    let mut p = untracked(&model, "happy");
     let frames = run(&mut p, &photo, |p| p.set_intensity(0.0));
     let d: Vec<f64> = frames.iter().map(|f| distance(f, &photo)).collect();
     eprintln!("distance to the input by frame: {d:.3?}");
@@ -118,7 +128,7 @@ fn an_expression_change_cross_fades_and_lands_on_the_new_result() {
         return;
     };
     let (happy, sad) = (still(&model, &photo, "happy"), still(&model, &photo, "sad"));
-    let mut p = processor(&model, "happy");
+    let mut p = untracked(&model, "happy");
     let frames = run(&mut p, &photo, |p| p.set_expression("sad").unwrap());
     let to_sad: Vec<f64> = frames.iter().map(|f| distance(f, &sad)).collect();
     let to_happy: Vec<f64> = frames.iter().map(|f| distance(f, &happy)).collect();
@@ -148,7 +158,7 @@ fn a_transition_of_zero_is_immediate() {
     let Some((model, photo)) = inputs() else {
         return;
     };
-    let mut p = processor(&model, "happy");
+    let mut p = untracked(&model, "happy");
     p.set_transition(Duration::ZERO);
     let frames = run(&mut p, &photo, |p| p.set_intensity(0.0));
     assert!(frames[3].data != photo.data);
