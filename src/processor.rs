@@ -16,7 +16,7 @@ use crate::error::Result;
 use crate::frame::FrameMut;
 use crate::model::{Device, ExpressionModel};
 use crate::pose::{yaw_strength, HeadPose, DEFAULT_MAX_YAW};
-use crate::track::{FaceTracker, TrackingOptions};
+use crate::track::{EditSmoother, FaceTracker, TrackingOptions};
 
 /// What the processor should do; everything but the model and detector can change
 /// between frames.
@@ -216,6 +216,7 @@ pub struct FrameProcessor {
     config: ProcessorConfig,
     expression_index: i64,
     transition: Option<Transition>,
+    edits: EditSmoother,
 }
 
 impl FrameProcessor {
@@ -244,6 +245,7 @@ impl FrameProcessor {
             config,
             expression_index,
             transition: None,
+            edits: EditSmoother::default(),
         })
     }
 
@@ -314,6 +316,7 @@ impl FrameProcessor {
         self.tracker.reset();
         self.frames_since_detection = 0;
         self.transition = None;
+        self.edits.clear();
     }
 
     /// Detects faces only (no change to the frame).
@@ -334,9 +337,9 @@ impl FrameProcessor {
         let t0 = Instant::now();
         let faces = self.detect(frame)?;
         let detect = t0.elapsed();
-        let presence = vec![1.0; faces.len()];
+        let tracks = vec![(1.0, None); faces.len()];
         let mix = Mix::settled(self.target());
-        let mut report = self.edit_faces(frame, faces, presence, mix)?;
+        let mut report = self.edit_faces(frame, faces, tracks, mix, 0.0)?;
         report.timings.detect = detect;
         Ok(report)
     }
@@ -391,49 +394,91 @@ impl FrameProcessor {
                 start: None,
             })
             .at(target, t, duration);
-        let (faces, presence) = tracked.into_iter().map(|f| (f.face, f.presence)).unzip();
-        let mut report = self.edit_faces(frame, faces, presence, mix)?;
+        let ids: Vec<u64> = tracked.iter().map(|f| f.id).collect();
+        self.edits.retain(&ids);
+        let (faces, tracks) = tracked
+            .into_iter()
+            .map(|f| (f.face, (f.presence, Some(f.id))))
+            .unzip();
+        let mut report = self.edit_faces(frame, faces, tracks, mix, t)?;
         report.timings.detect = detect;
         Ok(report)
     }
 
     /// Runs align -> model -> composite for faces found elsewhere (e.g. another tracker).
     pub fn process_faces(&mut self, frame: &mut FrameMut, faces: Vec<Face>) -> Result<FrameReport> {
-        let presence = vec![1.0; faces.len()];
+        let tracks = vec![(1.0, None); faces.len()];
         let mix = Mix::settled(self.target());
-        self.edit_faces(frame, faces, presence, mix)
+        self.edit_faces(frame, faces, tracks, mix, 0.0)
     }
 
-    /// Align -> model -> composite; `presence` scales each face's edit (fades), `mix` is
-    /// where the edit is between two targets.
+    /// Low-passes face `slot`'s edit (the model's change on its crop, and its flow)
+    /// over time, in place in `out`.
+    fn smooth_edit(
+        &mut self,
+        batch: &Array4<f32>,
+        out: &mut crate::model::ModelOutput,
+        slot: usize,
+        id: u64,
+        time: f64,
+        cutoff: f32,
+    ) {
+        let crop = batch.index_axis(ndarray::Axis(0), slot);
+        let crop = crop.as_slice().expect("standard layout");
+        let mut face = out.face.index_axis_mut(ndarray::Axis(0), slot);
+        let face = face.as_slice_mut().expect("standard layout");
+        let mut change: Vec<f32> = face.iter().zip(crop).map(|(o, c)| o - c).collect();
+        let n = change.len();
+        if let Some(flow) = out.flow.as_ref() {
+            let flow = flow.index_axis(ndarray::Axis(0), slot);
+            change.extend_from_slice(flow.as_slice().expect("standard layout"));
+        }
+        if !self.edits.smooth(id, time, cutoff, &mut change) {
+            return;
+        }
+        for ((o, c), d) in face.iter_mut().zip(crop).zip(&change[..n]) {
+            *o = c + d;
+        }
+        if let Some(flow) = out.flow.as_mut() {
+            let mut flow = flow.index_axis_mut(ndarray::Axis(0), slot);
+            flow.as_slice_mut()
+                .expect("standard layout")
+                .copy_from_slice(&change[n..]);
+        }
+    }
+
+    /// Align -> model -> composite; `tracks` gives each face's presence (scaling its
+    /// edit: fades) and its track id in video (its edit is low-passed over time), `mix`
+    /// is where the edit is between two targets, `time` the stream time in seconds.
     fn edit_faces(
         &mut self,
         frame: &mut FrameMut,
         faces: Vec<Face>,
-        presence: Vec<f32>,
+        tracks: Vec<(f32, Option<u64>)>,
         mix: Mix,
+        time: f64,
     ) -> Result<FrameReport> {
         let mut report = FrameReport {
             detected: faces.len(),
             ..Default::default()
         };
-        let mut faces: Vec<(Face, f32)> = faces.into_iter().zip(presence).collect();
+        let mut faces: Vec<(Face, (f32, Option<u64>))> = faces.into_iter().zip(tracks).collect();
         faces.retain(|(f, _)| f.bbox.w >= self.config.min_face_size);
         faces.sort_by(|a, b| b.0.bbox.area().total_cmp(&a.0.bbox.area()));
         // A face whose keypoints admit no similarity transform (a detector glitch) is
         // left alone rather than failing the whole frame.
         let t = Instant::now();
         let template = &self.template;
-        let (faces, alignments): (Vec<(Face, f32)>, Vec<Alignment>) = faces
+        let (faces, alignments): (Vec<(Face, (f32, Option<u64>))>, Vec<Alignment>) = faces
             .into_iter()
             .filter_map(|f| Alignment::for_face(&f.0, template).ok().map(|a| (f, a)))
             .take(self.config.max_faces)
             .unzip();
-        let (faces, presence): (Vec<Face>, Vec<f32>) = faces.into_iter().unzip();
+        let (faces, tracks): (Vec<Face>, Vec<(f32, Option<u64>)>) = faces.into_iter().unzip();
         let edits: Vec<FaceEdit> = faces
             .iter()
-            .zip(&presence)
-            .map(|(f, p)| {
+            .zip(&tracks)
+            .map(|(f, (p, _))| {
                 let pose = HeadPose::estimate(&f.keypoints);
                 FaceEdit {
                     pose,
@@ -487,6 +532,13 @@ impl FrameProcessor {
             blend(&mut out.face);
             if let Some(flow) = out.flow.as_mut() {
                 blend(flow);
+            }
+        }
+        if let Some(cutoff) = self.config.tracking.edit_cutoff {
+            for (slot, &i) in edited.iter().enumerate() {
+                if let (_, Some(id)) = tracks[i] {
+                    self.smooth_edit(&batch, &mut out, slot, id, time, cutoff);
+                }
             }
         }
         report.timings.model = t.elapsed();

@@ -12,6 +12,8 @@
 //! stream's first frame fades in, a face the detector loses keeps its last geometry for
 //! a few frames and then fades out instead of popping.
 
+use std::collections::HashMap;
+
 use opencv::core::{Mat, Point2f, Rect, Size, TermCriteria, Vector};
 use opencv::prelude::*;
 use opencv::{calib3d, imgproc, video};
@@ -113,6 +115,10 @@ pub struct TrackingOptions {
     pub hold_frames: u32,
     /// Frames over which a new face fades in and a lost one fades out (after the hold).
     pub fade_frames: u32,
+    /// Cutoff (Hz) of a low-pass on each followed face's edit in its aligned crop (the
+    /// model's change and flow), so the edit does not shimmer with every small change
+    /// of the input; None: each frame's own edit.
+    pub edit_cutoff: Option<f32>,
 }
 
 impl TrackingOptions {
@@ -123,6 +129,7 @@ impl TrackingOptions {
             optical_flow: false,
             hold_frames: 0,
             fade_frames: 1,
+            edit_cutoff: None,
         }
     }
 }
@@ -134,6 +141,7 @@ impl Default for TrackingOptions {
             optical_flow: true,
             hold_frames: 2,
             fade_frames: 3,
+            edit_cutoff: Some(4.0),
         }
     }
 }
@@ -486,4 +494,52 @@ fn similarity_flow(previous: &Mat, current: &Mat, face: &Face) -> Result<Option<
         .enumerate()
         .all(|(i, (v, e))| (v - e).abs() < if i % 3 == 2 { 1e-3 } else { 1e-5 });
     Ok(Some(if tiny { IDENTITY } else { out }))
+}
+
+/// A low-pass over time of each followed face's edit (values in the face's aligned
+/// crop, so the edit stays on the face while the head moves).
+#[derive(Debug, Default)]
+pub struct EditSmoother {
+    memory: HashMap<u64, (Vec<f32>, f64)>,
+}
+
+impl EditSmoother {
+    /// Replaces `change` (face `id`'s edit at time `t` seconds) by its low-passed value
+    /// at `cutoff` Hz. Returns false, leaving `change` as it was, when that is already
+    /// the low-passed value (a new face, or nothing changed).
+    pub fn smooth(&mut self, id: u64, t: f64, cutoff: f32, change: &mut [f32]) -> bool {
+        let Some((memory, t_prev)) = self
+            .memory
+            .get_mut(&id)
+            .filter(|m| m.0.len() == change.len())
+        else {
+            self.memory.insert(id, (change.to_vec(), t));
+            return false;
+        };
+        let dt = (t - *t_prev) as f32;
+        let a = if dt > 0.0 {
+            smoothing_factor(dt, cutoff)
+        } else {
+            0.0
+        };
+        *t_prev = t.max(*t_prev);
+        let mut modified = false;
+        for (m, c) in memory.iter_mut().zip(change.iter_mut()) {
+            if *m != *c {
+                *m += a * (*c - *m);
+                *c = *m;
+                modified = true;
+            }
+        }
+        modified
+    }
+
+    /// Forgets faces no longer followed.
+    pub fn retain(&mut self, ids: &[u64]) {
+        self.memory.retain(|id, _| ids.contains(id));
+    }
+
+    pub fn clear(&mut self) {
+        self.memory.clear();
+    }
 }

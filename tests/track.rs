@@ -283,3 +283,32 @@ fn a_face_on_a_known_path_is_followed_within_2_px_with_less_jitter_than_raw_dete
         "tracked jitter {jt:.2} px not below raw {jr:.2} px"
     );
 }
+
+#[test]
+fn edit_smoother_is_an_exponential_low_pass_per_face() {
+    use reggan::track::{smoothing_factor, EditSmoother};
+    let mut s = EditSmoother::default();
+    // A new face's edit passes unchanged, and an unchanged edit stays as it is.
+    let mut first = vec![1.0f32, -2.0];
+    assert!(!s.smooth(7, 0.0, 4.0, &mut first));
+    assert_eq!(first, vec![1.0, -2.0]);
+    let mut same = first.clone();
+    assert!(!s.smooth(7, 0.04, 4.0, &mut same));
+    assert_eq!(same, first);
+    // A step moves by alpha(dt, cutoff) of the way, each frame.
+    let a = smoothing_factor(0.04, 4.0);
+    let mut step = vec![3.0f32, -2.0];
+    assert!(s.smooth(7, 0.08, 4.0, &mut step));
+    assert!((step[0] - (1.0 + a * 2.0)).abs() < 1e-6 && step[1] == -2.0);
+    let mut again = vec![3.0f32, -2.0];
+    s.smooth(7, 0.12, 4.0, &mut again);
+    let want = 1.0 + a * 2.0 + a * (3.0 - (1.0 + a * 2.0));
+    assert!((again[0] - want).abs() < 1e-6);
+    // Another face has its own memory; a forgotten face starts afresh.
+    let mut other = vec![10.0f32, 10.0];
+    assert!(!s.smooth(8, 0.12, 4.0, &mut other));
+    s.retain(&[8]);
+    let mut back = vec![5.0f32, 5.0];
+    assert!(!s.smooth(7, 0.16, 4.0, &mut back));
+    assert_eq!(back, vec![5.0, 5.0]);
+}

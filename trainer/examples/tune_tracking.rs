@@ -1,14 +1,16 @@
 //! Tunes the tracker's One Euro filter on real clips: every (min_cutoff, beta) pair of
 //! the grid runs through `eval --video`'s measure (warping-error ratio inside the face,
-//! coverage), and the table of means over clips is printed, best ratio first.
+//! coverage) for every low-pass cutoff of the edit too, and the table is printed with
+//! the means over clips per setting.
 //!
 //! ```sh
 //! source .deps/env.sh
 //! cargo run --release -p reggan-trainer --example tune_tracking -- \
-//!     ../shared/data/video models/mr 90 0.3,1,3 0,0.5,2
+//!     ../shared/data/video models/mr 90 0.3,1,3 0,0.5,2 0,2,4
 //! ```
 //!
-//! Arguments: clip folder, model, frames per clip, min_cutoff values, beta values.
+//! Arguments: clip folder, model, frames per clip, min_cutoff values, beta values, edit
+//! cutoffs (Hz; 0 = no low-pass of the edit).
 
 use std::path::PathBuf;
 
@@ -33,22 +35,27 @@ fn main() -> Result<()> {
     let frames: usize = arg(2, "90").parse()?;
     let cutoffs = list(&arg(3, "0.3,1,3"))?;
     let betas = list(&arg(4, "0,0.5,2"))?;
+    let edit_cutoffs = list(&arg(5, "4"))?;
     let mut extra = Vec::new();
     for &min_cutoff in &cutoffs {
         for &beta in &betas {
-            let tracking = TrackingOptions {
-                filter: Some(OneEuroParams {
-                    min_cutoff,
-                    beta,
+            for &edit in &edit_cutoffs {
+                let tracking = TrackingOptions {
+                    filter: Some(OneEuroParams {
+                        min_cutoff,
+                        beta,
+                        ..Default::default()
+                    }),
+                    edit_cutoff: (edit > 0.0).then_some(edit),
                     ..Default::default()
-                }),
-                ..Default::default()
-            };
-            let config = ProcessorConfig {
-                tracking,
-                ..video::settings("happy").remove(1).1
-            };
-            extra.push((format!("min_cutoff {min_cutoff} beta {beta}"), config));
+                };
+                let config = ProcessorConfig {
+                    tracking,
+                    ..video::settings("happy").remove(1).1
+                };
+                let name = format!("min_cutoff {min_cutoff} beta {beta} edit {edit}");
+                extra.push((name, config));
+            }
         }
     }
     let rows = video::run(&model, &dir, "happy", frames, extra)?;
