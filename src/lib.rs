@@ -1,6 +1,7 @@
 //! reggan core: facial-expression synthesis on video frames.
 //!
-//! One frame's way: [`detect`] faces (BlazeFace via OpenCV dnn, Haar fallback) ->
+//! One frame's way: [`detect`] faces (BlazeFace via ONNX Runtime or OpenCV dnn, Haar
+//! fallback) ->
 //! [`align`] each to the model's template, estimate its head [`pose`] (a face turned
 //! too far is left alone) -> run the [`model`] (ONNX Runtime) -> [`composite`] the
 //! change back into the frame, keeping the face's own detail and colours (for flow
@@ -23,7 +24,7 @@ pub mod track;
 
 pub use align::{Alignment, Template};
 pub use composite::{CompositeOptions, Detail};
-pub use detect::{DetectorKind, Face, FaceDetector};
+pub use detect::{DetectorBackend, DetectorKind, Face, FaceDetector};
 pub use error::{Error, Result};
 pub use frame::{FrameMut, PixelLayout, RgbImage};
 pub use model::{Device, ExpressionModel, Manifest, ModelOutput, ALL_EXPRESSIONS, EXPRESSIONS};

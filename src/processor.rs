@@ -11,7 +11,7 @@ use ndarray::Array4;
 
 use crate::align::{crop_to_planar, Alignment, Template};
 use crate::composite::{CompositeOptions, Compositor, Detail};
-use crate::detect::{DetectorKind, Face, FaceDetector};
+use crate::detect::{DetectorBackend, DetectorKind, Face, FaceDetector};
 use crate::error::Result;
 use crate::frame::FrameMut;
 use crate::model::{Device, ExpressionModel};
@@ -222,7 +222,12 @@ pub struct FrameProcessor {
 impl FrameProcessor {
     pub fn new(model_dir: &Path, config: ProcessorConfig) -> Result<Self> {
         let model = ExpressionModel::load(model_dir, config.device, config.threads)?;
-        let detector = FaceDetector::new(config.detector)?;
+        // BlazeFace on the model's runtime and device.
+        let backend = DetectorBackend::OnnxRuntime {
+            device: config.device,
+            threads: config.threads,
+        };
+        let detector = FaceDetector::with_backend(config.detector, backend)?;
         Self::from_parts(model, detector, config)
     }
 
