@@ -447,7 +447,11 @@ fn builder(threads: usize) -> Result<ort::session::builder::SessionBuilder> {
 
 /// Builds a session on the requested provider. Provider registration that fails is an
 /// error for an explicit choice and a step down the list for `auto`.
-fn build_session(onnx: &Path, device: Device, threads: usize) -> Result<(Session, &'static str)> {
+pub(crate) fn build_session(
+    onnx: &Path,
+    device: Device,
+    threads: usize,
+) -> Result<(Session, &'static str)> {
     use ort::ep;
     let candidates: Vec<(&'static str, Option<ort::ep::ExecutionProviderDispatch>)> = match device {
         Device::Cpu => vec![("CPU", None)],

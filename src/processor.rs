@@ -11,11 +11,12 @@ use ndarray::Array4;
 
 use crate::align::{crop_to_planar, Alignment, Template};
 use crate::composite::{CompositeOptions, Compositor, Detail};
-use crate::detect::{DetectorKind, Face, FaceDetector};
+use crate::detect::{DetectorBackend, DetectorKind, Face, FaceDetector};
 use crate::error::Result;
 use crate::frame::FrameMut;
 use crate::model::{Device, ExpressionModel};
 use crate::pose::{yaw_strength, HeadPose, DEFAULT_MAX_YAW};
+use crate::track::{EditSmoother, FaceTracker, TrackingOptions};
 
 /// What the processor should do; everything but the model and detector can change
 /// between frames.
@@ -40,6 +41,11 @@ pub struct ProcessorConfig {
     /// Degrees of yaw at which a turned head's edit has faded to nothing (from full
     /// strength 15 degrees before; 90 = never fade).
     pub max_yaw: f32,
+    /// Video: how long a change of expression or intensity takes (a cross-fade between
+    /// the two results, in stream time; zero = at once).
+    pub transition: Duration,
+    /// Video: how faces are followed, filtered and faded.
+    pub tracking: TrackingOptions,
 }
 
 impl ProcessorConfig {
@@ -50,6 +56,9 @@ impl ProcessorConfig {
         }
     }
 }
+
+/// How long a change of expression or intensity takes in video by default.
+pub const DEFAULT_TRANSITION: Duration = Duration::from_millis(300);
 
 impl Default for ProcessorConfig {
     fn default() -> Self {
@@ -64,6 +73,8 @@ impl Default for ProcessorConfig {
             detail: Detail::Fine,
             keep_colour: true,
             max_yaw: DEFAULT_MAX_YAW,
+            transition: DEFAULT_TRANSITION,
+            tracking: TrackingOptions::default(),
         }
     }
 }
@@ -89,7 +100,8 @@ pub struct FaceEdit {
     /// Head pose estimated from the face's keypoints.
     pub pose: HeadPose,
     /// Share of the configured intensity the face got: 1 for a face turned less than
-    /// `max_yaw - 15` degrees, fading to 0 at `max_yaw` (0: left untouched).
+    /// `max_yaw - 15` degrees, fading to 0 at `max_yaw` (0: left untouched), times how
+    /// far the face has faded in or out (video).
     pub strength: f32,
 }
 
@@ -106,9 +118,96 @@ pub struct FrameReport {
     pub timings: StageTimings,
 }
 
+/// An expression at an intensity: what the edit aims at.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Target {
+    expression: i64,
+    intensity: f32,
+}
+
+/// Where the edit is between two targets: `(1 - w) * from + w * to`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Mix {
+    from: Target,
+    to: Target,
+    w: f32,
+}
+
+impl Mix {
+    fn settled(target: Target) -> Mix {
+        Mix {
+            from: target,
+            to: target,
+            w: 1.0,
+        }
+    }
+
+    fn intensity(&self) -> f32 {
+        (1.0 - self.w) * self.from.intensity + self.w * self.to.intensity
+    }
+
+    /// Both results are needed (a cross-fade between two expressions).
+    fn two_expressions(&self) -> bool {
+        self.w < 1.0 && self.from.expression != self.to.expression
+    }
+}
+
+/// A change of target ramping over stream time.
+#[derive(Debug, Clone, Copy)]
+struct Transition {
+    from: Target,
+    to: Target,
+    /// Stream time (seconds) the ramp started at; None = settled on `to`.
+    start: Option<f64>,
+}
+
+impl Transition {
+    fn weight(&self, t: f64, duration: Duration) -> f32 {
+        match self.start {
+            None => 1.0,
+            Some(_) if duration.is_zero() => 1.0,
+            Some(s) => ((t - s) / duration.as_secs_f64()).clamp(0.0, 1.0) as f32,
+        }
+    }
+
+    /// Where the edit is at time `t`, starting a new ramp if the target changed.
+    fn at(&mut self, target: Target, t: f64, duration: Duration) -> Mix {
+        if target != self.to {
+            let now = Mix {
+                from: self.from,
+                to: self.to,
+                w: self.weight(t, duration),
+            };
+            // A ramp from where the edit is now: the expression it shows most, at the
+            // intensity it has (no jump in strength when a ramp is interrupted).
+            let expression = if now.w < 0.5 {
+                now.from.expression
+            } else {
+                now.to.expression
+            };
+            self.from = Target {
+                expression,
+                intensity: now.intensity(),
+            };
+            self.to = target;
+            self.start = Some(t);
+        }
+        let w = self.weight(t, duration);
+        if w >= 1.0 {
+            self.start = None;
+            self.from = self.to;
+        }
+        Mix {
+            from: self.from,
+            to: self.to,
+            w,
+        }
+    }
+}
+
 pub struct FrameProcessor {
     detector: FaceDetector,
-    tracker: Tracker,
+    tracker: FaceTracker,
     detect_interval: u32,
     frames_since_detection: u32,
     model: ExpressionModel,
@@ -116,12 +215,19 @@ pub struct FrameProcessor {
     compositor: Compositor,
     config: ProcessorConfig,
     expression_index: i64,
+    transition: Option<Transition>,
+    edits: EditSmoother,
 }
 
 impl FrameProcessor {
     pub fn new(model_dir: &Path, config: ProcessorConfig) -> Result<Self> {
         let model = ExpressionModel::load(model_dir, config.device, config.threads)?;
-        let detector = FaceDetector::new(config.detector)?;
+        // BlazeFace on the model's runtime and device.
+        let backend = DetectorBackend::OnnxRuntime {
+            device: config.device,
+            threads: config.threads,
+        };
+        let detector = FaceDetector::with_backend(config.detector, backend)?;
         Self::from_parts(model, detector, config)
     }
 
@@ -135,7 +241,7 @@ impl FrameProcessor {
         let compositor = Compositor::for_template(&template, config.composite_options())?;
         Ok(FrameProcessor {
             detector,
-            tracker: Tracker::default(),
+            tracker: FaceTracker::new(config.tracking),
             detect_interval: 1,
             frames_since_detection: 0,
             model,
@@ -143,6 +249,8 @@ impl FrameProcessor {
             compositor,
             config,
             expression_index,
+            transition: None,
+            edits: EditSmoother::default(),
         })
     }
 
@@ -153,12 +261,14 @@ impl FrameProcessor {
         &self.config
     }
 
+    /// In video, the change ramps over [`ProcessorConfig::transition`].
     pub fn set_expression(&mut self, name: &str) -> Result<()> {
         self.expression_index = self.model.manifest().expression_index(name)? as i64;
         self.config.expression = name.into();
         Ok(())
     }
 
+    /// In video, the change ramps over [`ProcessorConfig::transition`].
     pub fn set_intensity(&mut self, intensity: f32) {
         self.config.intensity = intensity.clamp(0.0, 2.0);
     }
@@ -188,22 +298,30 @@ impl FrameProcessor {
         self.config.max_yaw = degrees.clamp(0.0, 90.0);
     }
 
-    /// Video: blend each face's keypoints with the same face in the previous frame
-    /// (0 = off, the default, right for unrelated still images; 0.5 steadies a webcam).
-    pub fn set_smoothing(&mut self, smoothing: f32) {
-        self.tracker.smoothing = smoothing.clamp(0.0, 0.95);
+    /// Video: how long a change of expression or intensity takes (zero: at once).
+    pub fn set_transition(&mut self, duration: Duration) {
+        self.config.transition = duration;
+    }
+
+    /// Video: how faces are followed, filtered and faded (applies from the next frame).
+    pub fn set_tracking(&mut self, options: TrackingOptions) {
+        self.config.tracking = options;
+        self.tracker.options = options;
     }
 
     /// Video: search the whole frame every `n` frames; in between, look for each tracked
-    /// face only around its last position (new faces appear within `n` frames).
+    /// face only around where optical flow puts it (a face the tracker is unsure of
+    /// brings the full search forward; new faces appear within `n` frames).
     pub fn set_detect_interval(&mut self, n: u32) {
         self.detect_interval = n.max(1);
     }
 
-    /// Forget tracked faces (new stream, seek).
+    /// Forget tracked faces and any running transition (new stream, seek, new size).
     pub fn reset_tracking(&mut self) {
-        self.tracker.faces.clear();
+        self.tracker.reset();
         self.frames_since_detection = 0;
+        self.transition = None;
+        self.edits.clear();
     }
 
     /// Detects faces only (no change to the frame).
@@ -211,75 +329,184 @@ impl FrameProcessor {
         self.detector.detect(frame, self.config.min_face_size)
     }
 
-    /// Runs the whole path on one frame, in place.
+    fn target(&self) -> Target {
+        Target {
+            expression: self.expression_index,
+            intensity: self.config.intensity,
+        }
+    }
+
+    /// Runs the whole path on one still picture, in place: every face is searched for in
+    /// the whole frame and gets the whole edit; nothing is kept for the next call.
     pub fn process(&mut self, frame: &mut FrameMut) -> Result<FrameReport> {
         let t0 = Instant::now();
-        // Full-frame search every `detect_interval` frames; in between, each tracked face
-        // is searched for again only around where it was.
-        let full = self
-            .frames_since_detection
-            .is_multiple_of(self.detect_interval);
-        let found = if full {
-            self.detect(frame)?
-        } else {
-            let mut near = Vec::new();
-            for previous in self.tracker.faces.clone() {
-                if let Some(face) = self.detector.detect_near(frame, &previous)? {
-                    near.push(face);
-                }
-            }
-            crate::detect::weighted_nms(near, 0.3)
-        };
-        let faces = self.tracker.update(found);
-        self.frames_since_detection = self.frames_since_detection.wrapping_add(1);
+        let faces = self.detect(frame)?;
         let detect = t0.elapsed();
-        let mut report = self.process_faces(frame, faces)?;
+        let tracks = vec![(1.0, None); faces.len()];
+        let mix = Mix::settled(self.target());
+        let mut report = self.edit_faces(frame, faces, tracks, mix, 0.0)?;
         report.timings.detect = detect;
         Ok(report)
     }
 
-    /// Runs align -> model -> composite for faces found elsewhere (e.g. a tracker).
-    pub fn process_faces(
+    /// Runs the whole path on one frame of a video at stream time `time`, in place: faces
+    /// are followed from the previous frame (optical flow, One Euro filter), new faces
+    /// fade in, lost ones keep their place for a few frames and fade out, and a change of
+    /// expression or intensity ramps over [`ProcessorConfig::transition`].
+    pub fn process_video(&mut self, frame: &mut FrameMut, time: Duration) -> Result<FrameReport> {
+        let t0 = Instant::now();
+        self.tracker.predict(frame)?;
+        // Each tracked face is searched for around where optical flow put it, every
+        // frame, so its keypoints always come from the same view of it (a still head
+        // gives the same keypoints frame after frame). The whole frame is searched every
+        // `detect_interval` frames, and whenever a face was lost or optical flow could
+        // not follow it; it only adds faces not found around a tracked one.
+        // (Without tracking, the search around each face only runs between full
+        // searches, as before the tracker.)
+        let due = self
+            .frames_since_detection
+            .is_multiple_of(self.detect_interval);
+        let raw = !self.config.tracking.optical_flow;
+        let mut found = Vec::new();
+        if !(raw && due) {
+            for previous in self.tracker.predicted() {
+                if let Some(face) = self.detector.detect_near(frame, &previous)? {
+                    found.push(face);
+                }
+            }
+        }
+        let mut found = crate::detect::weighted_nms(found, 0.3);
+        if due || !self.tracker.confident() || found.len() < self.tracker.predicted().len() {
+            self.frames_since_detection = 0;
+            let known = found.clone();
+            found.extend(
+                self.detect(frame)?
+                    .into_iter()
+                    .filter(|f| known.iter().all(|k| k.bbox.iou(&f.bbox) <= 0.3)),
+            );
+        }
+        self.frames_since_detection = self.frames_since_detection.wrapping_add(1);
+        let t = time.as_secs_f64();
+        let tracked = self.tracker.update(found, t);
+        let detect = t0.elapsed();
+        let target = self.target();
+        let duration = self.config.transition;
+        let mix = self
+            .transition
+            .get_or_insert(Transition {
+                from: target,
+                to: target,
+                start: None,
+            })
+            .at(target, t, duration);
+        let ids: Vec<u64> = tracked.iter().map(|f| f.id).collect();
+        self.edits.retain(&ids);
+        let (faces, tracks) = tracked
+            .into_iter()
+            .map(|f| (f.face, (f.presence, Some(f.id))))
+            .unzip();
+        let mut report = self.edit_faces(frame, faces, tracks, mix, t)?;
+        report.timings.detect = detect;
+        Ok(report)
+    }
+
+    /// Runs align -> model -> composite for faces found elsewhere (e.g. another tracker).
+    pub fn process_faces(&mut self, frame: &mut FrameMut, faces: Vec<Face>) -> Result<FrameReport> {
+        let tracks = vec![(1.0, None); faces.len()];
+        let mix = Mix::settled(self.target());
+        self.edit_faces(frame, faces, tracks, mix, 0.0)
+    }
+
+    /// Low-passes face `slot`'s edit (the model's change on its crop, and its flow)
+    /// over time, in place in `out`.
+    fn smooth_edit(
+        &mut self,
+        batch: &Array4<f32>,
+        out: &mut crate::model::ModelOutput,
+        slot: usize,
+        id: u64,
+        time: f64,
+        cutoff: f32,
+    ) {
+        let crop = batch.index_axis(ndarray::Axis(0), slot);
+        let crop = crop.as_slice().expect("standard layout");
+        let mut face = out.face.index_axis_mut(ndarray::Axis(0), slot);
+        let face = face.as_slice_mut().expect("standard layout");
+        let mut change: Vec<f32> = face.iter().zip(crop).map(|(o, c)| o - c).collect();
+        let n = change.len();
+        if let Some(flow) = out.flow.as_ref() {
+            let flow = flow.index_axis(ndarray::Axis(0), slot);
+            change.extend_from_slice(flow.as_slice().expect("standard layout"));
+        }
+        if !self.edits.smooth(id, time, cutoff, &mut change) {
+            return;
+        }
+        for ((o, c), d) in face.iter_mut().zip(crop).zip(&change[..n]) {
+            *o = c + d;
+        }
+        if let Some(flow) = out.flow.as_mut() {
+            let mut flow = flow.index_axis_mut(ndarray::Axis(0), slot);
+            flow.as_slice_mut()
+                .expect("standard layout")
+                .copy_from_slice(&change[n..]);
+        }
+    }
+
+    /// Align -> model -> composite; `tracks` gives each face's presence (scaling its
+    /// edit: fades) and its track id in video (its edit is low-passed over time), `mix`
+    /// is where the edit is between two targets, `time` the stream time in seconds.
+    fn edit_faces(
         &mut self,
         frame: &mut FrameMut,
-        mut faces: Vec<Face>,
+        faces: Vec<Face>,
+        tracks: Vec<(f32, Option<u64>)>,
+        mix: Mix,
+        time: f64,
     ) -> Result<FrameReport> {
         let mut report = FrameReport {
             detected: faces.len(),
             ..Default::default()
         };
-        faces.retain(|f| f.bbox.w >= self.config.min_face_size);
-        faces.sort_by(|a, b| b.bbox.area().total_cmp(&a.bbox.area()));
+        let mut faces: Vec<(Face, (f32, Option<u64>))> = faces.into_iter().zip(tracks).collect();
+        faces.retain(|(f, _)| f.bbox.w >= self.config.min_face_size);
+        faces.sort_by(|a, b| b.0.bbox.area().total_cmp(&a.0.bbox.area()));
         // A face whose keypoints admit no similarity transform (a detector glitch) is
         // left alone rather than failing the whole frame.
         let t = Instant::now();
         let template = &self.template;
-        let (faces, alignments): (Vec<Face>, Vec<Alignment>) = faces
+        let (faces, alignments): (Vec<(Face, (f32, Option<u64>))>, Vec<Alignment>) = faces
             .into_iter()
-            .filter_map(|f| Alignment::for_face(&f, template).ok().map(|a| (f, a)))
+            .filter_map(|f| Alignment::for_face(&f.0, template).ok().map(|a| (f, a)))
             .take(self.config.max_faces)
             .unzip();
+        let (faces, tracks): (Vec<Face>, Vec<(f32, Option<u64>)>) = faces.into_iter().unzip();
         let edits: Vec<FaceEdit> = faces
             .iter()
-            .map(|f| {
+            .zip(&tracks)
+            .map(|(f, (p, _))| {
                 let pose = HeadPose::estimate(&f.keypoints);
                 FaceEdit {
                     pose,
-                    strength: yaw_strength(pose.yaw, self.config.max_yaw),
+                    strength: yaw_strength(pose.yaw, self.config.max_yaw) * p,
                 }
             })
             .collect();
         let edited: Vec<usize> = (0..faces.len())
             .filter(|&i| edits[i].strength > 0.0)
             .collect();
-        if edited.is_empty() || self.config.intensity == 0.0 {
+        let intensity = mix.intensity();
+        if edited.is_empty() || intensity == 0.0 {
             report.faces = faces;
             report.edits = edits;
             return Ok(report);
         }
 
         let s = self.template.size;
-        let mut batch = Array4::<f32>::zeros((edited.len(), 3, s, s));
+        let n = edited.len();
+        // During a cross-fade between two expressions every face runs twice, once per
+        // expression, in one batch.
+        let runs = if mix.two_expressions() { 2 } else { 1 };
+        let mut batch = Array4::<f32>::zeros((runs * n, 3, s, s));
         for (slot, &i) in edited.iter().enumerate() {
             let crop = alignments[i].warp_crop(frame)?;
             let mut slot = batch.index_axis_mut(ndarray::Axis(0), slot);
@@ -289,11 +516,36 @@ impl FrameProcessor {
                 slot.as_slice_mut().expect("standard layout"),
             )?;
         }
+        let mut expressions = vec![mix.to.expression; n];
+        if runs == 2 {
+            let (crops, copies) = batch.view_mut().split_at(ndarray::Axis(0), n);
+            let mut copies = copies;
+            copies.assign(&crops);
+            expressions = [vec![mix.from.expression; n], expressions].concat();
+        }
         report.timings.align = t.elapsed();
 
         let t = Instant::now();
-        let expressions = vec![self.expression_index; edited.len()];
-        let out = self.model.run_with_flow(batch.view(), &expressions)?;
+        let mut out = self.model.run_with_flow(batch.view(), &expressions)?;
+        if runs == 2 {
+            // (1 - w) * from + w * to, for the face and its flow alike.
+            let w = mix.w;
+            let blend = |a: &mut Array4<f32>| {
+                let (mut from, to) = a.view_mut().split_at(ndarray::Axis(0), n);
+                from.zip_mut_with(&to, |f, t| *f += w * (*t - *f));
+            };
+            blend(&mut out.face);
+            if let Some(flow) = out.flow.as_mut() {
+                blend(flow);
+            }
+        }
+        if let Some(cutoff) = self.config.tracking.edit_cutoff {
+            for (slot, &i) in edited.iter().enumerate() {
+                if let (_, Some(id)) = tracks[i] {
+                    self.smooth_edit(&batch, &mut out, slot, id, time, cutoff);
+                }
+            }
+        }
         report.timings.model = t.elapsed();
 
         // Composite covers the flow warp of the frame too (both are per-face pixel work).
@@ -312,7 +564,7 @@ impl FrameProcessor {
                 flow.as_ref()
                     .map(|f| f.as_slice().expect("standard layout")),
                 &alignments[i],
-                self.config.intensity * edits[i].strength,
+                intensity * edits[i].strength,
             )?;
         }
         report.timings.composite = t.elapsed();
@@ -320,50 +572,4 @@ impl FrameProcessor {
         report.edits = edits;
         Ok(report)
     }
-}
-
-/// Associates faces across frames by overlap and smooths their geometry, so the crop
-/// (and with it the synthesised expression) does not jitter with detector noise.
-#[derive(Debug, Default)]
-struct Tracker {
-    smoothing: f32,
-    faces: Vec<Face>,
-}
-
-impl Tracker {
-    fn update(&mut self, found: Vec<Face>) -> Vec<Face> {
-        let a = self.smoothing;
-        let smoothed: Vec<Face> = found
-            .into_iter()
-            .map(|f| {
-                let prev = self
-                    .faces
-                    .iter()
-                    .map(|p| (p.bbox.iou(&f.bbox), p))
-                    .filter(|(iou, _)| *iou > 0.3)
-                    .max_by(|x, y| x.0.total_cmp(&y.0))
-                    .map(|(_, p)| p);
-                match prev {
-                    Some(p) if a > 0.0 => blend(p, &f, a),
-                    _ => f,
-                }
-            })
-            .collect();
-        self.faces = smoothed.clone();
-        smoothed
-    }
-}
-
-fn blend(prev: &Face, new: &Face, a: f32) -> Face {
-    let mix = |p: f32, n: f32| a * p + (1.0 - a) * n;
-    let mut out = new.clone();
-    out.bbox.x = mix(prev.bbox.x, new.bbox.x);
-    out.bbox.y = mix(prev.bbox.y, new.bbox.y);
-    out.bbox.w = mix(prev.bbox.w, new.bbox.w);
-    out.bbox.h = mix(prev.bbox.h, new.bbox.h);
-    for (k, kp) in out.keypoints.iter_mut().enumerate() {
-        kp.x = mix(prev.keypoints[k].x, new.keypoints[k].x);
-        kp.y = mix(prev.keypoints[k].y, new.keypoints[k].y);
-    }
-    out
 }

@@ -134,3 +134,84 @@ fn a_face_is_found_again_near_its_last_position_after_it_moves() {
         .unwrap()
         .is_none());
 }
+
+/// Up to `n` photos of the London face set (`../shared/data/london`), if it is there.
+fn london_photos(n: usize) -> Vec<RgbImage> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data/london/neutral");
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        eprintln!("London set {} absent: astronaut only", dir.display());
+        return Vec::new();
+    };
+    let mut paths: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "jpg" || e == "png"))
+        .collect();
+    paths.sort();
+    paths
+        .iter()
+        .take(n)
+        .filter_map(|p| RgbImage::load(p).ok())
+        .collect()
+}
+
+#[test]
+fn onnx_runtime_and_opencv_dnn_give_the_same_faces_within_half_a_pixel() {
+    let Some(astronaut) = astronaut() else { return };
+    let mut photos = vec![astronaut];
+    photos.extend(london_photos(6));
+    let ort = reggan::DetectorBackend::OnnxRuntime {
+        device: reggan::Device::Cpu,
+        threads: 1,
+    };
+    for kind in [
+        DetectorKind::Auto,
+        DetectorKind::BlazeFaceFront,
+        DetectorKind::BlazeFaceBack,
+    ] {
+        let mut dnn = FaceDetector::new(kind).unwrap();
+        let mut rt = FaceDetector::with_backend(kind, ort).unwrap();
+        for (i, photo) in photos.iter().enumerate() {
+            let mut img = photo.clone();
+            let frame = img.as_frame();
+            let (a, b) = (
+                dnn.detect(&frame, 20.0).unwrap(),
+                rt.detect(&frame, 20.0).unwrap(),
+            );
+            assert_eq!(a.len(), b.len(), "{kind:?} photo {i}: {a:?} vs {b:?}");
+            if i == 0 && kind != DetectorKind::BlazeFaceFront {
+                assert_eq!(a.len(), 1, "{kind:?}: the astronaut not found");
+            }
+            for (fa, fb) in a.iter().zip(&b) {
+                let box_points = |f: &reggan::Face| {
+                    [
+                        Point {
+                            x: f.bbox.x,
+                            y: f.bbox.y,
+                        },
+                        Point {
+                            x: f.bbox.x + f.bbox.w,
+                            y: f.bbox.y + f.bbox.h,
+                        },
+                    ]
+                };
+                let pa = fa
+                    .keypoints
+                    .iter()
+                    .chain(box_points(fa).iter())
+                    .copied()
+                    .collect::<Vec<_>>();
+                let pb = fb
+                    .keypoints
+                    .iter()
+                    .chain(box_points(fb).iter())
+                    .copied()
+                    .collect::<Vec<_>>();
+                for (k, (p, q)) in pa.iter().zip(&pb).enumerate() {
+                    let d = (p.x - q.x).hypot(p.y - q.y);
+                    assert!(d < 0.5, "{kind:?} photo {i} point {k}: {d:.3} px apart");
+                }
+                assert!((fa.score - fb.score).abs() < 1e-3);
+            }
+        }
+    }
+}

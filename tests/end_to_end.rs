@@ -256,11 +256,12 @@ fn with_a_detect_interval_faces_are_followed_between_full_searches() {
     };
     let mut p = processor(&model, "happy");
     p.set_detect_interval(3);
+    let at = |i: usize| std::time::Duration::from_millis(40 * i as u64);
     let mut previous_x: Option<f32> = None;
     for i in 0..7 {
         // The face moves 6 px right and 3 px down per frame.
         let mut frame = scene(&original, 100 + 6 * i, 40 + 3 * i, true);
-        let report = p.process(&mut frame.as_frame()).unwrap();
+        let report = p.process_video(&mut frame.as_frame(), at(i)).unwrap();
         assert_eq!(report.faces.len(), 1, "frame {i}");
         let x: f32 = report.faces[0].alignment_points()[2].x;
         if let Some(px) = previous_x {
@@ -275,11 +276,18 @@ fn with_a_detect_interval_faces_are_followed_between_full_searches() {
     // A face that appears between full searches is picked up at the next one.
     p.reset_tracking();
     let mut empty = scene(&original, 0, 0, false);
-    assert!(p.process(&mut empty.as_frame()).unwrap().faces.is_empty());
+    assert!(p
+        .process_video(&mut empty.as_frame(), at(0))
+        .unwrap()
+        .faces
+        .is_empty());
     let found: Vec<usize> = (1..4)
-        .map(|_| {
+        .map(|i| {
             let mut frame = scene(&original, 200, 60, true);
-            p.process(&mut frame.as_frame()).unwrap().faces.len()
+            p.process_video(&mut frame.as_frame(), at(i))
+                .unwrap()
+                .faces
+                .len()
         })
         .collect();
     assert_eq!(

@@ -85,6 +85,7 @@ impl ModelArgs {
             detail: self.detail.parse().map_err(anyhow::Error::msg)?,
             keep_colour: self.keep_colour,
             max_yaw: self.max_yaw,
+            ..Default::default()
         })
     }
 }

@@ -261,6 +261,8 @@ fn detail_and_keep_colour_change_the_result_while_playing() {
         &[
             ("model", &model.to_str().unwrap()),
             ("detect-interval", &1u32),
+            // Each frame's own full search, as the still-picture path makes it.
+            ("tracking", &false),
         ],
         &info,
     );
@@ -293,7 +295,14 @@ fn expression_and_intensity_change_while_playing() {
         return;
     };
     let (buffer, info) = to_buffer(&img, gst_video::VideoFormat::Rgb);
-    let mut h = harness(&[("model", &model.to_str().unwrap())], &info);
+    // At once (the ramp over transition-ms is tested below).
+    let mut h = harness(
+        &[
+            ("model", &model.to_str().unwrap()),
+            ("transition-ms", &0u32),
+        ],
+        &info,
+    );
     let element = h.element().unwrap();
     let provider = element.property::<String>("provider");
     assert!(!provider.is_empty(), "provider empty after start");
@@ -317,6 +326,121 @@ fn expression_and_intensity_change_while_playing() {
         provider,
         "switching reloaded the model"
     );
+}
+
+/// `buffer` stamped with a presentation time of `ms` milliseconds.
+fn at_ms(buffer: &gst::Buffer, ms: u64) -> gst::Buffer {
+    let mut b = buffer.copy();
+    b.get_mut()
+        .unwrap()
+        .set_pts(gst::ClockTime::from_mseconds(ms));
+    b
+}
+
+#[test]
+fn intensity_change_ramps_over_transition_ms_of_stream_time() {
+    let (Some(model), Some(img)) = (shipped_model(), astronaut()) else {
+        return;
+    };
+    let (buffer, info) = to_buffer(&img, gst_video::VideoFormat::Rgb);
+    let before = bytes(&buffer);
+    let mut h = harness(
+        &[
+            ("model", &model.to_str().unwrap()),
+            ("transition-ms", &200u32),
+        ],
+        &info,
+    );
+    let element = h.element().unwrap();
+    // 40 ms frames; intensity 0 from frame 3 (120 ms): the ramp ends at 320 ms, frame 8.
+    let mut change = Vec::new();
+    for i in 0..11u64 {
+        if i == 3 {
+            element.set_property("intensity", 0.0f64);
+        }
+        let (_, out) = run_one(&mut h, at_ms(&buffer, 40 * i));
+        let total: u64 = before
+            .iter()
+            .zip(bytes(&out))
+            .map(|(a, b)| a.abs_diff(b) as u64)
+            .sum();
+        change.push(total);
+    }
+    eprintln!("total change by frame: {change:?}");
+    // Frame 3 is the ramp's start (weight 0): still the whole edit.
+    assert!(change[2] > 1000);
+    assert!(change[3].abs_diff(change[2]) * 50 < change[2], "{change:?}");
+    assert!(
+        (4..8).all(|i| change[i] > 0 && change[i] < change[i - 1]),
+        "not a monotone ramp over the 200 ms: {change:?}"
+    );
+    assert!(
+        change[8..].iter().all(|&c| c == 0),
+        "not bit-identical after the ramp: {change:?}"
+    );
+}
+
+#[test]
+fn a_flushing_seek_and_new_caps_forget_tracked_faces() {
+    let (Some(model), Some(img)) = (shipped_model(), astronaut()) else {
+        return;
+    };
+    let (face, info) = to_buffer(&img, gst_video::VideoFormat::Rgb);
+    let blank = RgbImage {
+        data: vec![120; img.data.len()],
+        ..img.clone()
+    };
+    let (empty, _) = to_buffer(&blank, gst_video::VideoFormat::Rgb);
+    let mut h = harness(&[("model", &model.to_str().unwrap())], &info);
+    for i in 0..3 {
+        let (_, out) = run_one(&mut h, at_ms(&face, 40 * i));
+        assert_eq!(face_rois(&out).len(), 1);
+    }
+    // Without a seek, a face that vanishes is held for a few frames (no pop)...
+    let (_, held) = run_one(&mut h, at_ms(&empty, 120));
+    assert_eq!(face_rois(&held).len(), 1, "a lost face was not held");
+    // ...but after a flushing seek nothing from before applies.
+    for i in 0..3 {
+        run_one(&mut h, at_ms(&face, 160 + 40 * i));
+    }
+    assert!(h.push_event(gst::event::FlushStart::new()));
+    assert!(h.push_event(gst::event::FlushStop::new(true)));
+    assert!(
+        h.push_event(gst::event::Segment::new(&gst::FormattedSegment::<
+            gst::ClockTime,
+        >::new()))
+    );
+    let (before, out) = run_one(&mut h, at_ms(&empty, 0));
+    assert!(
+        face_rois(&out).is_empty(),
+        "stale face after a flushing seek"
+    );
+    assert_eq!(
+        before,
+        bytes(&out),
+        "an empty frame was changed after the seek"
+    );
+
+    // A resolution change mid-stream: the face elsewhere in a larger frame is found and
+    // changed there, and no face from the old size is kept.
+    for i in 0..3 {
+        run_one(&mut h, at_ms(&face, 40 + 40 * i));
+    }
+    let mut big = RgbImage::new(img.width + 160, img.height + 120);
+    big.data.fill(120);
+    for y in 0..img.height {
+        let o = ((y + 120) * big.width + 160) * 3;
+        big.data[o..o + img.width * 3]
+            .copy_from_slice(&img.data[y * img.width * 3..(y + 1) * img.width * 3]);
+    }
+    let (big_face, big_info) = to_buffer(&big, gst_video::VideoFormat::Rgb);
+    h.set_src_caps(big_info.to_caps().unwrap());
+    let (before, out) = run_one(&mut h, at_ms(&big_face, 160));
+    let rois = face_rois(&out);
+    assert_eq!(rois.len(), 1, "faces after the caps change: {rois:?}");
+    // The astronaut's face is around x 170-230, y 70-140 in the photo.
+    assert!(rois[0].0 > 160 + 120 && rois[0].1 > 120 + 40, "{rois:?}");
+    check_face_changed(&before, &out, &big_info);
 }
 
 #[test]
@@ -352,7 +476,8 @@ fn properties_have_the_documented_defaults() {
     assert_eq!(e.property::<u32>("min-face-size"), 32);
     assert_eq!(e.property::<String>("provider"), "");
     assert_eq!(e.property::<u32>("detect-interval"), 3);
-    assert_eq!(e.property::<f64>("smoothing"), 0.0);
+    assert_eq!(e.property::<u32>("transition-ms"), 300);
+    assert!(e.property::<bool>("tracking"));
     assert_eq!(
         e.property::<gstreggan::Detail>("detail"),
         gstreggan::Detail::Fine

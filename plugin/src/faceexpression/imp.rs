@@ -7,9 +7,13 @@
 //! message naming the path); every frame then goes through
 //! [`reggan::FrameProcessor::process`] and gets one `GstVideoRegionOfInterestMeta` of
 //! type "face" per face it considered (with its head pose and the share of the edit it
-//! got). `expression`, `intensity`, `max-faces`, `min-face-size`, `detail`,
-//! `keep-colour` and `max-yaw` apply from the next frame; a new `model`, `device` or `detector` set
-//! while streaming is loaded before the next frame (hot swap, blocking that frame).
+//! got). Frames go through the processor's video path at their presentation time:
+//! faces are followed from frame to frame, fade in and out, and a change of `expression`
+//! or `intensity` ramps over `transition-ms` of stream time. `expression`, `intensity`,
+//! `max-faces`, `min-face-size`, `detail`, `keep-colour`, `max-yaw`, `transition-ms` and
+//! `tracking` apply from the next frame; a new `model`, `device` or `detector` set while
+//! streaming is loaded before the next frame (hot swap, blocking that frame). A flushing
+//! seek, a new stream or new caps forget the tracked faces.
 
 use std::path::PathBuf;
 use std::sync::{LazyLock, Mutex};
@@ -44,11 +48,14 @@ const DEFAULT_THREADS: u32 = 0;
 // between: 1280x720 runs at ~80 fps on one core instead of ~38, and a new face is
 // picked up within 3 frames.
 const DEFAULT_DETECT_INTERVAL: u32 = 3;
-const DEFAULT_SMOOTHING: f64 = 0.0;
+const DEFAULT_TRANSITION_MS: u32 = 300;
+const MAX_TRANSITION_MS: u32 = 10_000;
+const DEFAULT_TRACKING: bool = true;
+/// Stream time per frame for buffers without a timestamp.
+const UNTIMED_FRAME: std::time::Duration = std::time::Duration::from_nanos(33_333_333);
 const DEFAULT_DETAIL: Detail = Detail::Fine;
 const DEFAULT_KEEP_COLOUR: bool = true;
 const DEFAULT_MAX_YAW: f64 = reggan::pose::DEFAULT_MAX_YAW as f64;
-const MAX_SMOOTHING: f64 = 0.95;
 
 const FORMATS: [gst_video::VideoFormat; 6] = [
     gst_video::VideoFormat::Rgb,
@@ -70,7 +77,8 @@ struct Settings {
     min_face_size: u32,
     threads: u32,
     detect_interval: u32,
-    smoothing: f64,
+    transition_ms: u32,
+    tracking: bool,
     detail: Detail,
     keep_colour: bool,
     max_yaw: f64,
@@ -88,7 +96,8 @@ impl Default for Settings {
             min_face_size: DEFAULT_MIN_FACE_SIZE,
             threads: DEFAULT_THREADS,
             detect_interval: DEFAULT_DETECT_INTERVAL,
-            smoothing: DEFAULT_SMOOTHING,
+            transition_ms: DEFAULT_TRANSITION_MS,
+            tracking: DEFAULT_TRACKING,
             detail: DEFAULT_DETAIL,
             keep_colour: DEFAULT_KEEP_COLOUR,
             max_yaw: DEFAULT_MAX_YAW,
@@ -118,6 +127,16 @@ impl Settings {
             detail: self.detail.into(),
             keep_colour: self.keep_colour,
             max_yaw: self.max_yaw as f32,
+            transition: std::time::Duration::from_millis(self.transition_ms as u64),
+            tracking: self.tracking_options(),
+        }
+    }
+
+    fn tracking_options(&self) -> reggan::TrackingOptions {
+        if self.tracking {
+            reggan::TrackingOptions::default()
+        } else {
+            reggan::TrackingOptions::raw()
         }
     }
 }
@@ -125,9 +144,8 @@ impl Settings {
 struct State {
     processor: reggan::FrameProcessor,
     loaded: (PathBuf, Device, Detector, u32),
-    /// Tracking settings last given to the processor (it has no getters for them).
+    /// Detection interval last given to the processor (it has no getter for it).
     detect_interval: u32,
-    smoothing: f64,
     frames: u64,
     /// Width and height of the negotiated frames (None before the first caps).
     frame_size: Option<(u32, u32)>,
@@ -180,12 +198,10 @@ impl FaceExpression {
         *self.provider.lock().unwrap() = provider.to_string();
         let mut processor = processor;
         processor.set_detect_interval(settings.detect_interval);
-        processor.set_smoothing(settings.smoothing as f32);
         Ok(State {
             processor,
             loaded: settings.load_key(),
             detect_interval: settings.detect_interval,
-            smoothing: settings.smoothing,
             frames: 0,
             frame_size: None,
         })
@@ -228,9 +244,11 @@ impl FaceExpression {
             p.set_detect_interval(settings.detect_interval);
             state.detect_interval = settings.detect_interval;
         }
-        if state.smoothing != settings.smoothing {
-            p.set_smoothing(settings.smoothing as f32);
-            state.smoothing = settings.smoothing;
+        if p.config().transition != want.transition {
+            p.set_transition(want.transition);
+        }
+        if p.config().tracking != want.tracking {
+            p.set_tracking(want.tracking);
         }
         Ok(())
     }
@@ -303,12 +321,17 @@ impl ObjectImpl for FaceExpression {
                     .default_value(DEFAULT_DETECT_INTERVAL)
                     .mutable_playing()
                     .build(),
-                glib::ParamSpecDouble::builder("smoothing")
-                    .nick("Smoothing")
-                    .blurb("Blend each face's keypoints with the previous frame's against jitter (0: off; 0.5 steadies a webcam)")
-                    .minimum(0.0)
-                    .maximum(MAX_SMOOTHING)
-                    .default_value(DEFAULT_SMOOTHING)
+                glib::ParamSpecUInt::builder("transition-ms")
+                    .nick("Transition")
+                    .blurb("Milliseconds of stream time over which a change of expression or intensity cross-fades (0: at once)")
+                    .maximum(MAX_TRANSITION_MS)
+                    .default_value(DEFAULT_TRANSITION_MS)
+                    .mutable_playing()
+                    .build(),
+                glib::ParamSpecBoolean::builder("tracking")
+                    .nick("Tracking")
+                    .blurb("Follow faces with optical flow and a One Euro filter (a still head keeps a still edit), fade faces in and out; off: each frame's raw detections")
+                    .default_value(DEFAULT_TRACKING)
                     .mutable_playing()
                     .build(),
                 glib::ParamSpecEnum::builder_with_default("detail", DEFAULT_DETAIL)
@@ -373,7 +396,8 @@ impl ObjectImpl for FaceExpression {
             "detect-interval" => {
                 settings.detect_interval = value.get().expect("type checked upstream")
             }
-            "smoothing" => settings.smoothing = value.get().expect("type checked upstream"),
+            "transition-ms" => settings.transition_ms = value.get().expect("type checked upstream"),
+            "tracking" => settings.tracking = value.get().expect("type checked upstream"),
             "detail" => settings.detail = value.get().expect("type checked upstream"),
             "keep-colour" => settings.keep_colour = value.get().expect("type checked upstream"),
             "max-yaw" => settings.max_yaw = value.get().expect("type checked upstream"),
@@ -396,7 +420,8 @@ impl ObjectImpl for FaceExpression {
             "min-face-size" => settings.min_face_size.to_value(),
             "threads" => settings.threads.to_value(),
             "detect-interval" => settings.detect_interval.to_value(),
-            "smoothing" => settings.smoothing.to_value(),
+            "transition-ms" => settings.transition_ms.to_value(),
+            "tracking" => settings.tracking.to_value(),
             "detail" => settings.detail.to_value(),
             "keep-colour" => settings.keep_colour.to_value(),
             "max-yaw" => settings.max_yaw.to_value(),
@@ -559,13 +584,19 @@ impl VideoFilterImpl for FaceExpression {
             gst::FlowError::NotNegotiated
         })?;
         let (width, height) = (frame.width(), frame.height());
+        // Transitions run in stream time: the buffer's timestamp, else a nominal 30 fps.
+        let time = frame
+            .buffer()
+            .pts()
+            .map(std::time::Duration::from)
+            .unwrap_or(UNTIMED_FRAME * state.frames as u32);
         let stride = frame.plane_stride()[0] as usize;
         let data = frame.plane_data_mut(0).map_err(|e| {
             gst::element_imp_error!(self, gst::CoreError::Failed, ("Cannot map the frame: {e}"));
             gst::FlowError::Error
         })?;
         let report = reggan::FrameMut::new(data, width as usize, height as usize, stride, layout)
-            .and_then(|mut f| state.processor.process(&mut f))
+            .and_then(|mut f| state.processor.process_video(&mut f, time))
             .map_err(|e| {
                 gst::element_imp_error!(
                     self,

@@ -22,6 +22,7 @@ pub mod fss;
 pub mod fullres;
 pub mod metrics;
 pub mod report;
+pub mod video;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -655,13 +656,48 @@ pub struct EvalArgs {
     /// happy, surprised, sad).
     #[arg(long, value_delimiter = ',')]
     pub grid_expressions: Option<Vec<String>>,
-    /// Output folder: eval.md, eval.json, grid.png.
+    /// Output folder: eval.md, eval.json, grid.png (with --video: video.md, video.json).
     #[arg(long)]
     pub out: PathBuf,
+    /// Instead of the photo sets: the temporal quality of the product path on the
+    /// video clips of this folder (warping error inside the face, coverage, fps; with
+    /// tracking off and with the defaults), for the first of --models.
+    #[arg(long, value_name = "DIR")]
+    pub video: Option<PathBuf>,
+    /// With --video: frames decoded per clip (from the start).
+    #[arg(long, default_value_t = 150)]
+    pub video_frames: usize,
+    /// With --video: the expression applied.
+    #[arg(long, default_value = "happy")]
+    pub video_expression: String,
+}
+
+/// `reggan-train eval --video DIR`.
+fn run_video(args: &EvalArgs, dir: &Path) -> Result<()> {
+    let model = &args.models[0];
+    let rows = video::run(
+        model,
+        dir,
+        &args.video_expression,
+        args.video_frames,
+        Vec::new(),
+    )?;
+    let md = video::markdown(&rows);
+    print!("{md}");
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("cannot create {}", args.out.display()))?;
+    let (md_path, json_path) = (args.out.join("video.md"), args.out.join("video.json"));
+    std::fs::write(&md_path, &md)?;
+    std::fs::write(&json_path, serde_json::to_string_pretty(&rows)? + "\n")?;
+    println!("wrote {}\nwrote {}", md_path.display(), json_path.display());
+    Ok(())
 }
 
 /// `reggan-train eval`.
 pub fn run_cli(args: EvalArgs) -> Result<()> {
+    if let Some(dir) = args.video.clone() {
+        return run_video(&args, &dir);
+    }
     let opts = EvalOptions {
         models: args.models,
         cache: args.cache,

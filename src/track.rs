@@ -1,0 +1,566 @@
+//! Face tracking for video: one home for following faces from frame to frame.
+//!
+//! Each tracked face's keypoints and box are moved from the previous frame to this one
+//! by the motion of the face's own texture (pyramidal Lucas-Kanade optical flow on the
+//! keypoints and nearby corners, a similarity fitted with RANSAC), then pulled towards
+//! the detector's answer through a One Euro filter (Casiez, Roussel and Vogel, CHI 2012).
+//! Because the filter's state is moved with the face first, it only smooths what the
+//! detector disagrees with the optical flow about (its jitter), never the head's own
+//! motion: the crop stays still when the head is still and follows at once when it moves.
+//!
+//! The tracker also decides how present each face is (for fades): a face found after the
+//! stream's first frame fades in, a face the detector loses keeps its last geometry for
+//! a few frames and then fades out instead of popping.
+
+use std::collections::HashMap;
+
+use opencv::core::{Mat, Point2f, Rect, Size, TermCriteria, Vector};
+use opencv::prelude::*;
+use opencv::{calib3d, imgproc, video};
+
+use crate::detect::{BoxF, Face, Point};
+use crate::error::Result;
+use crate::frame::FrameMut;
+
+/// One Euro filter parameters (cutoffs in Hz; values in face widths, time in seconds).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct OneEuroParams {
+    /// Cutoff frequency when the value is still: lower = steadier, more lag on slow moves.
+    pub min_cutoff: f32,
+    /// How fast the cutoff rises with speed (per face width per second): higher = less
+    /// lag on fast moves, more jitter.
+    pub beta: f32,
+    /// Cutoff of the low-pass filter on the derivative.
+    pub d_cutoff: f32,
+}
+
+impl Default for OneEuroParams {
+    /// Tuned on the talking-head clips in `../shared/data/video` with
+    /// `trainer/examples/tune_tracking.rs` (the temporal warping error inside the face of
+    /// `reggan-train eval --video`): min_cutoff 0.3 Hz gave the lowest error on every
+    /// clip tried (1, 0.1 no better), and beta 0 beat 1, 2 and 4. Optical flow carries
+    /// the head's motion, so the filter only sees the detector's disagreement with it,
+    /// where speed adaptation buys nothing; when optical flow fails the filter restarts
+    /// from the detection instead of lagging (see [`FaceTracker::update`]).
+    fn default() -> Self {
+        OneEuroParams {
+            min_cutoff: 0.3,
+            beta: 0.0,
+            d_cutoff: 1.0,
+        }
+    }
+}
+
+/// Smoothing factor of an exponential low-pass with cutoff `cutoff` Hz sampled every
+/// `dt` seconds: 1 / (1 + tau / dt), tau = 1 / (2 pi cutoff).
+pub fn smoothing_factor(dt: f32, cutoff: f32) -> f32 {
+    let tau = 1.0 / (2.0 * std::f32::consts::PI * cutoff);
+    1.0 / (1.0 + tau / dt)
+}
+
+/// A One Euro filter on one scalar signal.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct OneEuroFilter {
+    pub params: OneEuroParams,
+    state: Option<(f32, f32, f64)>,
+}
+
+impl OneEuroFilter {
+    pub fn new(params: OneEuroParams) -> Self {
+        OneEuroFilter {
+            params,
+            state: None,
+        }
+    }
+
+    /// The filtered value of `x` observed at time `t` (seconds). The first sample passes
+    /// unchanged; a sample at the same or an earlier time than the last changes nothing.
+    pub fn filter(&mut self, x: f32, t: f64) -> f32 {
+        let Some((x_prev, dx_prev, t_prev)) = self.state else {
+            self.state = Some((x, 0.0, t));
+            return x;
+        };
+        let dt = (t - t_prev) as f32;
+        if dt <= 0.0 {
+            return x_prev;
+        }
+        let p = self.params;
+        let dx = (x - x_prev) / dt;
+        let dx_hat = dx_prev + smoothing_factor(dt, p.d_cutoff) * (dx - dx_prev);
+        let cutoff = p.min_cutoff + p.beta * dx_hat.abs();
+        // x_prev + a * (x - x_prev) rather than a * x + (1 - a) * x_prev: a constant
+        // signal stays exactly constant (bit-identical frames for a still picture).
+        let x_hat = x_prev + smoothing_factor(dt, cutoff) * (x - x_prev);
+        self.state = Some((x_hat, dx_hat, t));
+        x_hat
+    }
+
+    /// The last filtered value, if any.
+    pub fn value(&self) -> Option<f32> {
+        self.state.map(|s| s.0)
+    }
+
+    /// Moves the filter's last value to where the signal was seen to go by other means
+    /// (optical flow), keeping its derivative and time.
+    pub fn move_to(&mut self, x: f32) {
+        if let Some(s) = self.state.as_mut() {
+            s.0 = x;
+        }
+    }
+}
+
+/// How faces are followed and faded.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TrackingOptions {
+    /// The One Euro filter on keypoints and box (None: raw detections, no filter).
+    pub filter: Option<OneEuroParams>,
+    /// Move faces by pyramidal Lucas-Kanade optical flow between frames.
+    pub optical_flow: bool,
+    /// Frames a lost face keeps its last geometry at full strength.
+    pub hold_frames: u32,
+    /// Frames over which a new face fades in and a lost one fades out (after the hold).
+    pub fade_frames: u32,
+    /// Cutoff (Hz) of a low-pass on each followed face's edit in its aligned crop (the
+    /// model's change and flow), so the edit does not shimmer with every small change
+    /// of the input; None: each frame's own edit.
+    pub edit_cutoff: Option<f32>,
+}
+
+impl TrackingOptions {
+    /// Each frame's detections as they are: no filter, no optical flow, no fades.
+    pub fn raw() -> Self {
+        TrackingOptions {
+            filter: None,
+            optical_flow: false,
+            hold_frames: 0,
+            fade_frames: 1,
+            edit_cutoff: None,
+        }
+    }
+}
+
+impl Default for TrackingOptions {
+    fn default() -> Self {
+        TrackingOptions {
+            filter: Some(OneEuroParams::default()),
+            optical_flow: true,
+            hold_frames: 2,
+            fade_frames: 3,
+            // A low-pass of the edit made the warping error worse on every clip tried
+            // (1.5 and 4 Hz): the edit has to follow the mouth.
+            edit_cutoff: None,
+        }
+    }
+}
+
+/// A face as the tracker sees it in the current frame.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrackedFace {
+    /// Filtered geometry.
+    pub face: Face,
+    /// 0..1: how much of the edit the face gets (fades in and out).
+    pub presence: f32,
+    /// Stable id for as long as the face is followed.
+    pub id: u64,
+}
+
+const IDENTITY: [f32; 6] = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0];
+
+/// Number of filtered values per face: 6 keypoints (x, y) and the box (x, y, w, h).
+const VALUES: usize = 16;
+
+#[derive(Debug, Clone)]
+struct Track {
+    id: u64,
+    /// Geometry the tracker reports (filtered, moved by optical flow).
+    face: Face,
+    filters: [OneEuroFilter; VALUES],
+    /// Frames since the detector last found it.
+    missed: u32,
+    presence: f32,
+    /// Optical flow followed it from the previous frame.
+    flow_ok: bool,
+    /// Face width when first found: the filters work in these units.
+    scale: f32,
+    /// Geometry when first found: the filters work on offsets from it (a still face
+    /// then comes out bit-exactly where it was found).
+    origin: [f32; VALUES],
+}
+
+/// Follows faces across the frames of one stream.
+#[derive(Debug)]
+pub struct FaceTracker {
+    pub options: TrackingOptions,
+    tracks: Vec<Track>,
+    grey: Mat,
+    previous_grey: Mat,
+    /// Frames seen since the last reset.
+    frames: u64,
+    next_id: u64,
+}
+
+impl FaceTracker {
+    pub fn new(options: TrackingOptions) -> Self {
+        FaceTracker {
+            options,
+            tracks: Vec::new(),
+            grey: Mat::default(),
+            previous_grey: Mat::default(),
+            frames: 0,
+            next_id: 0,
+        }
+    }
+
+    /// Forgets every face (new stream, seek, new frame size).
+    pub fn reset(&mut self) {
+        self.tracks.clear();
+        self.previous_grey = Mat::default();
+        self.frames = 0;
+    }
+
+    /// Where each followed face is expected in the frame given to the last [`predict`].
+    pub fn predicted(&self) -> Vec<Face> {
+        self.tracks.iter().map(|t| t.face.clone()).collect()
+    }
+
+    /// False when a face was lost or optical flow could not follow it: the next
+    /// detection should search the whole frame.
+    pub fn confident(&self) -> bool {
+        self.tracks.iter().all(|t| t.missed == 0 && t.flow_ok)
+    }
+
+    /// Moves every followed face to where optical flow says it went in `frame`.
+    pub fn predict(&mut self, frame: &FrameMut) -> Result<()> {
+        if !self.options.optical_flow {
+            return Ok(());
+        }
+        grey_of(frame, &mut self.grey)?;
+        let same_size = self.previous_grey.size()? == self.grey.size()?;
+        if same_size && !self.previous_grey.empty() {
+            for track in &mut self.tracks {
+                let motion = similarity_flow(&self.previous_grey, &self.grey, &track.face)?;
+                track.flow_ok = motion.is_some();
+                if let Some(m) = motion.filter(|m| *m != IDENTITY) {
+                    move_track(track, &m);
+                }
+            }
+        } else {
+            // A new frame size: nothing from before applies.
+            self.tracks.clear();
+        }
+        std::mem::swap(&mut self.grey, &mut self.previous_grey);
+        Ok(())
+    }
+
+    /// Takes this frame's detections (time `t` in seconds), returns the followed faces.
+    pub fn update(&mut self, detections: Vec<Face>, t: f64) -> Vec<TrackedFace> {
+        let first_frame = self.frames == 0;
+        self.frames += 1;
+        let mut unmatched: Vec<Option<Face>> = detections.into_iter().map(Some).collect();
+        let step = 1.0 / self.options.fade_frames.max(1) as f32;
+        for track in &mut self.tracks {
+            let best = unmatched
+                .iter()
+                .enumerate()
+                .filter_map(|(i, d)| d.as_ref().map(|d| (i, d.bbox.iou(&track.face.bbox))))
+                .filter(|(_, iou)| *iou > 0.3)
+                .max_by(|a, b| a.1.total_cmp(&b.1));
+            match best {
+                Some((i, _)) => {
+                    let found = unmatched[i].take().expect("matched once");
+                    if !track.flow_ok {
+                        // Optical flow lost the face (fast motion, blur): the filter's
+                        // state is stale, start again from the detection.
+                        restart(track, &found);
+                    }
+                    observe(track, &found, t, self.options.filter);
+                    track.missed = 0;
+                    track.presence = (track.presence + step).min(1.0);
+                }
+                None => {
+                    track.missed += 1;
+                    if track.missed > self.options.hold_frames {
+                        track.presence -= step;
+                    }
+                }
+            }
+        }
+        self.tracks.retain(|t| t.presence > 1e-6);
+        for face in unmatched.into_iter().flatten() {
+            let mut track = Track {
+                id: self.next_id,
+                face: face.clone(),
+                filters: [OneEuroFilter::new(self.options.filter.unwrap_or_default()); VALUES],
+                missed: 0,
+                // Nothing to pop from on a stream's first frame (and a still picture
+                // gets the whole edit at once).
+                presence: if first_frame { 1.0 } else { step },
+                flow_ok: true,
+                scale: face.bbox.w.max(1.0),
+                origin: face_values(&face),
+            };
+            self.next_id += 1;
+            observe(&mut track, &face, t, self.options.filter);
+            self.tracks.push(track);
+        }
+        self.tracks
+            .iter()
+            .map(|t| TrackedFace {
+                face: t.face.clone(),
+                presence: t.presence,
+                id: t.id,
+            })
+            .collect()
+    }
+}
+
+impl Default for FaceTracker {
+    fn default() -> Self {
+        Self::new(TrackingOptions::default())
+    }
+}
+
+fn face_values(f: &Face) -> [f32; VALUES] {
+    let mut v = [0.0; VALUES];
+    for (k, p) in f.keypoints.iter().enumerate() {
+        v[2 * k] = p.x;
+        v[2 * k + 1] = p.y;
+    }
+    v[12..].copy_from_slice(&[f.bbox.x, f.bbox.y, f.bbox.w, f.bbox.h]);
+    v
+}
+
+fn set_face_values(f: &mut Face, v: &[f32; VALUES]) {
+    for (k, p) in f.keypoints.iter_mut().enumerate() {
+        p.x = v[2 * k];
+        p.y = v[2 * k + 1];
+    }
+    f.bbox = BoxF {
+        x: v[12],
+        y: v[13],
+        w: v[14],
+        h: v[15],
+    };
+}
+
+/// Restarts a track's filters at `found`.
+fn restart(track: &mut Track, found: &Face) {
+    let params = track.filters[0].params;
+    track.filters = [OneEuroFilter::new(params); VALUES];
+    track.scale = found.bbox.w.max(1.0);
+    track.origin = face_values(found);
+    track.face = found.clone();
+}
+
+/// Filters a detection into the track. Values are filtered in units of the face's
+/// width when it was found (fixed, so the detector's jitter in width adds none), so the
+/// same parameters suit a 60 px and a 600 px face.
+fn observe(track: &mut Track, found: &Face, t: f64, params: Option<OneEuroParams>) {
+    let Some(params) = params else {
+        track.face = found.clone();
+        return;
+    };
+    let scale = track.scale;
+    let raw = face_values(found);
+    let mut out = [0.0; VALUES];
+    for i in 0..VALUES {
+        let f = &mut track.filters[i];
+        f.params = params;
+        let o = track.origin[i];
+        out[i] = o + f.filter((raw[i] - o) / scale, t) * scale;
+    }
+    track.face.score = found.score;
+    set_face_values(&mut track.face, &out);
+}
+
+/// Applies the similarity `m` (2x3, row-major) to a track's geometry and filter state.
+fn move_track(track: &mut Track, m: &[f32; 6]) {
+    let apply = |p: Point| Point {
+        x: m[0] * p.x + m[1] * p.y + m[2],
+        y: m[3] * p.x + m[4] * p.y + m[5],
+    };
+    let f = &mut track.face;
+    f.keypoints = f.keypoints.map(apply);
+    // The box keeps its axis alignment: its centre moves, its size scales.
+    let scale = (m[0] * m[0] + m[3] * m[3]).sqrt();
+    let c = apply(Point {
+        x: f.bbox.x + f.bbox.w / 2.0,
+        y: f.bbox.y + f.bbox.h / 2.0,
+    });
+    let (w, h) = (f.bbox.w * scale, f.bbox.h * scale);
+    f.bbox = BoxF {
+        x: c.x - w / 2.0,
+        y: c.y - h / 2.0,
+        w,
+        h,
+    };
+    let values = face_values(f);
+    for ((filter, v), o) in track.filters.iter_mut().zip(values).zip(track.origin) {
+        filter.move_to((v - o) / track.scale);
+    }
+}
+
+/// Grey copy of the frame (OpenCV's BT.601 weights).
+pub fn grey_of(frame: &FrameMut, out: &mut Mat) -> Result<()> {
+    let code = match (
+        frame.layout().bytes_per_pixel(),
+        frame.layout().rgb_offsets()[0],
+    ) {
+        (3, 0) => imgproc::COLOR_RGB2GRAY,
+        (3, _) => imgproc::COLOR_BGR2GRAY,
+        (_, 0) => imgproc::COLOR_RGBA2GRAY,
+        _ => imgproc::COLOR_BGRA2GRAY,
+    };
+    imgproc::cvt_color_def(&frame.as_mat()?, out, code)?;
+    Ok(())
+}
+
+/// Points optical flow follows on a face: its four alignment keypoints and up to 40
+/// corners inside its box (the keypoints alone sit on smooth skin and drift).
+fn points_to_follow(grey: &Mat, face: &Face) -> Result<Vector<Point2f>> {
+    let size = grey.size()?;
+    let b = &face.bbox;
+    let x0 = b.x.max(0.0).floor() as i32;
+    let y0 = b.y.max(0.0).floor() as i32;
+    let x1 = ((b.x + b.w).ceil() as i32).min(size.width);
+    let y1 = ((b.y + b.h).ceil() as i32).min(size.height);
+    let mut points = Vector::<Point2f>::new();
+    for p in face.alignment_points() {
+        points.push(Point2f::new(p.x, p.y));
+    }
+    if x1 - x0 < 8 || y1 - y0 < 8 {
+        return Ok(points);
+    }
+    let roi = Mat::roi(grey, Rect::new(x0, y0, x1 - x0, y1 - y0))?;
+    let mut corners = Vector::<Point2f>::new();
+    imgproc::good_features_to_track(
+        &roi,
+        &mut corners,
+        40,
+        0.01,
+        (b.w / 16.0).max(2.0) as f64,
+        &opencv::core::no_array(),
+        3,
+        false,
+        0.04,
+    )?;
+    for c in corners {
+        points.push(Point2f::new(c.x + x0 as f32, c.y + y0 as f32));
+    }
+    Ok(points)
+}
+
+/// The similarity (2x3, row-major) that carries the face from `previous` to `current`,
+/// or None when too few points were followed to trust it.
+fn similarity_flow(previous: &Mat, current: &Mat, face: &Face) -> Result<Option<[f32; 6]>> {
+    let from = points_to_follow(previous, face)?;
+    if from.len() < 6 {
+        return Ok(None);
+    }
+    let mut to = Vector::<Point2f>::new();
+    let mut status = Vector::<u8>::new();
+    let mut err = Vector::<f32>::new();
+    let win = ((face.bbox.w / 8.0).round() as i32).clamp(9, 31) | 1;
+    video::calc_optical_flow_pyr_lk(
+        previous,
+        current,
+        &from,
+        &mut to,
+        &mut status,
+        &mut err,
+        Size::new(win, win),
+        3,
+        TermCriteria::new(
+            opencv::core::TermCriteria_COUNT + opencv::core::TermCriteria_EPS,
+            30,
+            0.01,
+        )?,
+        0,
+        1e-4,
+    )?;
+    let (mut a, mut b) = (Vector::<Point2f>::new(), Vector::<Point2f>::new());
+    for i in 0..from.len() {
+        if status.get(i)? == 1 {
+            a.push(from.get(i)?);
+            b.push(to.get(i)?);
+        }
+    }
+    if a.len() < 6 {
+        return Ok(None);
+    }
+    let mut inliers = Mat::default();
+    let threshold = (face.bbox.w as f64 / 100.0).max(1.0);
+    let m = calib3d::estimate_affine_partial_2d(
+        &a,
+        &b,
+        &mut inliers,
+        calib3d::RANSAC,
+        threshold,
+        2000,
+        0.99,
+        10,
+    )?;
+    let kept = opencv::core::count_non_zero(&inliers)? as usize;
+    if m.empty() || kept < 6 || kept * 2 < a.len() {
+        return Ok(None);
+    }
+    let mut out = [0.0f32; 6];
+    for (i, v) in out.iter_mut().enumerate() {
+        *v = *m.at_2d::<f64>((i / 3) as i32, (i % 3) as i32)? as f32;
+    }
+    // Rounding noise on an unchanged picture is no motion: a still frame stays exact.
+    let tiny = out
+        .iter()
+        .zip(IDENTITY)
+        .enumerate()
+        .all(|(i, (v, e))| (v - e).abs() < if i % 3 == 2 { 1e-3 } else { 1e-5 });
+    Ok(Some(if tiny { IDENTITY } else { out }))
+}
+
+/// A low-pass over time of each followed face's edit (values in the face's aligned
+/// crop, so the edit stays on the face while the head moves).
+#[derive(Debug, Default)]
+pub struct EditSmoother {
+    memory: HashMap<u64, (Vec<f32>, f64)>,
+}
+
+impl EditSmoother {
+    /// Replaces `change` (face `id`'s edit at time `t` seconds) by its low-passed value
+    /// at `cutoff` Hz. Returns false, leaving `change` as it was, when that is already
+    /// the low-passed value (a new face, or nothing changed).
+    pub fn smooth(&mut self, id: u64, t: f64, cutoff: f32, change: &mut [f32]) -> bool {
+        let Some((memory, t_prev)) = self
+            .memory
+            .get_mut(&id)
+            .filter(|m| m.0.len() == change.len())
+        else {
+            self.memory.insert(id, (change.to_vec(), t));
+            return false;
+        };
+        let dt = (t - *t_prev) as f32;
+        let a = if dt > 0.0 {
+            smoothing_factor(dt, cutoff)
+        } else {
+            0.0
+        };
+        *t_prev = t.max(*t_prev);
+        let mut modified = false;
+        for (m, c) in memory.iter_mut().zip(change.iter_mut()) {
+            if *m != *c {
+                *m += a * (*c - *m);
+                *c = *m;
+                modified = true;
+            }
+        }
+        modified
+    }
+
+    /// Forgets faces no longer followed.
+    pub fn retain(&mut self, ids: &[u64]) {
+        self.memory.retain(|id, _| ids.contains(id));
+    }
+
+    pub fn clear(&mut self) {
+        self.memory.clear();
+    }
+}

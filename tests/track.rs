@@ -1,0 +1,314 @@
+//! Face tracking: the One Euro filter against the paper's formulas, and a face moving on
+//! a known path followed through the processor's video path.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use opencv::core::{Mat, Scalar, Size, CV_8UC3};
+use opencv::prelude::*;
+use reggan::detect::Point;
+use reggan::{
+    default_model_dir, Device, FrameProcessor, OneEuroFilter, OneEuroParams, ProcessorConfig,
+    RgbImage,
+};
+
+/// Casiez et al. 2012, written out again from the paper: alpha = r / (r + 1) with
+/// r = 2 pi fc Te; the derivative of the raw sample against the last filtered value is
+/// low-passed at d_cutoff, the value at min_cutoff + beta |dx_hat|. In f64.
+struct Reference {
+    min_cutoff: f64,
+    beta: f64,
+    d_cutoff: f64,
+    last: Option<(f64, f64, f64)>,
+}
+
+impl Reference {
+    fn alpha(te: f64, fc: f64) -> f64 {
+        let r = 2.0 * std::f64::consts::PI * fc * te;
+        r / (r + 1.0)
+    }
+
+    fn step(&mut self, x: f64, t: f64) -> f64 {
+        let Some((x_hat_prev, dx_hat_prev, t_prev)) = self.last else {
+            self.last = Some((x, 0.0, t));
+            return x;
+        };
+        let te = t - t_prev;
+        let dx = (x - x_hat_prev) / te;
+        let a_d = Self::alpha(te, self.d_cutoff);
+        let dx_hat = a_d * dx + (1.0 - a_d) * dx_hat_prev;
+        let fc = self.min_cutoff + self.beta * dx_hat.abs();
+        let a = Self::alpha(te, fc);
+        let x_hat = a * x + (1.0 - a) * x_hat_prev;
+        self.last = Some((x_hat, dx_hat, t));
+        x_hat
+    }
+}
+
+/// A deterministic noisy signal at uneven sample times: a slow sine, then a fast ramp.
+fn synthetic_signal() -> Vec<(f64, f64)> {
+    let mut seed: u64 = 12345;
+    let mut noise = move || {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((seed >> 33) as f64 / (1u64 << 31) as f64) - 0.5
+    };
+    let mut t = 0.0;
+    (0..300)
+        .map(|i| {
+            t += 1.0 / 30.0 + 0.004 * noise();
+            let clean = if i < 150 {
+                (t * 2.0).sin()
+            } else {
+                (t * 2.0).sin() + 3.0 * (i - 150) as f64 / 30.0
+            };
+            (t, clean + 0.05 * noise())
+        })
+        .collect()
+}
+
+#[test]
+fn one_euro_filter_follows_the_papers_formulas() {
+    for (min_cutoff, beta, d_cutoff) in [(1.0, 0.0, 1.0), (0.5, 2.0, 1.0), (3.0, 0.3, 0.7)] {
+        let mut ours = OneEuroFilter::new(OneEuroParams {
+            min_cutoff,
+            beta,
+            d_cutoff,
+        });
+        let mut reference = Reference {
+            min_cutoff: min_cutoff as f64,
+            beta: beta as f64,
+            d_cutoff: d_cutoff as f64,
+            last: None,
+        };
+        for (i, (t, x)) in synthetic_signal().into_iter().enumerate() {
+            let got = ours.filter(x as f32, t) as f64;
+            let want = reference.step(x, t);
+            assert!(
+                (got - want).abs() < 1e-4 * (1.0 + want.abs()),
+                "({min_cutoff}, {beta}, {d_cutoff}) sample {i}: {got} vs reference {want}"
+            );
+        }
+    }
+}
+
+#[test]
+fn one_euro_filter_steadies_a_still_signal_and_follows_a_fast_one() {
+    let filtered = |beta: f32, signal: &[(f64, f64)]| -> Vec<f64> {
+        let mut f = OneEuroFilter::new(OneEuroParams {
+            min_cutoff: 1.0,
+            beta,
+            d_cutoff: 1.0,
+        });
+        signal
+            .iter()
+            .map(|&(t, x)| f.filter(x as f32, t) as f64)
+            .collect()
+    };
+    // Noise around a constant for 150 samples, then a ramp of 3 units a second.
+    let signal: Vec<(f64, f64)> = synthetic_signal()
+        .into_iter()
+        .enumerate()
+        .map(|(i, (t, x))| {
+            let noise = x
+                - (t * 2.0).sin()
+                - if i < 150 {
+                    0.0
+                } else {
+                    3.0 * (i - 150) as f64 / 30.0
+                };
+            (
+                t,
+                noise
+                    + if i < 150 {
+                        0.0
+                    } else {
+                        3.0 * (i - 150) as f64 / 30.0
+                    },
+            )
+        })
+        .collect();
+    let jitter =
+        |v: &[f64]| v.windows(2).map(|w| (w[1] - w[0]).abs()).sum::<f64>() / (v.len() - 1) as f64;
+    let raw: Vec<f64> = signal.iter().map(|s| s.1).collect();
+    let out = filtered(2.0, &signal);
+    let still = jitter(&out[20..150]) / jitter(&raw[20..150]);
+    assert!(still < 0.5, "still: jitter kept {still:.2}");
+    // On the ramp beta raises the cutoff: the lag stays small, where a plain low-pass
+    // at the same min_cutoff (beta 0) trails far behind.
+    let lag = raw[280] - out[280];
+    let lag_plain = raw[280] - filtered(0.0, &signal)[280];
+    assert!(lag.abs() < 0.15, "lag on the ramp {lag:.3}");
+    assert!(lag_plain > 0.3, "plain low-pass lag {lag_plain:.3}");
+    // A constant stays exactly constant.
+    let mut f = OneEuroFilter::new(OneEuroParams::default());
+    for i in 0..10 {
+        assert_eq!(f.filter(417.25, i as f64 / 30.0), 417.25);
+    }
+}
+
+fn inputs() -> Option<(PathBuf, RgbImage)> {
+    let model = default_model_dir();
+    let image = std::env::var_os("REGGAN_TEST_IMAGE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".deps/astronaut.png"));
+    if !model.join("model.onnx").is_file() || !image.is_file() {
+        eprintln!(
+            "skipping: needs {} and {} (run scripts/setup.sh)",
+            model.display(),
+            image.display()
+        );
+        return None;
+    }
+    Some((model, RgbImage::load(&image).unwrap()))
+}
+
+/// The photo's placement at frame `i`: still for 12 frames, then moving about 3 px a
+/// frame along a curve while turning by up to 6 degrees. Row-major 2x3.
+fn placement(i: usize) -> [f64; 6] {
+    let s = i.saturating_sub(12) as f64;
+    let angle = (6.0f64).to_radians() * (s / 9.0).sin();
+    let (tx, ty) = (40.0 + 2.5 * s, 10.0 + 8.0 * (s / 7.0).sin());
+    // Rotate about the face (about (256, 200) in the photo).
+    let (cx, cy) = (256.0, 200.0);
+    let (c, sn) = (angle.cos(), angle.sin());
+    [
+        c,
+        -sn,
+        cx - c * cx + sn * cy + tx,
+        sn,
+        c,
+        cy - sn * cx - c * cy + ty,
+    ]
+}
+
+fn map(m: &[f64; 6], p: Point) -> Point {
+    Point {
+        x: (m[0] * p.x as f64 + m[1] * p.y as f64 + m[2]) as f32,
+        y: (m[3] * p.x as f64 + m[4] * p.y as f64 + m[5]) as f32,
+    }
+}
+
+/// The photo placed by `m` over a textured 720x560 background.
+fn render(photo: &Mat, m: &[f64; 6]) -> RgbImage {
+    let mut frame = Mat::new_rows_cols_with_default(560, 720, CV_8UC3, Scalar::all(0.0)).unwrap();
+    for y in 0..560 {
+        for x in 0..720 {
+            let v = 90 + ((x / 16 + y / 16) % 2) as u8 * 40;
+            *frame.at_2d_mut::<opencv::core::Vec3b>(y, x).unwrap() =
+                opencv::core::Vec3b::from([v, v / 2 + 30, 200 - v]);
+        }
+    }
+    let mut affine =
+        Mat::new_rows_cols_with_default(2, 3, opencv::core::CV_64F, Scalar::all(0.0)).unwrap();
+    for (k, v) in m.iter().enumerate() {
+        *affine
+            .at_2d_mut::<f64>((k / 3) as i32, (k % 3) as i32)
+            .unwrap() = *v;
+    }
+    opencv::imgproc::warp_affine(
+        photo,
+        &mut frame,
+        &affine,
+        Size::new(720, 560),
+        opencv::imgproc::INTER_LINEAR,
+        opencv::core::BORDER_TRANSPARENT,
+        Scalar::default(),
+    )
+    .unwrap();
+    RgbImage::from_bgr_mat(&frame).unwrap()
+}
+
+#[test]
+fn a_face_on_a_known_path_is_followed_within_2_px_with_less_jitter_than_raw_detections() {
+    let Some((model, photo)) = inputs() else {
+        return;
+    };
+    let config = ProcessorConfig {
+        device: Device::Cpu,
+        intensity: 0.0,
+        ..Default::default()
+    };
+    let mut tracked = FrameProcessor::new(&model, config.clone()).unwrap();
+    tracked.set_detect_interval(3);
+    let mut raw = FrameProcessor::new(&model, config).unwrap();
+    // Where the face's points are in the photo itself.
+    let truth_points = raw.detect(&photo.clone().as_frame()).unwrap()[0].alignment_points();
+    let bgr = photo.to_bgr_mat().unwrap();
+
+    let (mut tracked_err, mut raw_err) = (Vec::new(), Vec::new());
+    for i in 0..42 {
+        let m = placement(i);
+        let mut frame = render(&bgr, &m);
+        let truth = truth_points.map(|p| map(&m, p));
+        let detections = raw.detect(&frame.as_frame()).unwrap();
+        let report = tracked
+            .process_video(&mut frame.as_frame(), Duration::from_millis(33 * i as u64))
+            .unwrap();
+        assert_eq!(report.faces.len(), 1, "frame {i}: one face followed");
+        assert_eq!(detections.len(), 1, "frame {i}: one face detected");
+        let offsets = |pts: [Point; 4]| -> [Point; 4] {
+            std::array::from_fn(|k| Point {
+                x: pts[k].x - truth[k].x,
+                y: pts[k].y - truth[k].y,
+            })
+        };
+        tracked_err.push(offsets(report.faces[0].alignment_points()));
+        raw_err.push(offsets(detections[0].alignment_points()));
+    }
+    // Distance to the truth, each point and frame; the error's constant part is the
+    // detector's own bias on this face, common to both.
+    let mean_distance = |err: &[[Point; 4]]| {
+        err.iter()
+            .flatten()
+            .map(|e| e.x.hypot(e.y) as f64)
+            .sum::<f64>()
+            / (4 * err.len()) as f64
+    };
+    // Frame-to-frame jitter: how much the error changes from one frame to the next.
+    let jitter = |err: &[[Point; 4]]| {
+        err.windows(2)
+            .flat_map(|w| (0..4).map(move |k| (w[1][k].x - w[0][k].x).hypot(w[1][k].y - w[0][k].y)))
+            .map(|d| d as f64)
+            .sum::<f64>()
+            / (4 * (err.len() - 1)) as f64
+    };
+    let (dt, dr) = (mean_distance(&tracked_err), mean_distance(&raw_err));
+    let (jt, jr) = (jitter(&tracked_err), jitter(&raw_err));
+    eprintln!("tracked: {dt:.2} px from the truth, jitter {jt:.2} px; raw detections: {dr:.2} px, jitter {jr:.2} px");
+    assert!(dt < 2.0, "tracked points {dt:.2} px from the truth");
+    assert!(
+        jt < jr,
+        "tracked jitter {jt:.2} px not below raw {jr:.2} px"
+    );
+}
+
+#[test]
+fn edit_smoother_is_an_exponential_low_pass_per_face() {
+    use reggan::track::{smoothing_factor, EditSmoother};
+    let mut s = EditSmoother::default();
+    // A new face's edit passes unchanged, and an unchanged edit stays as it is.
+    let mut first = vec![1.0f32, -2.0];
+    assert!(!s.smooth(7, 0.0, 4.0, &mut first));
+    assert_eq!(first, vec![1.0, -2.0]);
+    let mut same = first.clone();
+    assert!(!s.smooth(7, 0.04, 4.0, &mut same));
+    assert_eq!(same, first);
+    // A step moves by alpha(dt, cutoff) of the way, each frame.
+    let a = smoothing_factor(0.04, 4.0);
+    let mut step = vec![3.0f32, -2.0];
+    assert!(s.smooth(7, 0.08, 4.0, &mut step));
+    assert!((step[0] - (1.0 + a * 2.0)).abs() < 1e-6 && step[1] == -2.0);
+    let mut again = vec![3.0f32, -2.0];
+    s.smooth(7, 0.12, 4.0, &mut again);
+    let want = 1.0 + a * 2.0 + a * (3.0 - (1.0 + a * 2.0));
+    assert!((again[0] - want).abs() < 1e-6);
+    // Another face has its own memory; a forgotten face starts afresh.
+    let mut other = vec![10.0f32, 10.0];
+    assert!(!s.smooth(8, 0.12, 4.0, &mut other));
+    s.retain(&[8]);
+    let mut back = vec![5.0f32, 5.0];
+    assert!(!s.smooth(7, 0.16, 4.0, &mut back));
+    assert_eq!(back, vec![5.0, 5.0]);
+}
