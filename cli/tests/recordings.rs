@@ -422,3 +422,90 @@ fn killed_batch_resumes_to_the_same_bytes_and_keeps_the_tree() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A Python with Ray (`$REGGAN_PYTHON`, else `python3` on PATH: the set-up's venv), or
+/// None with a message.
+fn python_with_ray() -> Option<PathBuf> {
+    let python = std::env::var_os("REGGAN_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("python3"));
+    let has_ray = Command::new(&python)
+        .args(["-c", "import ray"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !has_ray {
+        eprintln!(
+            "SKIPPED ray_driver_on_two_local_workers_matches_a_local_run: `{} -c 'import ray'` \
+             fails (pip install ray; scripts/setup.sh installs it into .deps/venv)",
+            python.display()
+        );
+        return None;
+    }
+    Some(python)
+}
+
+#[test]
+fn ray_driver_on_two_local_workers_matches_a_local_run() {
+    let Some(face) = fixtures("ray_driver_on_two_local_workers_matches_a_local_run") else {
+        return;
+    };
+    let Some(python) = python_with_ray() else {
+        return;
+    };
+    let dir = scratch("ray");
+    let clips = dir.join("clips");
+    std::fs::create_dir_all(clips.join("b")).unwrap();
+    let names = ["a1.mp4", "a2.mp4", "b/b1.mp4", "b/b2.mp4"];
+    for (i, name) in names.iter().enumerate() {
+        make_clip(&face, &clips.join(name), 30, Some(500.0 + 50.0 * i as f64));
+    }
+    std::fs::copy(&face, clips.join("b/face.jpg")).unwrap();
+    let options = ["-e", "sad", "--threads", "1"];
+
+    let local = dir.join("local");
+    let mut args = vec![
+        "apply",
+        clips.to_str().unwrap(),
+        "-o",
+        local.to_str().unwrap(),
+    ];
+    args.extend(options);
+    check("local batch", &reggan(&args));
+
+    let on_ray = dir.join("ray");
+    let driver = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/ray_apply.py");
+    let run = Command::new(&python)
+        .arg(&driver)
+        .arg(&clips)
+        .arg(&on_ray)
+        .args([
+            "--local-workers",
+            "2",
+            "--reggan",
+            env!("CARGO_BIN_EXE_reggan"),
+            "--",
+        ])
+        .args(options)
+        .output()
+        .expect("python runs the driver");
+    let said = check("examples/ray_apply.py --local-workers 2", &run);
+    assert!(said.contains("5 files on 2 Ray nodes"), "stdout: {said}");
+    assert!(said.contains("done: 5 files"), "stdout: {said}");
+    let workers: std::collections::HashSet<&str> = said
+        .lines()
+        .filter_map(|l| l.rsplit_once(" on ").map(|(_, w)| w))
+        .collect();
+    assert!(workers.len() >= 2, "every file ran in one worker: {said}");
+
+    let expected = tree(&local);
+    assert_eq!(expected.len(), 5);
+    assert_eq!(tree(&on_ray), expected, "different files from the cluster");
+    for name in &expected {
+        assert!(
+            std::fs::read(on_ray.join(name)).unwrap() == std::fs::read(local.join(name)).unwrap(),
+            "{} differs between the Ray run and the local run",
+            name.display()
+        );
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
