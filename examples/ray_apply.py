@@ -16,8 +16,8 @@ tree, and the input and output folders on a shared file system (NFS, a cluster v
     python3 examples/ray_apply.py recordings/ out/ --address auto -- -e happy
 
 Prints one line per finished file and, at the end, files and video frames per wall
-second, against one process's own time for the same files (sum of task times), so the
-speed-up of the cluster is visible.
+second and how many tasks ran side by side on average (sum of task times / wall time).
+For the speed-up, time `reggan apply IN -o OUT` on one machine against it.
 """
 
 import argparse
@@ -180,8 +180,8 @@ def run(args, extra, files, source_root, out_root, reggan, ray):
     workers = len({(r["node"], r["pid"]) for r in results})
     print(f"done: {len(results)} files in {wall:.1f} s: {len(results) / wall:.2f} files/s"
           + (f", {frames / wall:.1f} video frames/s" if frames else "")
-          + f"; one process would take {busy:.1f} s (speed-up {busy / wall:.2f}x "
-          f"over {workers} worker processes)")
+          + f"; tasks busy {busy:.1f} s in all ({busy / wall:.2f} side by side on "
+          f"average, {workers} worker processes)")
     if failed:
         print(f"{len(failed)} files failed after {args.retries} retries:\n  "
               + "\n  ".join(failed), file=sys.stderr)

@@ -117,7 +117,8 @@ say "onnxruntime ($ORT_PKG): $ORT_LIB"
 
 # Files only the tests and the trainer's eval use (not the element, not the CLI).
 if ((!RUNTIME_ONLY)); then
-  # Public-domain astronaut photo (NASA) from the scikit-image wheel: demo and test image.
+  # Public-domain astronaut photo (NASA) from the scikit-image wheel: the test photo of the
+  # tests that rely on its geometry (the demo uses the committed London Set face).
   ASTRONAUT="$DEPS/astronaut.png"
   if [[ ! -f "$ASTRONAUT" ]]; then
     whl="$(fetch_wheel "scikit-image==$SKIMAGE_VERSION" "scikit_image-$SKIMAGE_VERSION-*.whl")"

@@ -94,7 +94,7 @@ fn changes(
 
 #[test]
 fn installed_element_and_cli_work_in_a_clean_environment_and_uninstall_leaves_nothing() {
-    let (Some(_), Some(launch), Some(inspect), Some(_)) = (
+    let (Some(_), Some(launch), Some(inspect_tool), Some(_)) = (
         shipped_model(),
         gst_launch(),
         gst_tool("gst-inspect-1.0"),
@@ -114,7 +114,7 @@ fn installed_element_and_cli_work_in_a_clean_environment_and_uninstall_leaves_no
     let gst_env = [("GST_PLUGIN_PATH", plugins.as_path())];
 
     // gst-inspect finds the element, and its default model is the installed one.
-    let inspect = clean_env(&inspect, &home, &gst_env)
+    let inspect = clean_env(&inspect_tool, &home, &gst_env)
         .arg("faceexpression")
         .output()
         .unwrap();
@@ -124,6 +124,30 @@ fn installed_element_and_cli_work_in_a_clean_environment_and_uninstall_leaves_no
     assert!(
         text.contains(&format!("Default: \"{}\"", installed_model.display())),
         "the element's default model is not the installed one:\n{text}"
+    );
+
+    // A system-wide install links the plugin from GStreamer's own directory into the
+    // prefix: through such a link the element still finds the prefix's files.
+    let linked = home.join("system-plugins");
+    std::fs::create_dir_all(&linked).unwrap();
+    std::os::unix::fs::symlink(
+        plugins.join("libgstreggan.so"),
+        linked.join("libgstreggan.so"),
+    )
+    .unwrap();
+    let through_link = clean_env(
+        &inspect_tool,
+        &home,
+        &[("GST_PLUGIN_PATH", linked.as_path())],
+    )
+    .arg("faceexpression")
+    .output()
+    .unwrap();
+    check("gst-inspect-1.0 through a link", &through_link);
+    assert!(
+        String::from_utf8_lossy(&through_link.stdout)
+            .contains(&format!("Default: \"{}\"", installed_model.display())),
+        "through a link the element does not find the install"
     );
 
     // A pipeline with every property at its default: model, ONNX Runtime and detector
