@@ -127,11 +127,14 @@ pub fn run(args: &ApplyArgs, jobs: &[Job]) -> Result<()> {
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     let Some(job) = todo.get(i) else { break };
                     let result = process(args, job, threads, &mut processor, &progress)
-                        .map_err(|e| format!("{}: {e:#}", job.input.display()));
+                        .map_err(|e| failure_line(job, &e));
                     match result {
                         Ok(line) => progress.suspend(|| println!("{line}")),
                         Err(line) => {
-                            progress.suspend(|| eprintln!("error: {line}"));
+                            // A single file's error is the run's error, printed once.
+                            if todo.len() > 1 {
+                                progress.suspend(|| eprintln!("error: {line}"));
+                            }
                             failures.lock().unwrap().push(line);
                         }
                     }
@@ -154,6 +157,17 @@ pub fn run(args: &ApplyArgs, jobs: &[Job]) -> Result<()> {
             todo.len(),
             failures.join("\n  ")
         ),
+    }
+}
+
+/// The error, naming the input when the error itself does not.
+fn failure_line(job: &Job, error: &anyhow::Error) -> String {
+    let text = format!("{error:#}");
+    let input = job.input.display().to_string();
+    if text.contains(&input) {
+        text
+    } else {
+        format!("{input}: {text}")
     }
 }
 

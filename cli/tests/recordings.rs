@@ -509,3 +509,73 @@ fn ray_driver_on_two_local_workers_matches_a_local_run() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn audio_the_container_cannot_hold_is_refused_by_name_and_kept_in_mkv() {
+    let test = "audio_the_container_cannot_hold_is_refused_by_name_and_kept_in_mkv";
+    let Some(face) = fixtures(test) else {
+        return;
+    };
+    if let Some(f) = ["vorbisenc", "matroskamux"]
+        .into_iter()
+        .find(|f| gst::ElementFactory::find(f).is_none())
+    {
+        eprintln!("SKIPPED {test}: GStreamer element {f} missing");
+        return;
+    }
+    let dir = scratch("vorbis");
+    let input = dir.join("talk.mkv");
+    let pipeline = gst::parse::launch(&format!(
+        "filesrc location=\"{}\" ! jpegdec ! videoconvert ! videoscale ! \
+         video/x-raw,width={SIZE},height={SIZE} ! imagefreeze num-buffers=20 ! \
+         video/x-raw,framerate={FPS}/1 ! videoconvert ! video/x-raw,format=I420 ! x264enc ! mux. \
+         audiotestsrc num-buffers=20 ! audioconvert ! vorbisenc ! mux. \
+         matroskamux name=mux ! filesink location=\"{}\"",
+        face.display(),
+        input.display()
+    ))
+    .unwrap();
+    run_pipeline(&pipeline);
+
+    let mp4 = dir.join("talk.mp4");
+    let refused = reggan(&[
+        "apply",
+        input.to_str().unwrap(),
+        "-o",
+        mp4.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "Vorbis went into MP4");
+    assert!(
+        err.contains("audio/x-vorbis") && err.contains(".mkv"),
+        "unclear message: {err}"
+    );
+    assert_eq!(
+        tree(&dir),
+        vec![PathBuf::from("talk.mkv")],
+        "files left behind"
+    );
+
+    let mkv = dir.join("talk-happy.mkv");
+    check(
+        "apply to .mkv",
+        &reggan(&[
+            "apply",
+            input.to_str().unwrap(),
+            "-o",
+            mkv.to_str().unwrap(),
+        ]),
+    );
+    let vorbis = |p: &Path| {
+        streams(p)
+            .into_iter()
+            .find(|s| s.caps.starts_with("audio/x-vorbis"))
+            .expect("a Vorbis stream")
+            .bytes
+    };
+    assert!(
+        vorbis(&input) == vorbis(&mkv),
+        "the Vorbis audio was changed"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
