@@ -6,7 +6,8 @@
 # ORT_DYLIB_PATH and REGGAN_BLAZEFACE_DIR for the model runtime and the face detector).
 #
 # Usage: examples/batch.sh input-video output.mp4 [expression] [intensity]
-# The input is anything decodebin reads (mp4, mkv, webm, ...). Only the video is kept.
+# The input is anything decodebin reads (mp4, mkv, webm, ...). Only the video is kept;
+# `reggan apply` keeps the audio as it is and takes whole folders (--jobs, --resume).
 set -eu
 if [ $# -lt 2 ]; then
   echo "usage: $0 input-video output.mp4 [expression] [intensity]" >&2

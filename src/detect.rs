@@ -282,12 +282,11 @@ impl std::str::FromStr for DetectorKind {
 }
 
 /// Where detector files live: `$REGGAN_BLAZEFACE_DIR` / `$REGGAN_HAAR_DIR`, else the
-/// locations `scripts/setup.sh` installs to (recorded at build time).
+/// installed copy, else the locations `scripts/setup.sh` installs to (recorded at build
+/// time; search order: [`crate::install`]). The Haar cascades come from Debian's
+/// opencv-data.
 pub fn default_blazeface_dir() -> PathBuf {
-    std::env::var_os("REGGAN_BLAZEFACE_DIR")
-        .map(PathBuf::from)
-        .or_else(|| option_env!("REGGAN_BLAZEFACE_DIR").map(PathBuf::from))
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".deps/blazeface"))
+    crate::install::blazeface_dir()
 }
 
 pub fn default_haar_dir() -> PathBuf {

@@ -17,6 +17,7 @@ pub mod detect;
 pub mod error;
 pub mod flow;
 pub mod frame;
+pub mod install;
 pub mod model;
 pub mod pose;
 pub mod processor;
@@ -34,9 +35,8 @@ pub use processor::{
 };
 pub use track::{FaceTracker, OneEuroFilter, OneEuroParams, TrackingOptions};
 
-/// The model shipped with the project (used when no model is given).
+/// The model shipped with the project (used when no model is given): `$REGGAN_MODEL`,
+/// the installed `models/mr`, the build tree's (search order: [`install`]).
 pub fn default_model_dir() -> std::path::PathBuf {
-    std::env::var_os("REGGAN_MODEL")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/mr"))
+    install::default_model_dir()
 }

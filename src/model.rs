@@ -209,16 +209,10 @@ impl std::str::FromStr for Device {
     }
 }
 
-/// The ONNX Runtime shared library: `$ORT_DYLIB_PATH`, else where `scripts/setup.sh`
-/// put it when this crate was built.
+/// The ONNX Runtime shared library: `$ORT_DYLIB_PATH`, the installed copy, else where
+/// `scripts/setup.sh` put it when this crate was built (search order: [`crate::install`]).
 pub fn onnxruntime_path() -> PathBuf {
-    std::env::var_os("ORT_DYLIB_PATH")
-        .map(PathBuf::from)
-        .or_else(|| option_env!("ORT_DYLIB_PATH").map(PathBuf::from))
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-                .join(".deps/onnxruntime/libonnxruntime.so.1.31.1")
-        })
+    crate::install::onnxruntime_path()
 }
 
 /// One ONNX Runtime environment per process, loaded on first use.
@@ -228,7 +222,7 @@ pub fn environment() -> Result<&'static Environment> {
         let path = onnxruntime_path();
         if !path.is_file() {
             return Err(format!(
-                "ONNX Runtime library {} not found (run scripts/setup.sh or set ORT_DYLIB_PATH)",
+                "ONNX Runtime library {} not found (run scripts/setup.sh or scripts/install.sh, or set ORT_DYLIB_PATH)",
                 path.display()
             ));
         }

@@ -26,13 +26,17 @@ const VIDEO_OUTPUT_EXTENSIONS: &[&str] = &["mp4", "m4v", "mov", "mkv"];
 ///
 /// Images (png, jpg, ...) keep their format. Videos (mp4, mkv, webm, avi, mov, ...) are
 /// decoded, changed frame by frame by the faceexpression GStreamer element and written
-/// as H.264 (mp4 unless OUT says .mkv/.mov); their audio is dropped.
+/// as H.264 (mp4 unless OUT says .mkv/.mov), keeping their timestamps (frame rate) and
+/// their audio tracks as they are (not re-encoded). Every output is written under a
+/// temporary name and renamed when complete, so an interrupted run leaves no partial
+/// file under an output's name.
 #[derive(Args, Debug)]
 pub struct ApplyArgs {
-    /// Image or video files
+    /// Image or video files, or directories (searched recursively; their tree is kept
+    /// under OUT)
     #[arg(required = true, value_name = "INPUT")]
     pub inputs: Vec<PathBuf>,
-    /// Output file; a directory when there are several inputs
+    /// Output file; a directory when there are several inputs or a directory input
     #[arg(short, long, value_name = "OUT")]
     pub output: PathBuf,
     /// Target expression (one of the model's: happy, sad, angry, disgusted, afraid, surprised, and neutral in models that have it)
@@ -47,9 +51,11 @@ pub struct ApplyArgs {
     /// Replace OUT if it exists (inputs are never overwritten)
     #[arg(long)]
     pub force: bool,
-    /// ONNX Runtime threads (0: one per CPU core)
+    /// ONNX Runtime threads per file (0: the CPU cores shared out between --jobs)
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
+    #[command(flatten)]
+    pub batch: crate::batch::BatchArgs,
     #[command(flatten)]
     pub model: ModelArgs,
 }
@@ -63,45 +69,56 @@ fn parse_intensity(s: &str) -> Result<f32, String> {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum MediaKind {
+pub enum MediaKind {
     Image,
     Video,
 }
 
 #[derive(Debug)]
-struct Job {
-    input: PathBuf,
-    output: PathBuf,
-    kind: MediaKind,
+pub struct Job {
+    pub input: PathBuf,
+    pub output: PathBuf,
+    pub kind: MediaKind,
+    /// `--resume` found this output finished by an earlier run.
+    pub done: bool,
 }
 
 pub fn run(args: ApplyArgs) -> Result<()> {
     let manifest = args.model.manifest()?;
     check_expression(&manifest, &args.expression, &args.model.model_dir())?;
     let jobs = plan_jobs(&args)?;
-
-    let image_jobs: Vec<&Job> = jobs.iter().filter(|j| j.kind == MediaKind::Image).collect();
-    if !image_jobs.is_empty() {
-        let threads = crate::options::resolve_threads(args.threads);
-        let config = args
-            .model
-            .processor_config(&args.expression, args.intensity, threads)?;
-        let mut processor = FrameProcessor::new(&args.model.model_dir(), config)?;
-        for job in image_jobs {
-            apply_image(&mut processor, job, args.side_by_side)?;
-        }
-    }
-    let video_jobs: Vec<&Job> = jobs.iter().filter(|j| j.kind == MediaKind::Video).collect();
-    if !video_jobs.is_empty() {
+    if jobs.iter().any(|j| j.kind == MediaKind::Video) {
         gstutil::init()?;
-        for job in video_jobs {
-            apply_video(&args, job)?;
-        }
     }
-    Ok(())
+    crate::batch::run(&args, &jobs)
 }
 
-fn media_kind(path: &Path) -> Result<MediaKind> {
+/// Changes one image or video, writing `output` (a temporary name the batch renames).
+/// `processor` is the worker's image processor, made on its first image.
+pub fn apply_one(
+    args: &ApplyArgs,
+    job: &Job,
+    output: &Path,
+    threads: usize,
+    processor: &mut Option<FrameProcessor>,
+    progress: &indicatif::MultiProgress,
+) -> Result<String> {
+    match job.kind {
+        MediaKind::Image => {
+            if processor.is_none() {
+                let config =
+                    args.model
+                        .processor_config(&args.expression, args.intensity, threads)?;
+                *processor = Some(FrameProcessor::new(&args.model.model_dir(), config)?);
+            }
+            let processor = processor.as_mut().expect("made above");
+            apply_image(processor, job, output, args.side_by_side)
+        }
+        MediaKind::Video => apply_video(args, job, output, threads, progress),
+    }
+}
+
+pub fn media_kind(path: &Path) -> Result<MediaKind> {
     let ext = extension(path);
     if IMAGE_EXTENSIONS.contains(&ext.as_str()) {
         Ok(MediaKind::Image)
@@ -117,7 +134,7 @@ fn media_kind(path: &Path) -> Result<MediaKind> {
     }
 }
 
-fn extension(path: &Path) -> String {
+pub fn extension(path: &Path) -> String {
     path.extension()
         .map(|e| e.to_string_lossy().to_lowercase())
         .unwrap_or_default()
@@ -126,27 +143,39 @@ fn extension(path: &Path) -> String {
 /// Decides every output path and checks all of them before anything is written, so a
 /// mistake in the last argument does not leave half the work done.
 fn plan_jobs(args: &ApplyArgs) -> Result<Vec<Job>> {
-    let into_dir = args.inputs.len() > 1 || args.output.is_dir();
+    let files = crate::batch::expand_inputs(&args.inputs)?;
+    let into_dir =
+        files.len() > 1 || args.inputs.iter().any(|p| p.is_dir()) || args.output.is_dir();
     if into_dir {
         std::fs::create_dir_all(&args.output)
             .with_context(|| format!("cannot create output directory {}", args.output.display()))?;
     }
-    let inputs: Vec<PathBuf> = args
-        .inputs
+    let inputs: Vec<PathBuf> = files
         .iter()
-        .map(|p| canonical_input(p))
+        .map(|f| canonical_input(&f.path))
         .collect::<Result<_>>()?;
     let mut seen = HashSet::new();
     let mut jobs = Vec::new();
-    for (input, canonical) in args.inputs.iter().zip(&inputs) {
-        let kind = media_kind(input)?;
-        let output = if into_dir {
-            output_in_dir(&args.output, input, kind)
+    for (file, canonical) in files.iter().zip(&inputs) {
+        let kind = media_kind(&file.path)?;
+        // Below a directory OUT, subdirectories of the tree are made when their first
+        // file is written, so the target is resolved from OUT itself.
+        let (output, target) = if into_dir {
+            let output = output_in_dir(&args.output, &file.relative, kind);
+            let target = output_in_dir(&args.output.canonicalize()?, &file.relative, kind);
+            (output, target)
         } else {
-            args.output.clone()
+            (args.output.clone(), normalized_output(&args.output)?)
         };
-        check_output(&output, kind, &inputs, args.force)?;
-        if !seen.insert(normalized_output(&output)?) {
+        let done = check_output(
+            &output,
+            &target,
+            kind,
+            &inputs,
+            args.force,
+            args.batch.resume,
+        )?;
+        if !seen.insert(target) {
             bail!(
                 "two inputs would both be written to {} (rename one)",
                 output.display()
@@ -156,6 +185,7 @@ fn plan_jobs(args: &ApplyArgs) -> Result<Vec<Job>> {
             input: canonical.clone(),
             output,
             kind,
+            done,
         });
     }
     Ok(jobs)
@@ -169,11 +199,12 @@ fn canonical_input(path: &Path) -> Result<PathBuf> {
     Ok(path.canonicalize()?)
 }
 
-fn output_in_dir(dir: &Path, input: &Path, kind: MediaKind) -> PathBuf {
-    let name = input.file_name().expect("an input file has a name");
+/// `relative` is the input's path below the directory given (its file name for a file
+/// given directly).
+fn output_in_dir(dir: &Path, relative: &Path, kind: MediaKind) -> PathBuf {
     match kind {
-        MediaKind::Image => dir.join(name),
-        MediaKind::Video => dir.join(Path::new(name).with_extension("mp4")),
+        MediaKind::Image => dir.join(relative),
+        MediaKind::Video => dir.join(relative.with_extension("mp4")),
     }
 }
 
@@ -193,17 +224,27 @@ fn normalized_output(output: &Path) -> Result<PathBuf> {
     Ok(parent.join(output.file_name().unwrap_or_default()))
 }
 
-fn check_output(output: &Path, kind: MediaKind, inputs: &[PathBuf], force: bool) -> Result<()> {
-    let target = normalized_output(output)?;
-    if inputs.contains(&target) {
+/// Ok(true) when `--resume` may skip the output because it exists (outputs are only
+/// ever renamed into place complete).
+/// `target` is `output` as an absolute path, links resolved.
+fn check_output(
+    output: &Path,
+    target: &Path,
+    kind: MediaKind,
+    inputs: &[PathBuf],
+    force: bool,
+    resume: bool,
+) -> Result<bool> {
+    if inputs.iter().any(|i| i == target) {
         bail!(
             "refusing to overwrite input file {} (choose another -o)",
             output.display()
         );
     }
-    if output.exists() && !force {
+    let exists = output.exists();
+    if exists && !force && !resume {
         bail!(
-            "{} already exists; refusing to overwrite it without --force",
+            "{} already exists; refusing to overwrite it without --force (or --resume to skip it)",
             output.display()
         );
     }
@@ -223,11 +264,16 @@ fn check_output(output: &Path, kind: MediaKind, inputs: &[PathBuf], force: bool)
                 VIDEO_OUTPUT_EXTENSIONS.join(", ")
             )
         }
-        _ => Ok(()),
+        _ => Ok(exists && resume),
     }
 }
 
-fn apply_image(processor: &mut FrameProcessor, job: &Job, side_by_side: bool) -> Result<()> {
+fn apply_image(
+    processor: &mut FrameProcessor,
+    job: &Job,
+    output: &Path,
+    side_by_side: bool,
+) -> Result<String> {
     // The core error already names the file; map it to text so its source is not repeated.
     let before =
         RgbImage::load(&job.input).map_err(|e| anyhow::anyhow!("cannot read image {e}"))?;
@@ -243,8 +289,8 @@ fn apply_image(processor: &mut FrameProcessor, job: &Job, side_by_side: bool) ->
         after
     };
     result
-        .save(&job.output)
-        .with_context(|| format!("cannot write {}", job.output.display()))?;
+        .save(output)
+        .with_context(|| format!("cannot write {}", output.display()))?;
     let turned = report.edits.iter().filter(|e| e.strength == 0.0).count();
     let mut faces = match report.faces.len() - turned {
         0 if turned == 0 => "no face found, written unchanged".to_string(),
@@ -263,29 +309,35 @@ fn apply_image(processor: &mut FrameProcessor, job: &Job, side_by_side: bool) ->
                 .join(", ")
         );
     }
-    println!(
+    Ok(format!(
         "{} -> {}: {faces} ({} detected), {ms:.0} ms on {}",
         job.input.display(),
         job.output.display(),
         report.detected,
         processor.model().provider()
-    );
-    Ok(())
+    ))
 }
 
-fn apply_video(args: &ApplyArgs, job: &Job) -> Result<()> {
-    let pipeline = gstutil::launch(&video_pipeline(&job.output, args.side_by_side))?;
+fn apply_video(
+    args: &ApplyArgs,
+    job: &Job,
+    output: &Path,
+    threads: usize,
+    progress: &indicatif::MultiProgress,
+) -> Result<String> {
+    let pipeline = gstutil::launch(&crate::video::description(output, args.side_by_side))?;
     gstutil::by_name(&pipeline, "src")?
         .set_property("location", job.input.to_string_lossy().to_string());
     gstutil::by_name(&pipeline, "sink")?
-        .set_property("location", job.output.to_string_lossy().to_string());
+        .set_property("location", output.to_string_lossy().to_string());
+    crate::video::link_streams(&pipeline)?;
     let fx = gstutil::by_name(&pipeline, "fx")?;
     gstutil::configure(
         &fx,
         &args.model,
         &args.expression,
         args.intensity as f64,
-        args.threads,
+        threads,
     );
     if args.side_by_side {
         place_after_right_of_before(&pipeline)?;
@@ -298,47 +350,23 @@ fn apply_video(args: &ApplyArgs, job: &Job) -> Result<()> {
         .unwrap_or_default()
         .to_string_lossy()
         .to_string();
-    let bar = gstutil::time_bar(&name);
+    let bar = progress.add(gstutil::time_bar(&name));
     let start = Instant::now();
     let result = gstutil::run_to_eos(&pipeline, |p| gstutil::follow_position(p, &bar));
     bar.finish_and_clear();
-    if let Err(e) = result {
-        let _ = std::fs::remove_file(&job.output);
-        return Err(e.context(format!("processing video {}", job.input.display())));
+    progress.remove(&bar);
+    result.with_context(|| format!("processing video {}", job.input.display()))?;
+    if extension(output) != "mkv" {
+        crate::video::clear_mp4_times(output)?;
     }
     let frames = frames.load(Ordering::Relaxed);
     let secs = start.elapsed().as_secs_f64();
-    println!(
+    Ok(format!(
         "{} -> {}: {frames} frames in {secs:.1} s ({:.1} fps)",
         job.input.display(),
         job.output.display(),
         frames as f64 / secs
-    );
-    Ok(())
-}
-
-/// decode -> RGB -> faceexpression -> H.264. I420 is forced before x264enc because from
-/// RGB it would otherwise pick 4:4:4, which most players cannot decode.
-fn video_pipeline(output: &Path, side_by_side: bool) -> String {
-    let mux = if extension(output) == "mkv" {
-        "matroskamux"
-    } else {
-        "mp4mux"
-    };
-    let encode = format!(
-        "videoconvert ! video/x-raw,format=I420 ! x264enc speed-preset=faster pass=qual quantizer=20 ! {mux} ! filesink name=sink"
-    );
-    let decode = "filesrc name=src ! decodebin ! videoconvert ! capsfilter name=rgb caps=video/x-raw,format=RGB";
-    if side_by_side {
-        format!(
-            "{decode} ! tee name=t \
-             t. ! queue ! comp.sink_0 \
-             t. ! queue ! faceexpression name=fx ! comp.sink_1 \
-             compositor name=comp ! {encode}"
-        )
-    } else {
-        format!("{decode} ! faceexpression name=fx ! {encode}")
-    }
+    ))
 }
 
 /// Moves the compositor's second input (the changed video) right of the first as soon

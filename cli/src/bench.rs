@@ -1,5 +1,5 @@
 //! `reggan bench`: per-stage times and frames per second of the core processor and of
-//! the GStreamer element, on the astronaut pasted into 640x480 and 1280x720 frames.
+//! the GStreamer element, on the demo face pasted into 640x480 and 1280x720 frames.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -28,7 +28,7 @@ pub struct BenchArgs {
     /// Threads for ONNX Runtime and OpenCV
     #[arg(long, default_value_t = 1)]
     pub threads: usize,
-    /// Photo with one face [default: $REGGAN_TEST_IMAGE, the astronaut]
+    /// Photo with one face [default: $REGGAN_DEMO_IMAGE, else the neutral London Set face in assets/]
     #[arg(long, value_name = "FILE")]
     pub image: Option<PathBuf>,
     /// Also write the results as JSON

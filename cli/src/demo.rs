@@ -1,4 +1,4 @@
-//! `reggan demo`: the astronaut photo as a short video with a slowly moving camera,
+//! `reggan demo`: the neutral demo face (London Set) as a short video with a slowly moving camera,
 //! pushed through a real GStreamer pipeline whose `faceexpression` element cycles
 //! through every expression; plus a still strip of all expressions.
 
@@ -28,7 +28,7 @@ pub struct DemoArgs {
     /// Output directory
     #[arg(long, default_value = "out")]
     pub out: PathBuf,
-    /// Photo with a face [default: $REGGAN_TEST_IMAGE, the public-domain astronaut photo]
+    /// Photo with one face [default: $REGGAN_DEMO_IMAGE, else the neutral London Set face in assets/]
     #[arg(long, value_name = "FILE")]
     pub image: Option<PathBuf>,
     /// Video frames per expression (25 fps)

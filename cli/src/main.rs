@@ -1,11 +1,13 @@
 //! `reggan`: apply facial expressions to images and videos, make the demo, measure speed.
 
 mod apply;
+mod batch;
 mod bench;
 mod demo;
 mod gstutil;
 mod images;
 mod options;
+mod video;
 
 use std::process::ExitCode;
 

@@ -102,19 +102,17 @@ pub fn check_expression(manifest: &Manifest, name: &str, model_dir: &Path) -> Re
     )
 }
 
-/// The public-domain astronaut photo that demo and bench use: `$REGGAN_TEST_IMAGE`, else
-/// where `scripts/setup.sh` puts it.
+/// The neutral demo face that demo and bench use (London Set, CC BY 4.0; see NOTICE):
+/// `$REGGAN_DEMO_IMAGE`, the installed copy, the committed `assets/` one.
 pub fn default_photo() -> PathBuf {
-    std::env::var_os("REGGAN_TEST_IMAGE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../.deps/astronaut.png"))
+    reggan::install::demo_face()
 }
 
 pub fn load_photo(path: Option<&Path>) -> Result<reggan::RgbImage> {
     let path = path.map(Path::to_path_buf).unwrap_or_else(default_photo);
     reggan::RgbImage::load(&path).with_context(|| {
         format!(
-            "cannot read the photo {} (run scripts/setup.sh, or give --image)",
+            "cannot read the photo {} (give --image FILE)",
             path.display()
         )
     })

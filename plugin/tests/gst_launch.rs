@@ -4,68 +4,10 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::process::Command;
 
 use common::*;
 use reggan::RgbImage;
-
-/// Newest modification time of the .rs files under `dir`.
-fn newest_source(dir: &std::path::Path) -> std::time::SystemTime {
-    let mut newest = std::time::SystemTime::UNIX_EPOCH;
-    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let path = entry.path();
-        let t = if path.is_dir() {
-            newest_source(&path)
-        } else if path.extension().is_some_and(|e| e == "rs") {
-            entry
-                .metadata()
-                .and_then(|m| m.modified())
-                .unwrap_or(newest)
-        } else {
-            continue;
-        };
-        newest = newest.max(t);
-    }
-    newest
-}
-
-/// The folder with `libgstreggan.so`: the test binary lives in `<target>/<profile>/deps`.
-/// `cargo test` does not rebuild the cdylib, so a library older than the plugin's or
-/// the core's sources is an error rather than a silent test of old code.
-fn plugin_dir() -> Option<PathBuf> {
-    let exe = std::env::current_exe().ok()?;
-    let dir = exe.parent()?.parent()?.to_path_buf();
-    let so = dir.join("libgstreggan.so");
-    let Ok(built) = so.metadata().and_then(|m| m.modified()) else {
-        eprintln!(
-            "SKIPPED: {} missing (cargo build --release -p gst-plugin-reggan)",
-            so.display()
-        );
-        return None;
-    };
-    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let newest = newest_source(&manifest.join("src")).max(newest_source(&manifest.join("../src")));
-    assert!(
-        built >= newest,
-        "{} is older than the plugin or core sources: run \
-         `cargo build --release -p gst-plugin-reggan` before `cargo test`",
-        so.display()
-    );
-    Some(dir)
-}
-
-fn gst_launch() -> Option<PathBuf> {
-    let found = std::env::var_os("PATH")
-        .into_iter()
-        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-        .map(|d| d.join("gst-launch-1.0"))
-        .find(|p| p.is_file());
-    if found.is_none() {
-        eprintln!("SKIPPED: gst-launch-1.0 not on PATH (apt install gstreamer1.0-tools)");
-    }
-    found
-}
 
 #[test]
 fn gst_launch_png_pipeline_changes_the_face() {

@@ -238,3 +238,65 @@ pub fn grow(r: (u32, u32, u32, u32), f: f32) -> (usize, usize, usize, usize) {
 pub fn inside(p: (usize, usize), r: (usize, usize, usize, usize)) -> bool {
     p.0 >= r.0 && p.0 < r.2 && p.1 >= r.1 && p.1 < r.3
 }
+
+/// Newest modification time of the .rs files under `dir`.
+fn newest_source(dir: &std::path::Path) -> std::time::SystemTime {
+    let mut newest = std::time::SystemTime::UNIX_EPOCH;
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        let t = if path.is_dir() {
+            newest_source(&path)
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .unwrap_or(newest)
+        } else {
+            continue;
+        };
+        newest = newest.max(t);
+    }
+    newest
+}
+
+/// The folder with `libgstreggan.so`: the test binary lives in `<target>/<profile>/deps`.
+/// `cargo test` does not rebuild the cdylib, so a library older than the plugin's or
+/// the core's sources is an error rather than a silent test of old code.
+pub fn plugin_dir() -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let dir = exe.parent()?.parent()?.to_path_buf();
+    let so = dir.join("libgstreggan.so");
+    let Ok(built) = so.metadata().and_then(|m| m.modified()) else {
+        eprintln!(
+            "SKIPPED: {} missing (cargo build --release -p gst-plugin-reggan)",
+            so.display()
+        );
+        return None;
+    };
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let newest = newest_source(&manifest.join("src")).max(newest_source(&manifest.join("../src")));
+    assert!(
+        built >= newest,
+        "{} is older than the plugin or core sources: run \
+         `cargo build --release -p gst-plugin-reggan` before `cargo test`",
+        so.display()
+    );
+    Some(dir)
+}
+
+pub fn gst_launch() -> Option<PathBuf> {
+    gst_tool("gst-launch-1.0")
+}
+
+/// A GStreamer command-line tool on PATH, or None (with a message).
+pub fn gst_tool(name: &str) -> Option<PathBuf> {
+    let found = std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .map(|d| d.join(name))
+        .find(|p| p.is_file());
+    if found.is_none() {
+        eprintln!("SKIPPED: {name} not on PATH (apt install gstreamer1.0-tools)");
+    }
+    found
+}
