@@ -50,10 +50,23 @@ pub fn box_laplacian_variance(img: &RgbImage, rect: Rect) -> Result<f64> {
 pub fn sharpness_ratios(model: &Path, photos: &[PathBuf], expression: &str) -> Result<Vec<f64>> {
     let config = ProcessorConfig {
         expression: expression.into(),
+        ..Default::default()
+    };
+    sharpness_ratios_with(model, photos, config)
+}
+
+/// [`sharpness_ratios`] with the processor's other settings (compositing) given; one
+/// face, one thread, CPU.
+pub fn sharpness_ratios_with(
+    model: &Path,
+    photos: &[PathBuf],
+    config: ProcessorConfig,
+) -> Result<Vec<f64>> {
+    let config = ProcessorConfig {
         device: Device::Cpu,
         threads: 1,
         max_faces: 1,
-        ..Default::default()
+        ..config
     };
     let mut processor = FrameProcessor::new(model, config)?;
     let mut ratios = Vec::new();
