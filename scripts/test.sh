@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# The project's test command: every test of every crate, plus formatting and lints.
-# Run scripts/setup.sh once before (CI does; it is idempotent and quick when done).
+# The project's test command: the full set-up (idempotent; quick when done, and a machine
+# that only ran the demo's runtime set-up gets the trainer's PyTorch and the evaluation
+# models here), then every test of every crate, plus formatting and lints.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
-[[ -f .deps/env.sh ]] || { echo "run scripts/setup.sh first" >&2; exit 1; }
+scripts/setup.sh --no-build
 # shellcheck source=/dev/null
 source .deps/env.sh
 cargo fmt --all --check
