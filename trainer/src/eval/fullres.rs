@@ -19,6 +19,8 @@ pub struct FullResRow {
     /// Photos in which a face was found and changed.
     pub n: usize,
     pub median_sharpness: f64,
+    /// Median CIELAB chroma change over the upper face ([`super::colour`]).
+    pub median_chroma: f64,
 }
 
 /// Laplacian variance of the grey pixels of `rect` in a packed RGB image.
@@ -62,6 +64,28 @@ pub fn sharpness_ratios_with(
     photos: &[PathBuf],
     config: ProcessorConfig,
 ) -> Result<Vec<f64>> {
+    Ok(photo_scores(model, photos, config)?
+        .into_iter()
+        .map(|p| p.sharpness)
+        .collect())
+}
+
+/// What one photo's face box shows after the whole product path.
+#[derive(Debug, Clone, Copy)]
+pub struct PhotoScore {
+    /// Laplacian variance, output / input.
+    pub sharpness: f64,
+    /// CIELAB chroma change over the upper face (brows, eyes, nose).
+    pub chroma: f64,
+}
+
+/// [`PhotoScore`] of the largest face of each photo (photos without a face are skipped);
+/// one face, one thread, CPU.
+pub fn photo_scores(
+    model: &Path,
+    photos: &[PathBuf],
+    config: ProcessorConfig,
+) -> Result<Vec<PhotoScore>> {
     let config = ProcessorConfig {
         device: Device::Cpu,
         threads: 1,
@@ -88,7 +112,10 @@ pub fn sharpness_ratios_with(
         let rect = Rect::new(x0, y0, x1 - x0, y1 - y0);
         let before = box_laplacian_variance(&input, rect)?;
         let after = box_laplacian_variance(&output, rect)?;
-        ratios.push(after / before.max(1e-9));
+        ratios.push(PhotoScore {
+            sharpness: after / before.max(1e-9),
+            chroma: super::colour::chroma_change(&input, &output, super::colour::upper_face(rect))?,
+        });
     }
     Ok(ratios)
 }

@@ -612,12 +612,20 @@ fn full_resolution_rows(
             if m.model.manifest().expression_index(e).is_err() {
                 continue;
             }
-            let r = fullres::sharpness_ratios(&m.dir, &photos, e)?;
+            let config = reggan::ProcessorConfig {
+                expression: e.into(),
+                ..Default::default()
+            };
+            let r = fullres::photo_scores(&m.dir, &photos, config)?;
+            let of = |f: fn(&fullres::PhotoScore) -> f64| {
+                fullres::median(&r.iter().map(f).collect::<Vec<_>>())
+            };
             rows.push(fullres::FullResRow {
                 method: m.name.clone(),
                 expression: e.into(),
                 n: r.len(),
-                median_sharpness: fullres::median(&r),
+                median_sharpness: of(|p| p.sharpness),
+                median_chroma: of(|p| p.chroma),
             });
         }
     }

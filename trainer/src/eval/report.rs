@@ -162,12 +162,12 @@ pub fn markdown(report: &Report) -> String {
         s += "\n";
     }
     if !report.full_resolution.is_empty() {
-        s += "## Full resolution\n\nThe whole product path (detect, align, model, flow warp, composite; `FrameProcessor`) on the original photos of the validation performers' neutral faces and of London neutral faces: median over photos of the face box's Laplacian variance, output / input.\n\n| method | expression | photos | sharpness (median) |\n|---|---|---|---|\n";
+        s += "## Full resolution\n\nThe whole product path (detect, align, model, flow warp, composite; `FrameProcessor`) on the original photos of the validation performers' neutral faces and of London neutral faces: median over photos of the face box's Laplacian variance, output / input, and of the colour change over the upper 55 % of the face box (brows, eyes, nose: mean CIELAB chroma difference, `sqrt(da*² + db*²)`; an expression has no reason to recolour it).\n\n| method | expression | photos | sharpness (median) | chroma change, upper face (median) |\n|---|---|---|---|---|\n";
         for r in &report.full_resolution {
             let _ = writeln!(
                 s,
-                "| {} | {} | {} | {:.3} |",
-                r.method, r.expression, r.n, r.median_sharpness
+                "| {} | {} | {} | {:.3} | {:.2} |",
+                r.method, r.expression, r.n, r.median_sharpness, r.median_chroma
             );
         }
         s += "\n";
