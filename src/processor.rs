@@ -118,6 +118,9 @@ pub struct FrameReport {
     pub timings: StageTimings,
 }
 
+/// A face's presence (0..1, fades) and, in video, its track id.
+type Presence = (f32, Option<u64>);
+
 /// An expression at an intensity: what the edit aims at.
 #[derive(Debug, Clone, Copy, PartialEq)]
 struct Target {
@@ -459,7 +462,7 @@ impl FrameProcessor {
         &mut self,
         frame: &mut FrameMut,
         faces: Vec<Face>,
-        tracks: Vec<(f32, Option<u64>)>,
+        tracks: Vec<Presence>,
         mix: Mix,
         time: f64,
     ) -> Result<FrameReport> {
@@ -467,19 +470,19 @@ impl FrameProcessor {
             detected: faces.len(),
             ..Default::default()
         };
-        let mut faces: Vec<(Face, (f32, Option<u64>))> = faces.into_iter().zip(tracks).collect();
+        let mut faces: Vec<(Face, Presence)> = faces.into_iter().zip(tracks).collect();
         faces.retain(|(f, _)| f.bbox.w >= self.config.min_face_size);
         faces.sort_by(|a, b| b.0.bbox.area().total_cmp(&a.0.bbox.area()));
         // A face whose keypoints admit no similarity transform (a detector glitch) is
         // left alone rather than failing the whole frame.
         let t = Instant::now();
         let template = &self.template;
-        let (faces, alignments): (Vec<(Face, (f32, Option<u64>))>, Vec<Alignment>) = faces
+        let (faces, alignments): (Vec<(Face, Presence)>, Vec<Alignment>) = faces
             .into_iter()
             .filter_map(|f| Alignment::for_face(&f.0, template).ok().map(|a| (f, a)))
             .take(self.config.max_faces)
             .unzip();
-        let (faces, tracks): (Vec<Face>, Vec<(f32, Option<u64>)>) = faces.into_iter().unzip();
+        let (faces, tracks): (Vec<Face>, Vec<Presence>) = faces.into_iter().unzip();
         let edits: Vec<FaceEdit> = faces
             .iter()
             .zip(&tracks)

@@ -1,5 +1,7 @@
 //! `reggan bench`: per-stage times and frames per second of the core processor and of
-//! the GStreamer element, on the demo face pasted into 640x480 and 1280x720 frames.
+//! the GStreamer element (mean and 95th percentile of its frame interval), on the demo
+//! face (one, or four in a 2x2 mosaic) in 640x480, 1280x720 and 1920x1080 frames, through
+//! the video path (tracking, as the element runs it).
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -15,7 +17,7 @@ use crate::gstutil;
 use crate::images;
 use crate::options::{load_photo, ModelArgs};
 
-const SIZES: [(usize, usize); 2] = [(640, 480), (1280, 720)];
+const SIZES: [(usize, usize); 3] = [(640, 480), (1280, 720), (1920, 1080)];
 /// Frames run before timing starts (session warm-up, allocator, caches).
 const WARMUP: usize = 5;
 
@@ -43,8 +45,19 @@ pub struct BenchArgs {
     /// frame; 3 = the element's default)
     #[arg(long, default_value_t = 3)]
     pub detect_interval: u32,
+    /// Faces in the frame: 1, or 4 (the photo in a 2x2 mosaic)
+    #[arg(long, default_value_t = 1, value_parser = parse_faces)]
+    pub faces: usize,
     #[command(flatten)]
     pub model: ModelArgs,
+}
+
+fn parse_faces(s: &str) -> std::result::Result<usize, String> {
+    match s {
+        "1" => Ok(1),
+        "4" => Ok(4),
+        _ => Err(format!("'{s}': 1 or 4 faces")),
+    }
 }
 
 /// Mean and 95th percentile of one stage, in milliseconds.
@@ -96,20 +109,30 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let provider = processor.model().provider();
     let method = processor.model().manifest().method.clone();
     println!(
-        "reggan bench: model {} ({method}) on {provider}, {} thread(s), {} frames per row, one face, detect-interval {}",
+        "reggan bench: model {} ({method}) on {provider}, {} thread(s), {} frames per row, {} face(s), detect-interval {}",
         args.model.model_dir().display(),
         args.threads,
         args.frames,
+        args.faces,
         args.detect_interval
     );
+    let photo = if args.faces == 4 {
+        mosaic(&photo)?
+    } else {
+        photo
+    };
 
     let mut rows = Vec::new();
     for (w, h) in SIZES {
         let frame = images::letterbox(&photo, w, h)?;
         processor.reset_tracking();
         let core = bench_core(&mut processor, &frame, args.frames)?;
-        if core.faces == 0 {
-            bail!("no face found in the {w}x{h} bench frame");
+        if core.faces != args.faces {
+            bail!(
+                "{} faces found in the {w}x{h} bench frame, not {}",
+                core.faces,
+                args.faces
+            );
         }
         let element = if args.core_only {
             None
@@ -169,9 +192,32 @@ fn bench_core(
     })
 }
 
+/// The photo four times, in a 2x2 mosaic of the same size.
+fn mosaic(photo: &RgbImage) -> Result<RgbImage> {
+    let (w, h) = (photo.width / 2, photo.height / 2);
+    let small = images::resize(photo, w, h)?;
+    let mut out = RgbImage {
+        width: 2 * w,
+        height: 2 * h,
+        data: vec![96; 4 * w * h * 3],
+    };
+    for (x, y) in [(0, 0), (w, 0), (0, h), (w, h)] {
+        images::paste(&mut out, &small, x, y);
+    }
+    Ok(out)
+}
+
+/// What the element in a pipeline achieved.
+#[derive(Debug, Clone, Copy)]
+struct ElementResult {
+    fps: f64,
+    /// Interval between frames reaching the sink.
+    interval: Stat,
+}
+
 /// appsrc ! faceexpression ! fakesink sync=false. Frames per second are counted between
 /// the first and the last frame reaching the sink, so model loading is not included.
-fn bench_element(args: &BenchArgs, frame: &RgbImage) -> Result<f64> {
+fn bench_element(args: &BenchArgs, frame: &RgbImage) -> Result<ElementResult> {
     gstutil::init()?;
     let pipeline = gstutil::launch(&format!(
         "appsrc name=src format=time block=true max-bytes={} caps=video/x-raw,format=RGB,width={},height={},framerate=25/1 \
@@ -210,7 +256,14 @@ fn bench_element(args: &BenchArgs, frame: &RgbImage) -> Result<f64> {
     let timed = &arrivals[WARMUP.min(arrivals.len())..];
     match (timed.first(), timed.last()) {
         (Some(first), Some(last)) if timed.len() > 1 => {
-            Ok((timed.len() - 1) as f64 / last.duration_since(*first).as_secs_f64())
+            let intervals: Vec<Duration> = timed
+                .windows(2)
+                .map(|w| w[1].duration_since(w[0]))
+                .collect();
+            Ok(ElementResult {
+                fps: (timed.len() - 1) as f64 / last.duration_since(*first).as_secs_f64(),
+                interval: Stat::of(&intervals),
+            })
         }
         _ => bail!(
             "the element pipeline delivered only {} frames",
@@ -231,7 +284,7 @@ fn record_arrivals(sink: &gst::Element) -> Arc<Mutex<Vec<Instant>>> {
     arrivals
 }
 
-type Row = ((usize, usize), CoreResult, Option<f64>);
+type Row = ((usize, usize), CoreResult, Option<ElementResult>);
 
 fn print_table(rows: &[Row]) {
     let mut header = format!("{:<10} {:<8}", "frame", "path");
@@ -248,13 +301,15 @@ fn print_table(rows: &[Row]) {
             line += &format!(" {:>17}", format!("{:.1}/{:.1} ms", stat.mean, stat.p95));
         }
         println!("{line} {:>8.1}", core.fps);
-        if let Some(fps) = element {
-            // The element's stages run inside the pipeline; only its throughput is measured.
+        if let Some(e) = element {
+            // The element's stages run inside the pipeline; its frame interval is measured
+            // at the sink.
             let mut line = format!("{size:<10} {:<8}", "element");
-            for _ in 0..=STAGE_NAMES.len() {
+            for _ in 0..STAGE_NAMES.len() {
                 line += &format!(" {:>17}", "-");
             }
-            println!("{line} {fps:>8.1}");
+            let total = format!("{:.1}/{:.1} ms", e.interval.mean, e.interval.p95);
+            println!("{line} {total:>17} {:>8.1}", e.fps);
         }
     }
 }
@@ -271,13 +326,13 @@ fn to_json(args: &BenchArgs, provider: &str, method: &str, rows: &[Row]) -> serd
             json!({
                 "width": w, "height": h,
                 "core": { "stages": stages, "fps": round2(core.fps) },
-                "element_fps": element.map(round2),
+                "element": element.map(|e| json!({ "fps": round2(e.fps), "interval": e.interval.json() })),
             })
         })
         .collect();
     json!({
         "model": args.model.model_dir(), "method": method, "provider": provider,
-        "threads": args.threads, "frames": args.frames, "results": rows,
+        "threads": args.threads, "frames": args.frames, "faces": args.faces, "results": rows,
     })
 }
 

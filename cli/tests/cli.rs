@@ -496,12 +496,38 @@ fn bench_writes_every_stage() {
     let value: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     let results = value["results"].as_array().unwrap();
-    assert_eq!(results.len(), 2);
+    assert_eq!(results.len(), 3, "640x480, 1280x720, 1920x1080");
     for row in results {
         for stage in ["detect", "align", "model", "composite", "total"] {
             assert!(row["core"]["stages"][stage]["mean_ms"].as_f64().unwrap() >= 0.0);
         }
         assert!(row["core"]["fps"].as_f64().unwrap() > 0.0);
-        assert!(row["element_fps"].as_f64().unwrap() > 0.0);
+        let element = &row["element"];
+        assert!(element["fps"].as_f64().unwrap() > 0.0);
+        let interval = &element["interval"];
+        assert!(
+            interval["p95_ms"].as_f64().unwrap() >= interval["mean_ms"].as_f64().unwrap() * 0.5
+        );
     }
+    // Four faces: the bench fails unless the processor finds all four in every size.
+    let run = reggan(&[
+        "bench",
+        "--frames",
+        "2",
+        "--faces",
+        "4",
+        "--core-only",
+        "--image",
+        path_str(&photo),
+        "--model",
+        path_str(&model),
+    ]);
+    assert!(
+        run.status.success(),
+        "bench --faces 4 failed: {}",
+        stderr(&run)
+    );
+    let run = reggan(&["bench", "--faces", "3", "--model", path_str(&model)]);
+    assert!(!run.status.success());
+    assert!(stderr(&run).contains("1 or 4"), "{}", stderr(&run));
 }

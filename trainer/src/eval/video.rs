@@ -147,11 +147,11 @@ pub fn warping_error(
             let (ax, ay) = (sx - x0, sy - y0);
             let (x0, y0) = (x0 as usize, y0 as usize);
             let here = current.pixel(x as usize, y as usize);
-            for c in 0..3 {
+            for (c, &value) in here.iter().enumerate() {
                 let p = |xx: usize, yy: usize| previous.pixel(xx, yy)[c] as f32;
                 let warped = (1.0 - ay) * ((1.0 - ax) * p(x0, y0) + ax * p(x0 + 1, y0))
                     + ay * ((1.0 - ax) * p(x0, y0 + 1) + ax * p(x0 + 1, y0 + 1));
-                sum += (here[c] as f32 - warped).abs() as f64;
+                sum += (value as f32 - warped).abs() as f64;
             }
             n += 3;
         }
