@@ -58,6 +58,8 @@ pub struct ApplyArgs {
     pub batch: crate::batch::BatchArgs,
     #[command(flatten)]
     pub model: ModelArgs,
+    #[command(flatten)]
+    pub tracking: crate::options::TrackingArgs,
 }
 
 fn parse_intensity(s: &str) -> Result<f32, String> {
@@ -339,6 +341,7 @@ fn apply_video(
         args.intensity as f64,
         threads,
     );
+    gstutil::configure_tracking(&fx, &args.tracking);
     if args.side_by_side {
         place_after_right_of_before(&pipeline)?;
     }

@@ -45,6 +45,13 @@ pub fn configure(
     element.set_property("max-yaw", model.max_yaw as f64);
 }
 
+/// The element's face following (videos).
+pub fn configure_tracking(element: &gst::Element, tracking: &crate::options::TrackingArgs) {
+    element.set_property("detect-interval", tracking.detect_interval);
+    element.set_property("tracking", tracking.tracking);
+    element.set_property("transition-ms", tracking.transition_ms);
+}
+
 /// Builds a pipeline from a gst-launch description.
 pub fn launch(description: &str) -> Result<gst::Pipeline> {
     let element = gst::parse::launch(description)

@@ -125,3 +125,18 @@ pub fn resolve_threads(threads: usize) -> usize {
         n => n,
     }
 }
+
+/// How a video's faces are followed: the element's `detect-interval`, `tracking` and
+/// `transition-ms` (videos only; a still picture is one full search).
+#[derive(Args, Debug, Clone)]
+pub struct TrackingArgs {
+    /// Full-frame face search every N frames, and whenever a tracked face is lost
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=300))]
+    pub detect_interval: u32,
+    /// Follow faces with optical flow and a One Euro filter (false: each frame's raw detections)
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub tracking: bool,
+    /// Stream time over which a new face fades in (and an expression change would ramp)
+    #[arg(long, default_value_t = reggan::processor::DEFAULT_TRANSITION.as_millis() as u32, value_parser = clap::value_parser!(u32).range(0..=10_000), value_name = "MS")]
+    pub transition_ms: u32,
+}

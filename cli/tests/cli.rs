@@ -531,3 +531,26 @@ fn bench_writes_every_stage() {
     assert!(!run.status.success());
     assert!(stderr(&run).contains("1 or 4"), "{}", stderr(&run));
 }
+
+/// The element's face-following options are `apply` options too, checked like them.
+#[test]
+fn tracking_options_are_checked_before_any_work() {
+    for (args, needle) in [
+        (["--detect-interval", "0"], "detect-interval"),
+        (["--transition-ms", "20000"], "transition-ms"),
+        (["--tracking", "maybe"], "tracking"),
+    ] {
+        let out = reggan(&[
+            "apply",
+            "in.mp4",
+            "-o",
+            "/tmp/never-written.mp4",
+            args[0],
+            args[1],
+        ]);
+        assert!(!out.status.success(), "{args:?} was accepted");
+        let err = stderr(&out);
+        assert!(err.contains(needle), "{args:?}: {err}");
+        assert!(!Path::new("/tmp/never-written.mp4").exists());
+    }
+}
