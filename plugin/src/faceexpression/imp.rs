@@ -10,6 +10,8 @@
 //! got). `expression`, `intensity`, `max-faces`, `min-face-size`, `detail`,
 //! `keep-colour` and `max-yaw` apply from the next frame; a new `model`, `device` or `detector` set
 //! while streaming is loaded before the next frame (hot swap, blocking that frame).
+//! Tracked faces are forgotten on a flushing seek, at a new stream and when the frame
+//! size changes (their coordinates belong to the old frames).
 
 use std::path::PathBuf;
 use std::sync::{LazyLock, Mutex};
