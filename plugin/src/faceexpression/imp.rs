@@ -12,8 +12,9 @@
 //! or `intensity` ramps over `transition-ms` of stream time. `expression`, `intensity`,
 //! `max-faces`, `min-face-size`, `detail`, `keep-colour`, `max-yaw`, `transition-ms` and
 //! `tracking` apply from the next frame; a new `model`, `device` or `detector` set while
-//! streaming is loaded before the next frame (hot swap, blocking that frame). A flushing
-//! seek, a new stream or new caps forget the tracked faces.
+//! streaming is loaded before the next frame (hot swap, blocking that frame). Tracked
+//! faces are forgotten on a flushing seek, at a new stream and when the frame size
+//! changes (their coordinates belong to the old frames).
 
 use std::path::PathBuf;
 use std::sync::{LazyLock, Mutex};
