@@ -115,6 +115,9 @@ pub struct FrameReport {
     pub edits: Vec<FaceEdit>,
     /// All faces the detector reported, before the size and count limits.
     pub detected: usize,
+    /// The intensity this frame's edit was made at: the configured one, or mid-ramp
+    /// (`transition`) the ramp's (a face's share of it is its `strength`).
+    pub intensity: f32,
     pub timings: StageTimings,
 }
 
@@ -468,6 +471,7 @@ impl FrameProcessor {
     ) -> Result<FrameReport> {
         let mut report = FrameReport {
             detected: faces.len(),
+            intensity: mix.intensity(),
             ..Default::default()
         };
         let mut faces: Vec<(Face, Presence)> = faces.into_iter().zip(tracks).collect();

@@ -354,6 +354,7 @@ fn intensity_change_ramps_over_transition_ms_of_stream_time() {
     let element = h.element().unwrap();
     // 40 ms frames; intensity 0 from frame 3 (120 ms): the ramp ends at 320 ms, frame 8.
     let mut change = Vec::new();
+    let mut applied = Vec::new();
     for i in 0..11u64 {
         if i == 3 {
             element.set_property("intensity", 0.0f64);
@@ -365,8 +366,22 @@ fn intensity_change_ramps_over_transition_ms_of_stream_time() {
             .map(|(a, b)| a.abs_diff(b) as u64)
             .sum();
         change.push(total);
+        // The face meta reports the intensity the frame was really edited at.
+        applied.push(
+            out.iter_meta::<gst_video::VideoRegionOfInterestMeta>()
+                .next()
+                .and_then(|m| m.param("detection")?.get::<f64>("applied-intensity").ok()),
+        );
     }
-    eprintln!("total change by frame: {change:?}");
+    eprintln!("total change by frame: {change:?}; applied intensity: {applied:?}");
+    assert_eq!(applied[2], Some(1.0));
+    let ramp: Vec<f64> = (4..8)
+        .map(|i| applied[i].expect("a face meta mid-ramp"))
+        .collect();
+    assert!(
+        ramp.windows(2).all(|w| w[1] < w[0]) && ramp[0] < 1.0 && ramp[3] > 0.0,
+        "applied intensity does not follow the ramp: {applied:?}"
+    );
     // Frame 3 is the ramp's start (weight 0): still the whole edit.
     assert!(change[2] > 1000);
     assert!(change[3].abs_diff(change[2]) * 50 < change[2], "{change:?}");

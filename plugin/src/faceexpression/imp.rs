@@ -647,7 +647,7 @@ impl VideoFilterImpl for FaceExpression {
                     .field("strength", edit.strength as f64)
                     .field(
                         "applied-intensity",
-                        settings.intensity * edit.strength as f64,
+                        report.intensity as f64 * edit.strength as f64,
                     )
                     .build(),
             );
