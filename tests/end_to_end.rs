@@ -1,28 +1,12 @@
 //! The shipped model on real faces through the whole core path.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 
 use reggan::align::apply;
 use reggan::detect::Point;
-use reggan::{
-    default_model_dir, Device, Error, ExpressionModel, FrameProcessor, ProcessorConfig, RgbImage,
-};
-
-fn inputs() -> Option<(PathBuf, RgbImage)> {
-    let model = default_model_dir();
-    let image = std::env::var_os("REGGAN_TEST_IMAGE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".deps/astronaut.png"));
-    if !model.join("model.onnx").is_file() || !image.is_file() {
-        eprintln!(
-            "skipping: needs {} and {} (run scripts/setup.sh)",
-            model.display(),
-            image.display()
-        );
-        return None;
-    }
-    Some((model, RgbImage::load(&image).unwrap()))
-}
+use reggan::{Device, Error, ExpressionModel, FrameProcessor, ProcessorConfig, RgbImage};
 
 fn processor(model: &Path, expression: &str) -> FrameProcessor {
     let config = ProcessorConfig {
@@ -53,7 +37,7 @@ fn change_around(a: &RgbImage, b: &RgbImage, p: Point, r: i32) -> f64 {
 
 #[test]
 fn every_expression_changes_the_mouth_and_nothing_outside_the_face() {
-    let Some((model, original)) = inputs() else {
+    let Some((model, original)) = common::shipped_model_and_photo() else {
         return;
     };
     let mut p = processor(&model, "happy");
@@ -91,7 +75,7 @@ fn every_expression_changes_the_mouth_and_nothing_outside_the_face() {
 
 #[test]
 fn different_expressions_give_different_faces_and_intensity_scales_the_change() {
-    let Some((model, original)) = inputs() else {
+    let Some((model, original)) = common::shipped_model_and_photo() else {
         return;
     };
     let mut p = processor(&model, "happy");
@@ -122,7 +106,9 @@ fn different_expressions_give_different_faces_and_intensity_scales_the_change() 
 fn tfeid_faces_change_towards_their_own_expression() {
     // A real expression photo of a validation-style subject should be closer to the
     // model's output for that expression than the neutral input is.
-    let Some((model, _)) = inputs() else { return };
+    let Some((model, _)) = common::shipped_model_and_photo() else {
+        return;
+    };
     let data = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data/tfeid/images");
     let (neutral, happy) = (data.join("0101a02.jpg"), data.join("0111b01.jpg"));
     if !neutral.is_file() || !happy.is_file() {
@@ -182,7 +168,9 @@ fn a_missing_or_corrupt_model_is_a_clear_error() {
         "{e}"
     );
 
-    let Some((model, _)) = inputs() else { return };
+    let Some((model, _)) = common::shipped_model_and_photo() else {
+        return;
+    };
     let dir = tempdir("corrupt");
     std::fs::copy(model.join("model.json"), dir.join("model.json")).unwrap();
     std::fs::write(dir.join("model.onnx"), b"this is not an onnx graph").unwrap();
@@ -201,7 +189,9 @@ fn a_missing_or_corrupt_model_is_a_clear_error() {
 
 #[test]
 fn an_unknown_expression_names_the_available_ones() {
-    let Some((model, _)) = inputs() else { return };
+    let Some((model, _)) = common::shipped_model_and_photo() else {
+        return;
+    };
     let mut p = processor(&model, "happy");
     let e = p.set_expression("bored").unwrap_err().to_string();
     assert!(
@@ -212,7 +202,9 @@ fn an_unknown_expression_names_the_available_ones() {
 
 #[test]
 fn an_unusable_explicit_device_is_an_error_not_a_silent_fallback() {
-    let Some((model, _)) = inputs() else { return };
+    let Some((model, _)) = common::shipped_model_and_photo() else {
+        return;
+    };
     if std::path::Path::new("/dev/nvidia0").exists() {
         eprintln!("skipping: a GPU is present, CUDA may well work");
         return;
@@ -251,7 +243,7 @@ fn scene(img: &RgbImage, dx: usize, dy: usize, with_face: bool) -> RgbImage {
 
 #[test]
 fn with_a_detect_interval_faces_are_followed_between_full_searches() {
-    let Some((model, original)) = inputs() else {
+    let Some((model, original)) = common::shipped_model_and_photo() else {
         return;
     };
     let mut p = processor(&model, "happy");
@@ -322,7 +314,7 @@ fn paste(dst: &mut RgbImage, src: &RgbImage, x0: usize, y0: usize) {
 
 #[test]
 fn twenty_faces_are_limited_to_max_faces() {
-    let Some((model, original)) = inputs() else {
+    let Some((model, original)) = common::shipped_model_and_photo() else {
         return;
     };
     // 5 x 4 faces of about 140 px in a 1280x1024 frame.
@@ -363,7 +355,7 @@ fn twenty_faces_are_limited_to_max_faces() {
 
 #[test]
 fn tiny_and_huge_frames_are_processed_without_error() {
-    let Some((model, original)) = inputs() else {
+    let Some((model, original)) = common::shipped_model_and_photo() else {
         return;
     };
     let mut p = processor(&model, "happy");
@@ -394,7 +386,7 @@ fn tiny_and_huge_frames_are_processed_without_error() {
 
 #[test]
 fn a_degenerate_face_is_skipped_without_failing_the_frame() {
-    let Some((model, original)) = inputs() else {
+    let Some((model, original)) = common::shipped_model_and_photo() else {
         return;
     };
     let mut p = processor(&model, "happy");

@@ -1,16 +1,14 @@
 //! Face tracking: the One Euro filter against the paper's formulas, and a face moving on
 //! a known path followed through the processor's video path.
 
-use std::path::PathBuf;
+mod common;
+
 use std::time::Duration;
 
 use opencv::core::{Mat, Scalar, Size, CV_8UC3};
 use opencv::prelude::*;
 use reggan::detect::Point;
-use reggan::{
-    default_model_dir, Device, FrameProcessor, OneEuroFilter, OneEuroParams, ProcessorConfig,
-    RgbImage,
-};
+use reggan::{Device, FrameProcessor, OneEuroFilter, OneEuroParams, ProcessorConfig, RgbImage};
 
 /// Casiez et al. 2012, written out again from the paper: alpha = r / (r + 1) with
 /// r = 2 pi fc Te; the derivative of the raw sample against the last filtered value is
@@ -148,22 +146,6 @@ fn one_euro_filter_steadies_a_still_signal_and_follows_a_fast_one() {
     }
 }
 
-fn inputs() -> Option<(PathBuf, RgbImage)> {
-    let model = default_model_dir();
-    let image = std::env::var_os("REGGAN_TEST_IMAGE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".deps/astronaut.png"));
-    if !model.join("model.onnx").is_file() || !image.is_file() {
-        eprintln!(
-            "skipping: needs {} and {} (run scripts/setup.sh)",
-            model.display(),
-            image.display()
-        );
-        return None;
-    }
-    Some((model, RgbImage::load(&image).unwrap()))
-}
-
 /// The photo's placement at frame `i`: still for 12 frames, then moving about 3 px a
 /// frame along a curve while turning by up to 6 degrees. Row-major 2x3.
 fn placement(i: usize) -> [f64; 6] {
@@ -222,7 +204,7 @@ fn render(photo: &Mat, m: &[f64; 6]) -> RgbImage {
 
 #[test]
 fn a_face_on_a_known_path_is_followed_within_2_px_with_less_jitter_than_raw_detections() {
-    let Some((model, photo)) = inputs() else {
+    let Some((model, photo)) = common::shipped_model_and_photo() else {
         return;
     };
     let config = ProcessorConfig {

@@ -2,28 +2,11 @@
 //! the set stream time, monotonically, and lands exactly on the new result; new faces
 //! fade in, lost faces hold and fade out.
 
-use std::path::PathBuf;
+mod common;
+
 use std::time::Duration;
 
-use reggan::{
-    default_model_dir, Device, FrameProcessor, ProcessorConfig, RgbImage, TrackingOptions,
-};
-
-fn inputs() -> Option<(PathBuf, RgbImage)> {
-    let model = default_model_dir();
-    let image = std::env::var_os("REGGAN_TEST_IMAGE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".deps/astronaut.png"));
-    if !model.join("model.onnx").is_file() || !image.is_file() {
-        eprintln!(
-            "skipping: needs {} and {} (run scripts/setup.sh)",
-            model.display(),
-            image.display()
-        );
-        return None;
-    }
-    Some((model, RgbImage::load(&image).unwrap()))
-}
+use reggan::{Device, FrameProcessor, ProcessorConfig, RgbImage, TrackingOptions};
 
 fn processor(model: &std::path::Path, expression: &str) -> FrameProcessor {
     let config = ProcessorConfig {
@@ -86,7 +69,7 @@ fn still(model: &std::path::Path, photo: &RgbImage, expression: &str) -> RgbImag
 
 #[test]
 fn intensity_ramps_down_monotonically_and_ends_bit_identical_at_the_set_time() {
-    let Some((model, photo)) = inputs() else {
+    let Some((model, photo)) = common::shipped_model_and_photo() else {
         return;
     };
     let mut p = untracked(&model, "happy");
@@ -124,7 +107,7 @@ fn intensity_ramps_down_monotonically_and_ends_bit_identical_at_the_set_time() {
 
 #[test]
 fn an_expression_change_cross_fades_and_lands_on_the_new_result() {
-    let Some((model, photo)) = inputs() else {
+    let Some((model, photo)) = common::shipped_model_and_photo() else {
         return;
     };
     let (happy, sad) = (still(&model, &photo, "happy"), still(&model, &photo, "sad"));
@@ -155,7 +138,7 @@ fn an_expression_change_cross_fades_and_lands_on_the_new_result() {
 
 #[test]
 fn a_transition_of_zero_is_immediate() {
-    let Some((model, photo)) = inputs() else {
+    let Some((model, photo)) = common::shipped_model_and_photo() else {
         return;
     };
     let mut p = untracked(&model, "happy");
@@ -185,7 +168,7 @@ fn scene(photo: &RgbImage, with_face: bool) -> RgbImage {
 
 #[test]
 fn a_new_face_fades_in_and_a_lost_one_holds_then_fades_out_within_5_frames() {
-    let Some((model, photo)) = inputs() else {
+    let Some((model, photo)) = common::shipped_model_and_photo() else {
         return;
     };
     let mut p = processor(&model, "happy");
@@ -211,7 +194,7 @@ fn a_new_face_fades_in_and_a_lost_one_holds_then_fades_out_within_5_frames() {
 
 #[test]
 fn faces_in_a_streams_first_frame_get_the_whole_edit_at_once() {
-    let Some((model, photo)) = inputs() else {
+    let Some((model, photo)) = common::shipped_model_and_photo() else {
         return;
     };
     let mut p = processor(&model, "happy");

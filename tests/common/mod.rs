@@ -20,7 +20,7 @@ use onnx_protobuf::{
     AttributeProto, GraphProto, Message, ModelProto, NodeProto, OperatorSetIdProto, TensorProto,
     TensorShapeProto, TypeProto, ValueInfoProto,
 };
-use reggan::{Manifest, Template};
+use reggan::{default_model_dir, Manifest, RgbImage, Template};
 
 const OPSET: i64 = 17;
 const IR_VERSION: i64 = 8;
@@ -33,6 +33,24 @@ pub enum FlowOutput {
     PerExpression(Vec<Vec<f32>>),
     /// A flow of one channel instead of two: breaks the contract's [N,2,S,S].
     OneChannel,
+}
+
+/// The shipped default model and the test photo, or None (with a message) when
+/// `scripts/setup.sh` has not fetched them.
+pub fn shipped_model_and_photo() -> Option<(PathBuf, RgbImage)> {
+    let model = default_model_dir();
+    let image = std::env::var_os("REGGAN_TEST_IMAGE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".deps/astronaut.png"));
+    if !model.join("model.onnx").is_file() || !image.is_file() {
+        eprintln!(
+            "skipping: needs {} and {} (run scripts/setup.sh)",
+            model.display(),
+            image.display()
+        );
+        return None;
+    }
+    Some((model, RgbImage::load(&image).unwrap()))
 }
 
 /// A fresh, empty directory for one test.
