@@ -821,18 +821,20 @@ const COARSE: i64 = 4;
 /// mouth's interior), not on the fine detail of another photo, which no regression
 /// can predict and whose plain MSE rewards blurring the input's own detail away.
 fn coarse_mse(subjects: &[Subject], target: &str, predict: impl Fn(&Tensor) -> Tensor) -> f64 {
-    let coarse = |x: &Tensor| {
-        x.avg_pool2d(
-            [COARSE, COARSE],
-            [COARSE, COARSE],
-            [0, 0],
-            false,
-            true,
-            None::<i64>,
-        )
-    };
     let (sse, n) = pair_sse_with(subjects, target, |x| coarse(&predict(x)), coarse);
     sse / n.max(1.0)
+}
+
+/// Means of COARSE x COARSE blocks.
+fn coarse(x: &Tensor) -> Tensor {
+    x.avg_pool2d(
+        [COARSE, COARSE],
+        [COARSE, COARSE],
+        [0, 0],
+        false,
+        true,
+        None::<i64>,
+    )
 }
 
 fn pair_sse_with(
@@ -920,18 +922,9 @@ fn ood_appearance_lambda(
         "appearance, happy, out of distribution ({} people of {}): coarse MSE by lambda: {}",
         dev.len(),
         cache.display(),
-        scored
-            .iter()
-            .map(|(l, m)| format!("{l:.0e} {m:.6}"))
-            .collect::<Vec<_>>()
-            .join(", ")
+        lambda_table(&scored)
     );
-    let best = scored.iter().map(|s| s.1).fold(f64::INFINITY, f64::min);
-    let chosen = scored
-        .iter()
-        .filter(|s| s.1 <= best * (1.0 + APPEARANCE_OOD_TOLERANCE))
-        .map(|s| s.0)
-        .fold(f64::INFINITY, f64::min);
+    let chosen = smallest_lambda_within_tolerance(&scored);
 
     // The mouth alone: the face keeps `chosen`; smaller λ inside the mouth region are
     // scored on the mouth region's error, and chosen by the same rule.
@@ -947,19 +940,30 @@ fn ood_appearance_lambda(
         .collect();
     println!(
         "appearance, happy, out of distribution, mouth region (face lambda {chosen:.0e}): coarse MSE by mouth lambda: {}",
-        in_mouth
-            .iter()
-            .map(|(l, m)| format!("{l:.0e} {m:.6}"))
-            .collect::<Vec<_>>()
-            .join(", ")
+        lambda_table(&in_mouth)
     );
-    let best_mouth = in_mouth.iter().map(|s| s.1).fold(f64::INFINITY, f64::min);
-    let mouth_lambda = in_mouth
-        .iter()
-        .filter(|s| s.1 <= best_mouth * (1.0 + APPEARANCE_OOD_TOLERANCE))
-        .map(|s| s.0)
-        .fold(f64::INFINITY, f64::min);
+    let mouth_lambda = smallest_lambda_within_tolerance(&in_mouth);
     Ok((chosen, (mouth_lambda < chosen).then_some(mouth_lambda)))
+}
+
+/// The smallest λ (the most appearance change) whose error is within
+/// [`APPEARANCE_OOD_TOLERANCE`] of the best of `scored` (λ, error).
+fn smallest_lambda_within_tolerance(scored: &[(f64, f64)]) -> f64 {
+    let best = scored.iter().map(|s| s.1).fold(f64::INFINITY, f64::min);
+    scored
+        .iter()
+        .filter(|s| s.1 <= best * (1.0 + APPEARANCE_OOD_TOLERANCE))
+        .map(|s| s.0)
+        .fold(f64::INFINITY, f64::min)
+}
+
+/// "λ error, λ error, ..." for the logs.
+fn lambda_table(scored: &[(f64, f64)]) -> String {
+    scored
+        .iter()
+        .map(|(l, m)| format!("{l:.0e} {m:.6}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// The compositor's mouth region ([`reggan::composite::mouth_region`]) as [S,S]: where
@@ -983,23 +987,13 @@ fn coarse_mse_in(
     predict: impl Fn(&Tensor) -> Tensor,
     region: &Tensor,
 ) -> f64 {
-    let pool = |x: &Tensor| {
-        x.avg_pool2d(
-            [COARSE, COARSE],
-            [COARSE, COARSE],
-            [0, 0],
-            false,
-            true,
-            None::<i64>,
-        )
-    };
-    let w = pool(&region.to_kind(Kind::Float).unsqueeze(0).unsqueeze(0)).sqrt();
+    let w = coarse(&region.to_kind(Kind::Float).unsqueeze(0).unsqueeze(0)).sqrt();
     let share = w.square().mean(Kind::Double).double_value(&[]).max(1e-12);
     let (sse, n) = pair_sse_with(
         subjects,
         target,
-        |x| pool(&predict(x)) * &w,
-        |t| pool(t) * &w,
+        |x| coarse(&predict(x)) * &w,
+        |t| coarse(t) * &w,
     );
     sse / n.max(1.0) / share
 }
