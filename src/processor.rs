@@ -16,7 +16,7 @@ use crate::error::Result;
 use crate::frame::FrameMut;
 use crate::model::{Device, ExpressionModel};
 use crate::pose::{yaw_strength, HeadPose, DEFAULT_MAX_YAW};
-use crate::track::{EditSmoother, FaceTracker, TrackingOptions};
+use crate::track::{EditSmoother, FaceTracker, TrackedFace, TrackingOptions};
 
 /// What the processor should do; everything but the model and detector can change
 /// between frames.
@@ -56,6 +56,12 @@ impl ProcessorConfig {
         }
     }
 }
+
+/// Video: the whole frame is searched for new faces every this many frames by default
+/// (the element, the CLI, `bench`, `eval --video`). A new face is picked up within 5
+/// frames, or within 10 when it is small (under about a fifth of the frame) and every
+/// face already followed is followed confidently (see [`FrameProcessor::set_detect_interval`]).
+pub const DEFAULT_DETECT_INTERVAL: u32 = 5;
 
 /// How long a change of expression or intensity takes in video by default.
 pub const DEFAULT_TRANSITION: Duration = Duration::from_millis(300);
@@ -216,6 +222,8 @@ pub struct FrameProcessor {
     tracker: FaceTracker,
     detect_interval: u32,
     frames_since_detection: u32,
+    /// Full-frame searches since the last reset.
+    full_searches: u32,
     model: ExpressionModel,
     template: Template,
     compositor: Compositor,
@@ -250,6 +258,7 @@ impl FrameProcessor {
             tracker: FaceTracker::new(config.tracking),
             detect_interval: 1,
             frames_since_detection: 0,
+            full_searches: 0,
             model,
             template,
             compositor,
@@ -317,7 +326,10 @@ impl FrameProcessor {
 
     /// Video: search the whole frame every `n` frames; in between, look for each tracked
     /// face only around where optical flow puts it (a face the tracker is unsure of
-    /// brings the full search forward; new faces appear within `n` frames).
+    /// brings the full search forward; new faces appear within `n` frames). While every
+    /// face is followed confidently, the search for small faces (BlazeFace's back model,
+    /// four times the cost of the front one) runs on every second full search only, so
+    /// new small faces take up to `2n` frames; `n = 1` runs both models every frame.
     pub fn set_detect_interval(&mut self, n: u32) {
         self.detect_interval = n.max(1);
     }
@@ -326,6 +338,7 @@ impl FrameProcessor {
     pub fn reset_tracking(&mut self) {
         self.tracker.reset();
         self.frames_since_detection = 0;
+        self.full_searches = 0;
         self.transition = None;
         self.edits.clear();
     }
@@ -362,38 +375,19 @@ impl FrameProcessor {
     pub fn process_video(&mut self, frame: &mut FrameMut, time: Duration) -> Result<FrameReport> {
         let t0 = Instant::now();
         self.tracker.predict(frame)?;
-        // Each tracked face is searched for around where optical flow put it, every
-        // frame, so its keypoints always come from the same view of it (a still head
-        // gives the same keypoints frame after frame). The whole frame is searched every
-        // `detect_interval` frames, and whenever a face was lost or optical flow could
-        // not follow it; it only adds faces not found around a tracked one.
-        // (Without tracking, the search around each face only runs between full
-        // searches, as before the tracker.)
-        let due = self
+        let t = time.as_secs_f64();
+        // The whole frame is searched every `detect_interval` frames (new faces); while
+        // optical flow follows every face confidently, the faces' own search may be
+        // skipped in between (`TrackingOptions::search_interval`).
+        let full_due = self
             .frames_since_detection
             .is_multiple_of(self.detect_interval);
-        let raw = !self.config.tracking.optical_flow;
-        let mut found = Vec::new();
-        if !(raw && due) {
-            for previous in self.tracker.predicted() {
-                if let Some(face) = self.detector.detect_near(frame, &previous)? {
-                    found.push(face);
-                }
-            }
-        }
-        let mut found = crate::detect::weighted_nms(found, 0.3);
-        if due || !self.tracker.confident() || found.len() < self.tracker.predicted().len() {
-            self.frames_since_detection = 0;
-            let known = found.clone();
-            found.extend(
-                self.detect(frame)?
-                    .into_iter()
-                    .filter(|f| known.iter().all(|k| k.bbox.iou(&f.bbox) <= 0.3)),
-            );
-        }
+        let tracked = if !full_due && self.tracker.may_skip_search() {
+            self.tracker.carry()
+        } else {
+            self.search(frame, t, full_due)?
+        };
         self.frames_since_detection = self.frames_since_detection.wrapping_add(1);
-        let t = time.as_secs_f64();
-        let tracked = self.tracker.update(found, t);
         let detect = t0.elapsed();
         let target = self.target();
         let duration = self.config.transition;
@@ -414,6 +408,42 @@ impl FrameProcessor {
         let mut report = self.edit_faces(frame, faces, tracks, mix, t)?;
         report.timings.detect = detect;
         Ok(report)
+    }
+
+    /// Searches for this frame's faces and gives them to the tracker (time `t`).
+    fn search(&mut self, frame: &FrameMut, t: f64, due: bool) -> Result<Vec<TrackedFace>> {
+        // Each tracked face is searched for around where optical flow put it, every
+        // frame, so its keypoints always come from the same view of it (a still head
+        // gives the same keypoints frame after frame). The whole frame is searched every
+        // `detect_interval` frames, and whenever a face was lost or optical flow could
+        // not follow it; it only adds faces not found around a tracked one.
+        // (Without tracking, the search around each face only runs between full
+        // searches, as before the tracker.)
+        let raw = !self.config.tracking.optical_flow;
+        let mut found = Vec::new();
+        if !(raw && due) {
+            for previous in self.tracker.predicted() {
+                if let Some(face) = self.detector.detect_near(frame, &previous)? {
+                    found.push(face);
+                }
+            }
+        }
+        let mut found = crate::detect::weighted_nms(found, 0.3);
+        if due || !self.tracker.confident() || found.len() < self.tracker.predicted().len() {
+            // The count restarts: the next full search is `detect_interval` from now.
+            self.frames_since_detection = 0;
+            // While faces are followed and every one confidently, the search for small
+            // faces (the costly back model) runs on every second full search only.
+            let routine =
+                self.detect_interval > 1 && !self.tracker.is_empty() && self.tracker.confident();
+            let small_faces = !routine || self.full_searches.is_multiple_of(2);
+            self.full_searches = self.full_searches.wrapping_add(1);
+            let new =
+                self.detector
+                    .detect_new(frame, self.config.min_face_size, &found, small_faces)?;
+            found.extend(new);
+        }
+        Ok(self.tracker.update(found, t))
     }
 
     /// Runs align -> model -> composite for faces found elsewhere (e.g. another tracker).

@@ -120,6 +120,10 @@ pub struct TrackingOptions {
     pub hold_frames: u32,
     /// Frames over which a new face fades in and a lost one fades out (after the hold).
     pub fade_frames: u32,
+    /// While optical flow follows every face confidently, the detector looks for them
+    /// (around where they are, and in the whole frame when that is due) only every
+    /// this many frames; in between, optical flow alone carries them. 1: every frame.
+    pub search_interval: u32,
     /// Cutoff (Hz) of a low-pass on each followed face's edit in its aligned crop (the
     /// model's change and flow), so the edit does not shimmer with every small change
     /// of the input; None: each frame's own edit.
@@ -134,6 +138,7 @@ impl TrackingOptions {
             optical_flow: false,
             hold_frames: 0,
             fade_frames: 1,
+            search_interval: 1,
             edit_cutoff: None,
         }
     }
@@ -146,6 +151,7 @@ impl Default for TrackingOptions {
             optical_flow: true,
             hold_frames: 2,
             fade_frames: 3,
+            search_interval: 2,
             // A low-pass of the edit made the warping error worse on every clip tried
             // (1.5 and 4 Hz): the edit has to follow the mouth.
             edit_cutoff: None,
@@ -218,6 +224,11 @@ impl FaceTracker {
         self.frames = 0;
     }
 
+    /// True when no face is followed.
+    pub fn is_empty(&self) -> bool {
+        self.tracks.is_empty()
+    }
+
     /// Where each followed face is expected in the frame given to the last [`predict`].
     pub fn predicted(&self) -> Vec<Face> {
         self.tracks.iter().map(|t| t.face.clone()).collect()
@@ -227,6 +238,17 @@ impl FaceTracker {
     /// detection should search the whole frame.
     pub fn confident(&self) -> bool {
         self.tracks.iter().all(|t| t.missed == 0 && t.flow_ok)
+    }
+
+    /// True when every face is followed confidently (see [`confident`](Self::confident)),
+    /// there is at least one, and the faces' own search is not due this frame: the
+    /// detector may skip it.
+    pub fn may_skip_search(&self) -> bool {
+        let every = self.options.search_interval.max(1) as u64;
+        self.options.optical_flow
+            && !self.is_empty()
+            && self.confident()
+            && !self.frames.is_multiple_of(every)
     }
 
     /// Moves every followed face to where optical flow says it went in `frame`.
@@ -250,6 +272,29 @@ impl FaceTracker {
         }
         std::mem::swap(&mut self.grey, &mut self.previous_grey);
         Ok(())
+    }
+
+    /// A frame the detector did not look at (see [`TrackingOptions::search_interval`]):
+    /// optical flow alone carries the faces, none counts as lost, new ones go on fading
+    /// in. Returns the followed faces.
+    pub fn carry(&mut self) -> Vec<TrackedFace> {
+        self.frames += 1;
+        let step = 1.0 / self.options.fade_frames.max(1) as f32;
+        for track in &mut self.tracks {
+            track.presence = (track.presence + step).min(1.0);
+        }
+        self.followed()
+    }
+
+    fn followed(&self) -> Vec<TrackedFace> {
+        self.tracks
+            .iter()
+            .map(|t| TrackedFace {
+                face: t.face.clone(),
+                presence: t.presence,
+                id: t.id,
+            })
+            .collect()
     }
 
     /// Takes this frame's detections (time `t` in seconds), returns the followed faces.
@@ -303,14 +348,7 @@ impl FaceTracker {
             observe(&mut track, &face, t, self.options.filter);
             self.tracks.push(track);
         }
-        self.tracks
-            .iter()
-            .map(|t| TrackedFace {
-                face: t.face.clone(),
-                presence: t.presence,
-                id: t.id,
-            })
-            .collect()
+        self.followed()
     }
 }
 
@@ -416,18 +454,14 @@ pub fn grey_of(frame: &FrameMut, out: &mut Mat) -> Result<()> {
 }
 
 /// Points optical flow follows on a face: its four alignment keypoints and up to 40
-/// corners inside its box (the keypoints alone sit on smooth skin and drift).
-fn points_to_follow(grey: &Mat, face: &Face) -> Result<Vector<Point2f>> {
+/// corners inside its box `b` (the keypoints alone sit on smooth skin and drift).
+fn points_to_follow(grey: &Mat, keypoints: [Point; 4], b: &BoxF) -> Result<Vector<Point2f>> {
     let size = grey.size()?;
-    let b = &face.bbox;
     let x0 = b.x.max(0.0).floor() as i32;
     let y0 = b.y.max(0.0).floor() as i32;
     let x1 = ((b.x + b.w).ceil() as i32).min(size.width);
     let y1 = ((b.y + b.h).ceil() as i32).min(size.height);
-    let mut points = Vector::<Point2f>::new();
-    for p in face.alignment_points() {
-        points.push(Point2f::new(p.x, p.y));
-    }
+    let mut points: Vector<Point2f> = keypoints.iter().map(|p| Point2f::new(p.x, p.y)).collect();
     if x1 - x0 < 8 || y1 - y0 < 8 {
         return Ok(points);
     }
@@ -450,20 +484,78 @@ fn points_to_follow(grey: &Mat, face: &Face) -> Result<Vector<Point2f>> {
     Ok(points)
 }
 
+/// Faces wider than this are followed on a smaller copy of the frame (halved until
+/// they fit): a 3-level pyramid on about 100 px of face is as exact as on 400, and a
+/// sixteenth of the work.
+const FLOW_FACE_WIDTH: f32 = 128.0;
+
+/// Where optical flow looks for a face in `b`, in a frame of `size`: the box with a
+/// face width of margin on each side (any motion between two frames that a 3-level
+/// pyramid can follow), and the factor (1, 2, 4 or 8) it is shrunk by.
+fn flow_region(b: &BoxF, size: Size) -> (Rect, i32) {
+    let margin = b.w.max(b.h);
+    let x0 = ((b.x - margin).floor() as i32).clamp(0, size.width - 1);
+    let y0 = ((b.y - margin).floor() as i32).clamp(0, size.height - 1);
+    let x1 = ((b.x + b.w + margin).ceil() as i32).clamp(x0 + 1, size.width);
+    let y1 = ((b.y + b.h + margin).ceil() as i32).clamp(y0 + 1, size.height);
+    let mut factor = 1;
+    while factor < 8 && b.w / factor as f32 > FLOW_FACE_WIDTH {
+        factor *= 2;
+    }
+    (Rect::new(x0, y0, x1 - x0, y1 - y0), factor)
+}
+
+/// `region` of `grey`, shrunk by `factor` (a view when 1).
+fn shrunk(grey: &Mat, region: Rect, factor: i32) -> Result<Mat> {
+    let view = Mat::roi(grey, region)?.try_clone()?;
+    if factor == 1 {
+        return Ok(view);
+    }
+    let mut out = Mat::default();
+    let size = Size::new(
+        (region.width / factor).max(1),
+        (region.height / factor).max(1),
+    );
+    imgproc::resize(&view, &mut out, size, 0.0, 0.0, imgproc::INTER_AREA)?;
+    Ok(out)
+}
+
 /// The similarity (2x3, row-major) that carries the face from `previous` to `current`,
 /// or None when too few points were followed to trust it.
+///
+/// Optical flow runs on the face's neighbourhood only, not the whole frame (its image
+/// pyramids were most of its cost: 2 ms for a 1280x720 frame), and on a shrunk copy
+/// when the face is large.
 fn similarity_flow(previous: &Mat, current: &Mat, face: &Face) -> Result<Option<[f32; 6]>> {
-    let from = points_to_follow(previous, face)?;
+    let (region, factor) = flow_region(&face.bbox, previous.size()?);
+    let (ox, oy, f) = (region.x as f32, region.y as f32, factor as f32);
+    let to_local = |p: Point| Point {
+        x: (p.x - ox) / f,
+        y: (p.y - oy) / f,
+    };
+    let b = &face.bbox;
+    let corner = to_local(Point { x: b.x, y: b.y });
+    let local_box = BoxF {
+        x: corner.x,
+        y: corner.y,
+        w: b.w / f,
+        h: b.h / f,
+    };
+    let (previous, current) = (
+        shrunk(previous, region, factor)?,
+        shrunk(current, region, factor)?,
+    );
+    let from = points_to_follow(&previous, face.alignment_points().map(to_local), &local_box)?;
     if from.len() < 6 {
         return Ok(None);
     }
     let mut to = Vector::<Point2f>::new();
     let mut status = Vector::<u8>::new();
     let mut err = Vector::<f32>::new();
-    let win = ((face.bbox.w / 8.0).round() as i32).clamp(9, 31) | 1;
+    let win = ((local_box.w / 8.0).round() as i32).clamp(9, 31) | 1;
     video::calc_optical_flow_pyr_lk(
-        previous,
-        current,
+        &previous,
+        &current,
         &from,
         &mut to,
         &mut status,
@@ -478,11 +570,12 @@ fn similarity_flow(previous: &Mat, current: &Mat, face: &Face) -> Result<Option<
         0,
         1e-4,
     )?;
+    let to_frame = |p: Point2f| Point2f::new(p.x * f + ox, p.y * f + oy);
     let (mut a, mut b) = (Vector::<Point2f>::new(), Vector::<Point2f>::new());
     for i in 0..from.len() {
         if status.get(i)? == 1 {
-            a.push(from.get(i)?);
-            b.push(to.get(i)?);
+            a.push(to_frame(from.get(i)?));
+            b.push(to_frame(to.get(i)?));
         }
     }
     if a.len() < 6 {

@@ -7,8 +7,11 @@ use std::time::Duration;
 
 use opencv::core::{Mat, Scalar, Size, CV_8UC3};
 use opencv::prelude::*;
-use reggan::detect::Point;
-use reggan::{Device, FrameProcessor, OneEuroFilter, OneEuroParams, ProcessorConfig, RgbImage};
+use reggan::detect::{face_from_box, Point};
+use reggan::{
+    Device, FaceTracker, FrameProcessor, OneEuroFilter, OneEuroParams, ProcessorConfig, RgbImage,
+    TrackingOptions,
+};
 
 /// Casiez et al. 2012, written out again from the paper: alpha = r / (r + 1) with
 /// r = 2 pi fc Te; the derivative of the raw sample against the last filtered value is
@@ -264,6 +267,63 @@ fn a_face_on_a_known_path_is_followed_within_2_px_with_less_jitter_than_raw_dete
         jt < jr,
         "tracked jitter {jt:.2} px not below raw {jr:.2} px"
     );
+}
+
+#[test]
+fn a_confidently_followed_face_is_searched_for_every_search_interval_frames() {
+    let mut tracker = FaceTracker::new(TrackingOptions {
+        search_interval: 3,
+        ..Default::default()
+    });
+    assert!(!tracker.may_skip_search(), "nothing followed yet: search");
+    let face = face_from_box(100.0, 100.0, 80.0, 80.0);
+    tracker.update(vec![face.clone()], 0.0);
+    let mut skipped = Vec::new();
+    let mut presence = Vec::new();
+    for i in 1..=6 {
+        let skip = tracker.may_skip_search();
+        let followed = if skip {
+            tracker.carry()
+        } else {
+            tracker.update(vec![face.clone()], i as f64 / 30.0)
+        };
+        skipped.push(skip);
+        presence.push(followed[0].presence);
+    }
+    assert_eq!(skipped, [true, true, false, true, true, false]);
+    assert!(presence.iter().all(|&p| p == 1.0), "{presence:?}");
+    // A face the detector lost brings the search back at once, every frame.
+    tracker.update(Vec::new(), 0.3);
+    assert!(
+        !tracker.may_skip_search(),
+        "a lost face must be searched for"
+    );
+    // A face that appears later fades in on the frames the detector skips too.
+    let mut tracker = FaceTracker::new(TrackingOptions {
+        search_interval: 2,
+        ..Default::default()
+    });
+    for i in 0..2 {
+        tracker.update(Vec::new(), i as f64 / 30.0);
+    }
+    let first = tracker.update(vec![face.clone()], 0.1)[0].presence;
+    assert!(tracker.may_skip_search());
+    let carried = tracker.carry()[0].presence;
+    assert!(first < carried && carried <= 1.0, "{first} then {carried}");
+    // Every frame searched with an interval of 1, and without optical flow.
+    for options in [
+        TrackingOptions {
+            search_interval: 1,
+            ..Default::default()
+        },
+        TrackingOptions::raw(),
+    ] {
+        let mut tracker = FaceTracker::new(options);
+        for i in 0..4 {
+            tracker.update(vec![face.clone()], i as f64 / 30.0);
+            assert!(!tracker.may_skip_search(), "{options:?}");
+        }
+    }
 }
 
 #[test]

@@ -41,9 +41,9 @@ pub struct BenchArgs {
     pub core_only: bool,
     #[arg(long, default_value = "happy")]
     pub expression: String,
-    /// Full-frame face search every N frames, tracking search in between (1 = every
-    /// frame; 3 = the element's default)
-    #[arg(long, default_value_t = 3)]
+    /// Full-frame face search every N frames, tracking in between (1 = both detection
+    /// models on every frame; the default is the element's)
+    #[arg(long, default_value_t = reggan::processor::DEFAULT_DETECT_INTERVAL)]
     pub detect_interval: u32,
     /// Faces in the frame: 1, or 4 (the photo in a 2x2 mosaic)
     #[arg(long, default_value_t = 1, value_parser = parse_faces)]

@@ -131,7 +131,7 @@ pub fn resolve_threads(threads: usize) -> usize {
 #[derive(Args, Debug, Clone)]
 pub struct TrackingArgs {
     /// Full-frame face search every N frames, and whenever a tracked face is lost
-    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=300))]
+    #[arg(long, default_value_t = reggan::processor::DEFAULT_DETECT_INTERVAL, value_parser = clap::value_parser!(u32).range(1..=300))]
     pub detect_interval: u32,
     /// Follow faces with optical flow and a One Euro filter (false: each frame's raw detections)
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]

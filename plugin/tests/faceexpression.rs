@@ -490,7 +490,7 @@ fn properties_have_the_documented_defaults() {
     assert_eq!(e.property::<u32>("max-faces"), 4);
     assert_eq!(e.property::<u32>("min-face-size"), 32);
     assert_eq!(e.property::<String>("provider"), "");
-    assert_eq!(e.property::<u32>("detect-interval"), 3);
+    assert_eq!(e.property::<u32>("detect-interval"), 5);
     assert_eq!(e.property::<u32>("transition-ms"), 300);
     assert!(e.property::<bool>("tracking"));
     assert_eq!(

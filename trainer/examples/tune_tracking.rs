@@ -6,11 +6,12 @@
 //! ```sh
 //! source .deps/env.sh
 //! cargo run --release -p reggan-trainer --example tune_tracking -- \
-//!     ../shared/data/video models/mr 90 0.3,1,3 0,0.5,2 0,2,4
+//!     ../shared/data/video models/mr 90 0.3,1,3 0,0.5,2 0,2,4 1,2,3
 //! ```
 //!
 //! Arguments: clip folder, model, frames per clip, min_cutoff values, beta values, edit
-//! cutoffs (Hz; 0 = no low-pass of the edit).
+//! cutoffs (Hz; 0 = no low-pass of the edit), search intervals (frames between the
+//! detector's looks at a confidently followed face).
 
 use std::path::PathBuf;
 
@@ -36,10 +37,14 @@ fn main() -> Result<()> {
     let cutoffs = list(&arg(3, "0.3,1,3"))?;
     let betas = list(&arg(4, "0,0.5,2"))?;
     let edit_cutoffs = list(&arg(5, "4"))?;
+    let search_intervals = list(&arg(6, "1"))?;
     let mut extra = Vec::new();
     for &min_cutoff in &cutoffs {
         for &beta in &betas {
-            for &edit in &edit_cutoffs {
+            for (&edit, &every) in edit_cutoffs
+                .iter()
+                .flat_map(|e| search_intervals.iter().map(move |s| (e, s)))
+            {
                 let tracking = TrackingOptions {
                     filter: Some(OneEuroParams {
                         min_cutoff,
@@ -47,13 +52,15 @@ fn main() -> Result<()> {
                         ..Default::default()
                     }),
                     edit_cutoff: (edit > 0.0).then_some(edit),
+                    search_interval: every as u32,
                     ..Default::default()
                 };
                 let config = ProcessorConfig {
                     tracking,
                     ..video::settings("happy").remove(1).1
                 };
-                let name = format!("min_cutoff {min_cutoff} beta {beta} edit {edit}");
+                let name =
+                    format!("min_cutoff {min_cutoff} beta {beta} edit {edit} search every {every}");
                 extra.push((name, config));
             }
         }

@@ -45,10 +45,7 @@ const DEFAULT_MAX_FACES: u32 = 4;
 const MAX_MAX_FACES: u32 = 32;
 const DEFAULT_MIN_FACE_SIZE: u32 = 32;
 const DEFAULT_THREADS: u32 = 0;
-// Full-frame detection every 3rd frame, a cheap search around each known face in
-// between: 1280x720 runs at ~80 fps on one core instead of ~38, and a new face is
-// picked up within 3 frames.
-const DEFAULT_DETECT_INTERVAL: u32 = 3;
+const DEFAULT_DETECT_INTERVAL: u32 = reggan::processor::DEFAULT_DETECT_INTERVAL;
 const DEFAULT_TRANSITION_MS: u32 = 300;
 const MAX_TRANSITION_MS: u32 = 10_000;
 const DEFAULT_TRACKING: bool = true;

@@ -223,7 +223,7 @@ fn measure_clip(
     config: ProcessorConfig,
 ) -> Result<ClipRow> {
     let mut processor = FrameProcessor::new(model, config)?;
-    processor.set_detect_interval(3);
+    processor.set_detect_interval(reggan::processor::DEFAULT_DETECT_INTERVAL);
     let mut outputs = Vec::with_capacity(frames.len());
     let mut busy = Duration::ZERO;
     for f in frames {
