@@ -325,6 +325,8 @@ struct BlazeFace {
     anchors: Vec<Anchor>,
     output_names: Vector<String>,
     resized: Mat,
+    /// The region shrunk by a whole factor, on the way to `resized`.
+    shrunk: Mat,
     blob: Mat,
 }
 
@@ -376,6 +378,7 @@ impl BlazeFace {
             anchors: ssd_anchors(input_size, strides),
             output_names,
             resized: Mat::default(),
+            shrunk: Mat::default(),
             blob,
         })
     }
@@ -388,6 +391,16 @@ impl BlazeFace {
         score_threshold: f32,
     ) -> Result<Vec<Face>> {
         let region = region.unwrap_or(Rect::new(0, 0, frame.width() as i32, frame.height() as i32));
+        // Area averaging is slow at a fractional ratio (0.8 ms for a 500 px square to
+        // 128) and fast at a whole one: shrink by the whole factor first (the region
+        // trimmed by under `whole` pixels to a multiple of it), then by the rest.
+        let whole = (region.width.max(region.height) / self.input_size as i32).max(1);
+        let region = Rect::new(
+            region.x,
+            region.y,
+            (region.width - region.width % whole).max(1),
+            (region.height - region.height % whole).max(1),
+        );
         let lb = Letterbox::new(
             region.width as usize,
             region.height as usize,
@@ -397,14 +410,13 @@ impl BlazeFace {
         let rh = ((region.height as f32 * lb.scale).round() as i32).max(1);
         let full = frame.as_mat()?;
         let view = Mat::roi(&full, region)?;
-        imgproc::resize(
-            &view,
-            &mut self.resized,
-            Size::new(rw, rh),
-            0.0,
-            0.0,
-            imgproc::INTER_AREA,
-        )?;
+        if whole > 1 {
+            let (w, h) = (region.width / whole, region.height / whole);
+            area(&view, &mut self.shrunk, w, h)?;
+            area(&self.shrunk, &mut self.resized, rw, rh)?;
+        } else {
+            area(&view, &mut self.resized, rw, rh)?;
+        }
         self.fill_blob(frame, &lb, rw as usize, rh as usize)?;
         let outs = self.forward()?;
         let mut candidates = Vec::new();
@@ -488,6 +500,12 @@ impl BlazeFace {
         }
         Ok(())
     }
+}
+
+/// `from` resized to `w` x `h` by area averaging.
+fn area(from: &impl opencv::core::ToInputArray, to: &mut Mat, w: i32, h: i32) -> Result<()> {
+    imgproc::resize(from, to, Size::new(w, h), 0.0, 0.0, imgproc::INTER_AREA)?;
+    Ok(())
 }
 
 struct Haar {

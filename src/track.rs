@@ -202,6 +202,8 @@ pub struct FaceTracker {
     previous_grey: Mat,
     /// Frames seen since the last reset.
     frames: u64,
+    /// Frames carried by optical flow alone since the detector last looked.
+    carried: u32,
     next_id: u64,
 }
 
@@ -213,6 +215,7 @@ impl FaceTracker {
             grey: Mat::default(),
             previous_grey: Mat::default(),
             frames: 0,
+            carried: 0,
             next_id: 0,
         }
     }
@@ -222,6 +225,7 @@ impl FaceTracker {
         self.tracks.clear();
         self.previous_grey = Mat::default();
         self.frames = 0;
+        self.carried = 0;
     }
 
     /// True when no face is followed.
@@ -241,14 +245,13 @@ impl FaceTracker {
     }
 
     /// True when every face is followed confidently (see [`confident`](Self::confident)),
-    /// there is at least one, and the faces' own search is not due this frame: the
-    /// detector may skip it.
+    /// there is at least one, and the detector looked at them fewer than
+    /// [`TrackingOptions::search_interval`] frames ago: it may skip this frame.
     pub fn may_skip_search(&self) -> bool {
-        let every = self.options.search_interval.max(1) as u64;
         self.options.optical_flow
             && !self.is_empty()
             && self.confident()
-            && !self.frames.is_multiple_of(every)
+            && self.carried + 1 < self.options.search_interval
     }
 
     /// Moves every followed face to where optical flow says it went in `frame`.
@@ -279,6 +282,7 @@ impl FaceTracker {
     /// in. Returns the followed faces.
     pub fn carry(&mut self) -> Vec<TrackedFace> {
         self.frames += 1;
+        self.carried += 1;
         let step = 1.0 / self.options.fade_frames.max(1) as f32;
         for track in &mut self.tracks {
             track.presence = (track.presence + step).min(1.0);
@@ -301,6 +305,7 @@ impl FaceTracker {
     pub fn update(&mut self, detections: Vec<Face>, t: f64) -> Vec<TrackedFace> {
         let first_frame = self.frames == 0;
         self.frames += 1;
+        self.carried = 0;
         let mut unmatched: Vec<Option<Face>> = detections.into_iter().map(Some).collect();
         let step = 1.0 / self.options.fade_frames.max(1) as f32;
         for track in &mut self.tracks {
@@ -502,14 +507,18 @@ fn flow_region(b: &BoxF, size: Size) -> (Rect, i32) {
     while factor < 8 && b.w / factor as f32 > FLOW_FACE_WIDTH {
         factor *= 2;
     }
-    (Rect::new(x0, y0, x1 - x0, y1 - y0), factor)
+    // Sides a multiple of the factor: area averaging at a fractional ratio is several
+    // times slower.
+    let (w, h) = (x1 - x0, y1 - y0);
+    let trim = |side: i32| (side - side % factor).max(factor.min(side));
+    (Rect::new(x0, y0, trim(w), trim(h)), factor)
 }
 
 /// `region` of `grey`, shrunk by `factor` (a view when 1).
 fn shrunk(grey: &Mat, region: Rect, factor: i32) -> Result<Mat> {
-    let view = Mat::roi(grey, region)?.try_clone()?;
+    let view = Mat::roi(grey, region)?;
     if factor == 1 {
-        return Ok(view);
+        return Ok(view.try_clone()?);
     }
     let mut out = Mat::default();
     let size = Size::new(
