@@ -1180,6 +1180,22 @@ mod tests {
         assert!(edges[0] != edges[3], "{edges:?}");
     }
 
+    #[test]
+    fn missing_weights_leave_the_columns_empty_and_say_so() {
+        let nowhere = Path::new("/nonexistent/reggan-weights");
+        let mut scorers = FaceScorers::load(&nowhere.join("fer.npz"), nowhere, false);
+        assert!(scorers.fer.is_none() && scorers.dlib.is_none());
+        let notes = notes(&scorers, "happy");
+        assert!(
+            notes.contains("ECS: empty (fer's weights not found"),
+            "{notes}"
+        );
+        assert!(notes.contains("Identity: empty"), "{notes}");
+        let faces = Tensor::zeros([2, 3, 128, 128], (Kind::Float, tch::Device::Cpu));
+        let scores = score_faces(&mut scorers, fer::fer_label("happy"), &faces, &faces).unwrap();
+        assert_eq!(scores, FaceScores::default());
+    }
+
     /// fer's weights and dlib's models, or None with a message.
     fn scorers_or_skip() -> Option<FaceScorers> {
         let scorers = FaceScorers::load(&fer::default_path(), &fss::default_dir(), false);
