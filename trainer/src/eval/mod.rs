@@ -240,7 +240,7 @@ fn inception_features(m: &tch::CModule, faces: &Tensor) -> Result<Tensor> {
 }
 
 /// ECS: share of faces whose top fer class is `label`.
-fn ecs(probs: &Tensor, label: usize) -> f64 {
+pub(crate) fn ecs(probs: &Tensor, label: usize) -> f64 {
     probs
         .argmax(1, false)
         .eq(label as i64)
@@ -668,8 +668,10 @@ pub struct EvalArgs {
     #[arg(long)]
     pub out: PathBuf,
     /// Instead of the photo sets: the temporal quality of the product path on the
-    /// video clips of this folder (warping error inside the face, coverage, fps; with
-    /// tracking off and with the defaults), for the first of --models.
+    /// video clips of this folder (warping error inside the face, coverage, fps, and on
+    /// sampled frames ECS and identity; with tracking off and with the defaults), for
+    /// the first of --models. A still photo instead of a folder: a synthetic clip of it
+    /// moving along a path.
     #[arg(long, value_name = "DIR")]
     pub video: Option<PathBuf>,
     /// With --video: frames decoded per clip (from the start).
@@ -678,19 +680,38 @@ pub struct EvalArgs {
     /// With --video: the expression applied.
     #[arg(long, default_value = "happy")]
     pub video_expression: String,
+    /// With --video: write a picture of consecutive frames of one clip (every 4th frame
+    /// with a face, 6 of them, default setting), input row above output row (PNG, or
+    /// JPEG by the extension).
+    #[arg(long, value_name = "FILE")]
+    pub strip: Option<PathBuf>,
+    /// With --strip: the clip's file name (default: the first clip).
+    #[arg(long, value_name = "NAME")]
+    pub strip_clip: Option<String>,
 }
 
 /// `reggan-train eval --video DIR`.
 fn run_video(args: &EvalArgs, dir: &Path) -> Result<()> {
     let model = &args.models[0];
-    let rows = video::run(
+    let mut scorers = video::FaceScorers::load(
+        &args.fer.clone().unwrap_or_else(fer::default_path),
+        &args.dlib.clone().unwrap_or_else(fss::default_dir),
+        args.no_fss,
+    );
+    let strip = args
+        .strip
+        .clone()
+        .map(|path| video::StripOptions::new(path, args.strip_clip.clone()));
+    let rows = video::run_with(
         model,
         dir,
         &args.video_expression,
         args.video_frames,
         Vec::new(),
+        &mut scorers,
+        strip.as_ref(),
     )?;
-    let md = video::markdown(&rows);
+    let md = video::markdown(&rows) + &video::notes(&scorers, &args.video_expression);
     print!("{md}");
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("cannot create {}", args.out.display()))?;

@@ -10,21 +10,36 @@
 //!   input (1 = the edit adds no flicker);
 //! - coverage: of the frames in which an independent full-frame search finds a face
 //!   within the yaw limit, the share in which that face's box was changed;
-//! - frames per second of the processor (one thread, decoding not counted).
+//! - frames per second of the processor (one thread, decoding not counted);
+//! - on sampled frames (every [`SAMPLE_EVERY`]th frame with a face, at most
+//!   [`SAMPLE_MAX`]), the still `eval`'s yardsticks on the face aligned to the LSRF
+//!   template (128 px, the crops the models are scored on), from the input frame's
+//!   reference face: ECS (fer's mini-Xception labels the output as the target; the
+//!   input's share for reference) and identity (dlib distance input vs output face of
+//!   the same frame, and the share under [`fss::SAME_PERSON`]). Without the fer or dlib
+//!   weights these columns stay empty.
+//!
+//! A still photo given instead of a folder becomes a synthetic clip ([`synthetic_clip`]):
+//! the photo moved and turned along a path over a textured background. `--strip` writes
+//! a picture of consecutive frames of one clip, input row above output row ([`strip`]).
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use gst::prelude::*;
-use opencv::core::{Mat, Rect, Vec2f, CV_32FC2};
+use opencv::core::{Mat, Rect, Scalar, Size, Vec2f, CV_32FC2, CV_64F, CV_8UC3};
 use opencv::prelude::*;
 use opencv::{imgproc, video};
 use reggan::detect::BoxF;
 use reggan::{
-    Device, FaceDetector, FrameProcessor, HeadPose, ProcessorConfig, RgbImage, TrackingOptions,
+    Alignment, Device, Face, FaceDetector, FrameProcessor, HeadPose, ProcessorConfig, RgbImage,
+    Template, TrackingOptions,
 };
 use serde::Serialize;
+use tch::{Kind, Tensor};
+
+use super::{fer, fss};
 
 /// One decoded frame and its presentation time.
 pub struct Frame {
@@ -193,11 +208,23 @@ pub struct ClipRow {
     pub frames_with_face: usize,
     pub coverage: f64,
     pub fps: f64,
+    /// Frames sampled for expression and identity ([`sample_frames`]).
+    pub sampled: usize,
+    /// ECS on the sampled frames: the share of output faces fer labels as the target,
+    /// and the same share of the input faces (what the clip already shows). `None`
+    /// without fer's weights or for an expression fer has no class of.
+    pub ecs_output: Option<f64>,
+    pub ecs_input: Option<f64>,
+    /// Identity on the sampled frames: mean dlib distance, input face vs output face of
+    /// the same frame, and the share under [`fss::SAME_PERSON`]. `None` without dlib's
+    /// models.
+    pub identity_distance: Option<f64>,
+    pub identity_same: Option<f64>,
 }
 
 /// What the independent reference search sees in each input frame: the largest face
 /// within the yaw limit, if any.
-fn reference_faces(frames: &[Frame], max_yaw: f32) -> Result<Vec<Option<BoxF>>> {
+fn reference_faces(frames: &[Frame], max_yaw: f32) -> Result<Vec<Option<Face>>> {
     let mut detector = FaceDetector::new(reggan::DetectorKind::Auto)?;
     frames
         .iter()
@@ -207,21 +234,151 @@ fn reference_faces(frames: &[Frame], max_yaw: f32) -> Result<Vec<Option<BoxF>>> 
             Ok(faces
                 .into_iter()
                 .filter(|face| HeadPose::estimate(&face.keypoints).yaw.abs() < max_yaw)
-                .max_by(|a, b| a.bbox.area().total_cmp(&b.bbox.area()))
-                .map(|face| face.bbox))
+                .max_by(|a, b| a.bbox.area().total_cmp(&b.bbox.area())))
         })
         .collect()
 }
 
-/// Runs one clip through the processor and measures it.
-fn measure_clip(
+/// Expression and identity are measured on every `SAMPLE_EVERY`th frame with a face...
+pub const SAMPLE_EVERY: usize = 15;
+/// ... at most this many per clip.
+pub const SAMPLE_MAX: usize = 10;
+
+/// Indices of frames with a face (`has_face`): the `first`-th of them (counting from 0),
+/// then every `step`-th, `n` at most.
+pub fn frames_with_face(has_face: &[bool], first: usize, step: usize, n: usize) -> Vec<usize> {
+    has_face
+        .iter()
+        .enumerate()
+        .filter(|(_, &f)| f)
+        .map(|(i, _)| i)
+        .skip(first)
+        .step_by(step.max(1))
+        .take(n)
+        .collect()
+}
+
+/// The frames sampled for expression and identity: the `every`-th, 2·`every`-th, …
+/// frame with a face (so the first lies past the ramp-in of the edit), `max` at most.
+pub fn sample_frames(has_face: &[bool], every: usize, max: usize) -> Vec<usize> {
+    frames_with_face(has_face, every.max(1) - 1, every, max)
+}
+
+/// The still `eval`'s instruments, each `None` when its weights are absent.
+pub struct FaceScorers {
+    pub fer: Option<fer::Fer>,
+    pub dlib: Option<fss::FaceRecognizer>,
+}
+
+impl FaceScorers {
+    /// No instruments: the expression and identity columns stay empty.
+    pub fn none() -> Self {
+        FaceScorers {
+            fer: None,
+            dlib: None,
+        }
+    }
+
+    /// fer's weights and dlib's models; what is missing is said, and its columns stay
+    /// empty (the video measures do not need them).
+    pub fn load(fer_weights: &Path, dlib_dir: &Path, no_fss: bool) -> Self {
+        let fer = fer::Fer::load(fer_weights)
+            .map_err(|e| eprintln!("video: the ECS columns stay empty: {e:#}"))
+            .ok();
+        let dlib = if no_fss {
+            eprintln!("video: the identity columns stay empty (--no-fss)");
+            None
+        } else {
+            fss::FaceRecognizer::load(dlib_dir)
+                .map_err(|e| eprintln!("video: the identity columns stay empty: {e:#}"))
+                .ok()
+        };
+        FaceScorers { fer, dlib }
+    }
+}
+
+/// Side of the aligned crops scored: the `prepare` cache's, the crops still `eval` scores.
+const SCORE_CROP: usize = crate::data::CROP_SIZE;
+
+/// Each image's face aligned to the LSRF template of `size` pixels (the crops the
+/// models see and still `eval` scores), as [N,3,S,S] in [0,1].
+pub fn aligned_faces(images: &[&RgbImage], faces: &[&Face], size: usize) -> Result<Tensor> {
+    let template = Template::lsrf(size);
+    let s = size as i64;
+    let mut crops = Vec::with_capacity(images.len());
+    for (img, face) in images.iter().zip(faces) {
+        let mut copy = (*img).clone();
+        let crop = Alignment::for_face(face, &template)?.crop_rgb(&copy.as_frame())?;
+        crops.push(
+            Tensor::from_slice(&crop.data)
+                .view([s, s, 3])
+                .permute([2, 0, 1])
+                .to_kind(Kind::Float)
+                / 255.0,
+        );
+    }
+    Ok(if crops.is_empty() {
+        Tensor::zeros([0, 3, s, s], (Kind::Float, tch::Device::Cpu))
+    } else {
+        Tensor::stack(&crops, 0)
+    })
+}
+
+/// Expression and identity of output faces against the input faces of the same frames.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct FaceScores {
+    pub ecs_output: Option<f64>,
+    pub ecs_input: Option<f64>,
+    pub identity_distance: Option<f64>,
+    pub identity_same: Option<f64>,
+}
+
+/// Scores aligned output faces against the aligned input faces of the same frames
+/// ([N,3,S,S] each), with fer's class `label` as the target.
+pub fn score_faces(
+    scorers: &mut FaceScorers,
+    label: Option<usize>,
+    inputs: &Tensor,
+    outputs: &Tensor,
+) -> Result<FaceScores> {
+    let mut scores = FaceScores::default();
+    if inputs.size()[0] == 0 {
+        return Ok(scores);
+    }
+    if let (Some(fer), Some(label)) = (&scorers.fer, label) {
+        scores.ecs_output = Some(super::ecs(&fer.classify(outputs)?.1, label));
+        scores.ecs_input = Some(super::ecs(&fer.classify(inputs)?.1, label));
+    }
+    if let Some(dlib) = &mut scorers.dlib {
+        let d = fss::distances(&dlib.embed(inputs)?.vectors, &dlib.embed(outputs)?.vectors);
+        scores.identity_distance = Some(d.mean(Kind::Float).double_value(&[]));
+        scores.identity_same = Some(
+            d.lt(fss::SAME_PERSON)
+                .to_kind(Kind::Float)
+                .mean(Kind::Float)
+                .double_value(&[]),
+        );
+    }
+    Ok(scores)
+}
+
+/// One decoded clip and what is measured on it whatever the setting.
+struct ClipInput<'a> {
+    name: &'a str,
+    frames: &'a [Frame],
+    faces: &'a [Option<Face>],
+    samples: &'a [usize],
+    /// The sampled frames' aligned input faces.
+    crops: &'a Tensor,
+}
+
+/// Every frame through the processor, as the element runs it: the outputs and the time
+/// spent.
+fn process(
     model: &Path,
-    name: &str,
     frames: &[Frame],
-    faces: &[Option<BoxF>],
-    setting: &str,
     config: ProcessorConfig,
-) -> Result<ClipRow> {
+) -> Result<(Vec<RgbImage>, Duration)> {
     let mut processor = FrameProcessor::new(model, config)?;
     processor.set_detect_interval(reggan::processor::DEFAULT_DETECT_INTERVAL);
     let mut outputs = Vec::with_capacity(frames.len());
@@ -233,13 +390,28 @@ fn measure_clip(
         busy += t.elapsed();
         outputs.push(out);
     }
+    Ok((outputs, busy))
+}
+
+/// Runs one clip through the processor and measures it; also returns the outputs.
+fn measure_clip(
+    model: &Path,
+    clip: &ClipInput,
+    setting: &str,
+    config: ProcessorConfig,
+    scorers: &mut FaceScorers,
+    label: Option<usize>,
+) -> Result<(ClipRow, Vec<RgbImage>)> {
+    let (frames, faces) = (clip.frames, clip.faces);
+    let (outputs, busy) = process(model, frames, config)?;
     let (w, h) = (frames[0].image.width, frames[0].image.height);
     let mut dis = video::DISOpticalFlow::create(video::DISOpticalFlow_PRESET_MEDIUM)?;
     let (mut e_out, mut e_in, mut pairs) = (0.0, 0.0, 0usize);
     for t in 1..frames.len() {
-        let (Some(b), Some(_)) = (&faces[t], &faces[t - 1]) else {
+        let (Some(f), Some(_)) = (&faces[t], &faces[t - 1]) else {
             continue;
         };
+        let b = &f.bbox;
         let (Some(inner), Some(region)) = (rect_of(b, 0.0, w, h), rect_of(b, 0.5, w, h)) else {
             continue;
         };
@@ -256,13 +428,21 @@ fn measure_clip(
     let changed = with_face
         .iter()
         .filter(|&&i| {
-            let b = faces[i].as_ref().expect("filtered");
+            let b = &faces[i].as_ref().expect("filtered").bbox;
             rect_of(b, 0.0, w, h).is_some_and(|r| changed_inside(&frames[i].image, &outputs[i], r))
         })
         .count();
+    let sampled_out: Vec<&RgbImage> = clip.samples.iter().map(|&i| &outputs[i]).collect();
+    let sampled_faces: Vec<&Face> = clip
+        .samples
+        .iter()
+        .map(|&i| faces[i].as_ref().expect("sampled frames have a face"))
+        .collect();
+    let out_crops = aligned_faces(&sampled_out, &sampled_faces, SCORE_CROP)?;
+    let scores = score_faces(scorers, label, clip.crops, &out_crops)?;
     let n = pairs.max(1) as f64;
-    Ok(ClipRow {
-        clip: name.into(),
+    let row = ClipRow {
+        clip: clip.name.into(),
         setting: setting.into(),
         width: w,
         height: h,
@@ -273,7 +453,13 @@ fn measure_clip(
         frames_with_face: with_face.len(),
         coverage: changed as f64 / with_face.len().max(1) as f64,
         fps: frames.len() as f64 / busy.as_secs_f64(),
-    })
+        sampled: clip.samples.len(),
+        ecs_output: scores.ecs_output,
+        ecs_input: scores.ecs_input,
+        identity_distance: scores.identity_distance,
+        identity_same: scores.identity_same,
+    };
+    Ok((row, outputs))
 }
 
 /// The settings compared: the behaviour before tracking, and the defaults.
@@ -292,8 +478,21 @@ pub fn settings(expression: &str) -> Vec<(String, ProcessorConfig)> {
     vec![("tracking off".into(), off), ("default".into(), base)]
 }
 
-/// The video files (mp4, mkv, webm, mov, avi) of a folder, sorted.
+/// The setting the strip picture shows.
+pub const STRIP_SETTING: &str = "default";
+
+fn is_photo(path: &Path) -> bool {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| ["jpg", "jpeg", "png"].contains(&e.to_ascii_lowercase().as_str()))
+}
+
+/// The clips of `dir`: its video files (mp4, mkv, webm, mov, avi), sorted; or, when
+/// `dir` is a still photo (jpg, png), that photo (a synthetic clip, [`load_clip`]).
 pub fn clips_in(dir: &Path) -> Result<Vec<PathBuf>> {
+    if dir.is_file() && is_photo(dir) {
+        return Ok(vec![dir.to_path_buf()]);
+    }
     let mut clips: Vec<PathBuf> = std::fs::read_dir(dir)
         .with_context(|| format!("cannot read the video folder {}", dir.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -313,7 +512,236 @@ pub fn clips_in(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(clips)
 }
 
+/// Frame size of [`synthetic_clip`].
+pub const SYNTHETIC_SIZE: (usize, usize) = (640, 480);
+
+/// The background of [`synthetic_clip`] (BGR): squares of 20 px in two colours.
+fn synthetic_background() -> Result<Mat> {
+    let (w, h) = (SYNTHETIC_SIZE.0 as i32, SYNTHETIC_SIZE.1 as i32);
+    let mut background = Mat::new_rows_cols_with_default(h, w, CV_8UC3, Scalar::all(0.0))?;
+    for y in 0..h {
+        for x in 0..w {
+            let v = 90 + ((x / 20 + y / 20) % 2) as u8 * 40;
+            *background.at_2d_mut::<opencv::core::Vec3b>(y, x)? =
+                opencv::core::Vec3b::from([v, v / 2 + 30, 200 - v]);
+        }
+    }
+    Ok(background)
+}
+
+/// A clip made from a still photo, 30 frames a second: the photo, scaled to 400 px
+/// high, over a textured 640×480 background, still for 12 frames, then moving back and
+/// forth (at most 3 px a frame) and turning by up to 6 degrees about its centre.
+pub fn synthetic_clip(photo: &RgbImage, frames: usize) -> Result<Vec<Frame>> {
+    let (w, h) = (SYNTHETIC_SIZE.0 as i32, SYNTHETIC_SIZE.1 as i32);
+    let scale = 400.0 / photo.height as f64;
+    let bgr = photo.to_bgr_mat()?;
+    let background = synthetic_background()?;
+    let (px, py) = (photo.width as f64 / 2.0, photo.height as f64 / 2.0);
+    (0..frames)
+        .map(|i| {
+            let s = i.saturating_sub(12) as f64;
+            let angle = 6f64.to_radians() * (s / 11.0).sin();
+            let cx = w as f64 / 2.0 + 60.0 * (s / 20.0).sin();
+            let cy = h as f64 / 2.0 + 12.0 * (s / 9.0).sin();
+            let (c, sn) = (angle.cos() * scale, angle.sin() * scale);
+            // The photo's centre goes to (cx, cy).
+            let m = [
+                vec![c, -sn, cx - c * px + sn * py],
+                vec![sn, c, cy - sn * px - c * py],
+            ];
+            let affine = Mat::from_slice_2d(&m)?;
+            debug_assert_eq!(affine.typ(), CV_64F);
+            let mut frame = background.try_clone()?;
+            imgproc::warp_affine(
+                &bgr,
+                &mut frame,
+                &affine,
+                Size::new(w, h),
+                imgproc::INTER_LINEAR,
+                opencv::core::BORDER_TRANSPARENT,
+                Scalar::default(),
+            )?;
+            Ok(Frame {
+                image: RgbImage::from_bgr_mat(&frame)?,
+                time: Duration::from_micros(i as u64 * 1_000_000 / 30),
+            })
+        })
+        .collect()
+}
+
+/// A clip's frames: decoded from a video file, or [`synthetic_clip`] of a photo.
+pub fn load_clip(path: &Path, max_frames: usize) -> Result<Vec<Frame>> {
+    if is_photo(path) {
+        synthetic_clip(&RgbImage::load(path)?, max_frames)
+    } else {
+        decode(path, max_frames)
+    }
+}
+
+/// What `--strip` draws.
+#[derive(Debug, Clone)]
+pub struct StripOptions {
+    /// The picture (PNG, or JPEG by the extension).
+    pub path: PathBuf,
+    /// The clip's file name (default: the first clip).
+    pub clip: Option<String>,
+    /// Frames shown, and every how many frames with a face.
+    pub frames: usize,
+    pub step: usize,
+    /// The first frame shown: the how-many-th frame with a face (from 0).
+    pub start: usize,
+    /// Side of each cell, in pixels.
+    pub cell: usize,
+}
+
+impl StripOptions {
+    pub fn new(path: PathBuf, clip: Option<String>) -> Self {
+        StripOptions {
+            path,
+            clip,
+            frames: 6,
+            step: 4,
+            start: SAMPLE_EVERY - 1,
+            cell: 160,
+        }
+    }
+}
+
+/// A square of `side` pixels centred on (`cx`, `cy`), moved (and if need be shrunk)
+/// into a `width`×`height` frame.
+pub fn square_in_frame(cx: f32, cy: f32, side: f32, width: usize, height: usize) -> Rect {
+    let side = (side.round() as i32)
+        .min(width as i32)
+        .min(height as i32)
+        .max(1);
+    let x = ((cx - side as f32 / 2.0).round() as i32).clamp(0, width as i32 - side);
+    let y = ((cy - side as f32 / 2.0).round() as i32).clamp(0, height as i32 - side);
+    Rect::new(x, y, side, side)
+}
+
+/// `rect` of an image, resized (area) to `cell`×`cell`.
+pub fn crop_resized(img: &RgbImage, rect: Rect, cell: usize) -> Result<RgbImage> {
+    let mut copy = img.clone();
+    let frame = copy.as_frame();
+    let full = frame.as_mat()?;
+    let roi = Mat::roi(&full, rect)?;
+    let mut out = Mat::default();
+    imgproc::resize(
+        &roi,
+        &mut out,
+        Size::new(cell as i32, cell as i32),
+        0.0,
+        0.0,
+        imgproc::INTER_AREA,
+    )?;
+    let out = if out.is_continuous() {
+        out
+    } else {
+        out.try_clone()?
+    };
+    Ok(RgbImage {
+        width: cell,
+        height: cell,
+        data: out.data_bytes()?.to_vec(),
+    })
+}
+
+/// Input cells in the top row, the output cells below, left to right (all one size).
+pub fn strip(inputs: &[RgbImage], outputs: &[RgbImage]) -> Result<RgbImage> {
+    if inputs.is_empty() || inputs.len() != outputs.len() {
+        bail!(
+            "a strip needs as many outputs as inputs, at least one ({} and {})",
+            inputs.len(),
+            outputs.len()
+        );
+    }
+    let (cw, ch) = (inputs[0].width, inputs[0].height);
+    if inputs
+        .iter()
+        .chain(outputs)
+        .any(|c| c.width != cw || c.height != ch)
+    {
+        bail!("the cells of a strip differ in size");
+    }
+    let n = inputs.len();
+    let mut img = RgbImage::new(n * cw, 2 * ch);
+    for (row, cells) in [inputs, outputs].into_iter().enumerate() {
+        for (k, c) in cells.iter().enumerate() {
+            for y in 0..ch {
+                let dst = ((row * ch + y) * n * cw + k * cw) * 3;
+                img.data[dst..dst + cw * 3].copy_from_slice(&c.data[y * cw * 3..(y + 1) * cw * 3]);
+            }
+        }
+    }
+    Ok(img)
+}
+
+/// The strip of frames `picked`: one square for all (around the union of their
+/// reference faces, half as large again), so the face's motion shows.
+pub fn strip_of(
+    frames: &[Frame],
+    outputs: &[RgbImage],
+    faces: &[Option<Face>],
+    picked: &[usize],
+    cell: usize,
+) -> Result<RgbImage> {
+    let boxes: Vec<&BoxF> = picked
+        .iter()
+        .map(|&i| faces[i].as_ref().map(|f| &f.bbox))
+        .collect::<Option<_>>()
+        .context("a strip frame without a face")?;
+    if boxes.is_empty() {
+        bail!("no frame picked for the strip");
+    }
+    let x0 = boxes.iter().map(|b| b.x).fold(f32::INFINITY, f32::min);
+    let y0 = boxes.iter().map(|b| b.y).fold(f32::INFINITY, f32::min);
+    let x1 = boxes
+        .iter()
+        .map(|b| b.x + b.w)
+        .fold(f32::NEG_INFINITY, f32::max);
+    let y1 = boxes
+        .iter()
+        .map(|b| b.y + b.h)
+        .fold(f32::NEG_INFINITY, f32::max);
+    let (w, h) = (frames[0].image.width, frames[0].image.height);
+    let r = square_in_frame(
+        (x0 + x1) / 2.0,
+        (y0 + y1) / 2.0,
+        1.5 * (x1 - x0).max(y1 - y0),
+        w,
+        h,
+    );
+    let (mut ins, mut outs) = (Vec::new(), Vec::new());
+    for &i in picked {
+        ins.push(crop_resized(&frames[i].image, r, cell)?);
+        outs.push(crop_resized(&outputs[i], r, cell)?);
+    }
+    strip(&ins, &outs)
+}
+
+fn write_strip(
+    opts: &StripOptions,
+    frames: &[Frame],
+    outputs: &[RgbImage],
+    faces: &[Option<Face>],
+) -> Result<()> {
+    let has_face: Vec<bool> = faces.iter().map(Option::is_some).collect();
+    let picked = frames_with_face(&has_face, opts.start, opts.step, opts.frames);
+    let img = strip_of(frames, outputs, faces, &picked, opts.cell)?;
+    if let Some(dir) = opts.path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    crate::data::save_rgb(img.width, img.height, img.data, &opts.path, 92)?;
+    eprintln!(
+        "wrote {} (frames {picked:?}; top: input, bottom: output)",
+        opts.path.display()
+    );
+    Ok(())
+}
+
 /// Measures every clip of `dir` under every setting; `extra` adds settings (tuning).
+/// No expression and identity columns (see [`run_with`]).
 pub fn run(
     model: &Path,
     dir: &Path,
@@ -321,28 +749,130 @@ pub fn run(
     max_frames: usize,
     extra: Vec<(String, ProcessorConfig)>,
 ) -> Result<Vec<ClipRow>> {
+    run_with(
+        model,
+        dir,
+        expression,
+        max_frames,
+        extra,
+        &mut FaceScorers::none(),
+        None,
+    )
+}
+
+/// [`run`] with the expression and identity yardsticks `scorers` has, and the strip
+/// picture when asked.
+pub fn run_with(
+    model: &Path,
+    dir: &Path,
+    expression: &str,
+    max_frames: usize,
+    extra: Vec<(String, ProcessorConfig)>,
+    scorers: &mut FaceScorers,
+    strip: Option<&StripOptions>,
+) -> Result<Vec<ClipRow>> {
+    let label = fer::fer_label(expression);
+    if scorers.fer.is_some() && label.is_none() {
+        eprintln!("video: fer has no class for {expression}; the ECS columns stay empty");
+    }
+    let clips = clips_in(dir)?;
+    let file_name = |p: &Path| {
+        p.file_name()
+            .map(|n| n.to_string_lossy().to_string())
+            .unwrap_or_default()
+    };
+    if let Some(name) = strip.and_then(|s| s.clip.as_ref()) {
+        if !clips.iter().any(|c| file_name(c) == *name) {
+            bail!("no clip {name} in {} for the strip", dir.display());
+        }
+    }
     let mut rows = Vec::new();
     let mut all = settings(expression);
     all.extend(extra);
-    for clip in clips_in(dir)? {
-        let name = clip
-            .file_name()
-            .map(|n| n.to_string_lossy().to_string())
-            .unwrap_or_default();
-        let frames = decode(&clip, max_frames)?;
+    for (k, clip) in clips.iter().enumerate() {
+        let file = file_name(clip);
+        let name = if is_photo(clip) {
+            format!("{file} (synthetic clip)")
+        } else {
+            file.clone()
+        };
+        let frames = load_clip(clip, max_frames)?;
         let faces = reference_faces(&frames, reggan::pose::DEFAULT_MAX_YAW)?;
+        let has_face: Vec<bool> = faces.iter().map(Option::is_some).collect();
+        let samples = sample_frames(&has_face, SAMPLE_EVERY, SAMPLE_MAX);
+        let sampled_in: Vec<&RgbImage> = samples.iter().map(|&i| &frames[i].image).collect();
+        let sampled_faces: Vec<&Face> = samples
+            .iter()
+            .map(|&i| faces[i].as_ref().expect("sampled frames have a face"))
+            .collect();
+        let crops = aligned_faces(&sampled_in, &sampled_faces, SCORE_CROP)?;
+        let input = ClipInput {
+            name: &name,
+            frames: &frames,
+            faces: &faces,
+            samples: &samples,
+            crops: &crops,
+        };
+        let wants_strip = strip.filter(|s| s.clip.as_ref().map_or(k == 0, |c| *c == file));
         for (setting, config) in &all {
-            let row = measure_clip(model, &name, &frames, &faces, setting, config.clone())?;
+            let (row, outputs) =
+                measure_clip(model, &input, setting, config.clone(), scorers, label)?;
             eprintln!("{}", row_line(&row));
             rows.push(row);
+            if let Some(s) = wants_strip.filter(|_| setting == STRIP_SETTING) {
+                write_strip(s, &frames, &outputs, &faces)?;
+            }
         }
     }
     Ok(rows)
 }
 
+/// What the expression and identity columns are, or why they are empty.
+pub fn notes(scorers: &FaceScorers, expression: &str) -> String {
+    let mut s = format!(
+        "\nECS and identity: on every {SAMPLE_EVERY}th frame with a face (at most {SAMPLE_MAX} a clip), the reference face aligned to the LSRF template ({SCORE_CROP} px) in the input and the output frame. "
+    );
+    s += match (&scorers.fer, fer::fer_label(expression)) {
+        (Some(_), Some(_)) => "ECS: share of output faces fer's mini-Xception labels as the target (in brackets: of the input faces). ",
+        (Some(_), None) => "ECS: empty (fer has no class for this expression). ",
+        (None, _) => "ECS: empty (fer's weights not found; run scripts/setup.sh). ",
+    };
+    s += if scorers.dlib.is_some() {
+        "Identity: mean dlib ResNet distance input vs output face of the same frame / share under 0.6 (the same person).\n"
+    } else {
+        "Identity: empty (dlib's models not found or --no-fss).\n"
+    };
+    s
+}
+
+fn percent(v: Option<f64>) -> String {
+    v.map(|v| format!("{:.0} %", 100.0 * v)).unwrap_or_default()
+}
+
+/// The ECS cell: output share (input share), over the sampled frames; empty without fer.
+fn ecs_cell(r: &ClipRow) -> String {
+    match (r.ecs_output, r.ecs_input) {
+        (Some(o), Some(i)) => format!(
+            "{} ({}) of {}",
+            percent(Some(o)),
+            percent(Some(i)),
+            r.sampled
+        ),
+        _ => String::new(),
+    }
+}
+
+/// The identity cell: mean dlib distance / share of the same person; empty without dlib.
+fn identity_cell(r: &ClipRow) -> String {
+    match (r.identity_distance, r.identity_same) {
+        (Some(d), Some(s)) => format!("{d:.3} / {}", percent(Some(s))),
+        _ => String::new(),
+    }
+}
+
 pub fn row_line(r: &ClipRow) -> String {
     format!(
-        "| {} | {}x{} | {} | {} | {:.2} / {:.2} | **{:.3}** | {:.1} % of {} | {:.1} |",
+        "| {} | {}x{} | {} | {} | {:.2} / {:.2} | **{:.3}** | {:.1} % of {} | {:.1} | {} | {} |",
         r.clip,
         r.width,
         r.height,
@@ -353,14 +883,22 @@ pub fn row_line(r: &ClipRow) -> String {
         r.warp_error_ratio,
         100.0 * r.coverage,
         r.frames_with_face,
-        r.fps
+        r.fps,
+        ecs_cell(r),
+        identity_cell(r)
     )
 }
 
-/// The table as Markdown, with the mean ratio per setting.
+/// The mean of the values present, `None` when none is.
+fn mean_of(values: impl Iterator<Item = Option<f64>>) -> Option<f64> {
+    let v: Vec<f64> = values.flatten().collect();
+    (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
+}
+
+/// The table as Markdown, with the means per setting.
 pub fn markdown(rows: &[ClipRow]) -> String {
     let mut s = String::from(
-        "| clip | size | frames | setting | warping error out / in | ratio | coverage | fps |\n|---|---|---|---|---|---|---|---|\n",
+        "| clip | size | frames | setting | warping error out / in | ratio | coverage | fps | ECS out (in) of sampled frames | identity: dlib distance / same person |\n|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for r in rows {
         s += &row_line(r);
@@ -380,6 +918,25 @@ pub fn markdown(rows: &[ClipRow]) -> String {
             100.0 * mean(|r| r.coverage),
             mean(|r| r.fps)
         );
+        if let (Some(o), Some(i)) = (
+            mean_of(of.iter().map(|r| r.ecs_output)),
+            mean_of(of.iter().map(|r| r.ecs_input)),
+        ) {
+            s += &format!(
+                ", mean ECS {} (input {})",
+                percent(Some(o)),
+                percent(Some(i))
+            );
+        }
+        if let (Some(d), Some(same)) = (
+            mean_of(of.iter().map(|r| r.identity_distance)),
+            mean_of(of.iter().map(|r| r.identity_same)),
+        ) {
+            s += &format!(
+                ", mean identity distance {d:.3} (same person {})",
+                percent(Some(same))
+            );
+        }
     }
     s.push('\n');
     s
@@ -388,7 +945,6 @@ pub fn markdown(rows: &[ClipRow]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use opencv::core::Scalar;
 
     /// A textured image shifted by (dx, dy) whole pixels.
     fn textured(w: usize, h: usize, dx: i64, dy: i64) -> RgbImage {
@@ -451,5 +1007,275 @@ mod tests {
         b.data[(5 * 20 + 6) * 3] ^= 1;
         assert!(changed_inside(&a, &b, Rect::new(2, 2, 10, 10)));
         assert!(!changed_inside(&a, &b, Rect::new(10, 10, 5, 5)));
+    }
+
+    #[test]
+    fn samples_are_every_15th_frame_with_a_face_and_capped() {
+        // Faces in frames 0..=9, none in 10..=19, then in 20..=99.
+        let has: Vec<bool> = (0..100).map(|i| !(10..20).contains(&i)).collect();
+        // Frames with a face, counted from 1: the 15th is frame 24, the 30th frame 39.
+        assert_eq!(sample_frames(&has, 15, 10), vec![24, 39, 54, 69, 84, 99]);
+        assert_eq!(sample_frames(&has, 15, 2), vec![24, 39]);
+        assert_eq!(sample_frames(&has, 1, 3), vec![0, 1, 2]);
+        assert!(sample_frames(&[false; 40], 15, 10).is_empty());
+        // The strip: from the 3rd frame with a face (index 2), every 4th.
+        assert_eq!(frames_with_face(&has, 2, 4, 4), vec![2, 6, 20, 24]);
+    }
+
+    fn uniform(w: usize, h: usize, rgb: [u8; 3]) -> RgbImage {
+        let mut img = RgbImage::new(w, h);
+        for px in img.data.chunks_exact_mut(3) {
+            px.copy_from_slice(&rgb);
+        }
+        img
+    }
+
+    #[test]
+    fn strip_puts_inputs_above_outputs_left_to_right() {
+        let ins: Vec<RgbImage> = (0..3).map(|k| uniform(4, 5, [k * 10, 1, 2])).collect();
+        let outs: Vec<RgbImage> = (0..3).map(|k| uniform(4, 5, [k * 10, 200, 3])).collect();
+        let img = strip(&ins, &outs).unwrap();
+        assert_eq!((img.width, img.height), (12, 10));
+        for k in 0..3 {
+            for (x, y) in [(0, 0), (3, 4)] {
+                assert_eq!(img.pixel(4 * k + x, y), ins[k].pixel(x, y));
+                assert_eq!(img.pixel(4 * k + x, 5 + y), outs[k].pixel(x, y));
+            }
+        }
+        assert!(strip(&ins, &outs[..2]).is_err());
+        assert!(strip(&[], &[]).is_err());
+        assert!(strip(&ins[..1], &[uniform(3, 5, [0; 3])]).is_err());
+    }
+
+    #[test]
+    fn strip_cells_are_the_face_square_of_each_frame() {
+        // A 200x100 frame, grey, with a red 20x20 square at (150, 40): the "face".
+        let mut frame = uniform(200, 100, [128, 128, 128]);
+        for y in 40..60 {
+            for x in 150..170 {
+                let i = (y * 200 + x) * 3;
+                frame.data[i..i + 3].copy_from_slice(&[255, 0, 0]);
+            }
+        }
+        let face = Face {
+            bbox: BoxF {
+                x: 150.0,
+                y: 40.0,
+                w: 20.0,
+                h: 20.0,
+            },
+            keypoints: [reggan::detect::Point { x: 0.0, y: 0.0 }; 6],
+            score: 1.0,
+        };
+        // 1.5 x 20 = 30 px, centred on (160, 50).
+        let r = square_in_frame(160.0, 50.0, 30.0, 200, 100);
+        assert_eq!((r.x, r.y, r.width, r.height), (145, 35, 30, 30));
+        // Moved into the frame, shrunk to its height.
+        let r = square_in_frame(195.0, 5.0, 130.0, 200, 100);
+        assert_eq!((r.x, r.y, r.width, r.height), (100, 0, 100, 100));
+        let mut output = frame.clone();
+        output.data.iter_mut().for_each(|v| *v = 255 - *v);
+        let frames = vec![Frame {
+            image: frame.clone(),
+            time: Duration::ZERO,
+        }];
+        let img = strip_of(&frames, &[output.clone()], &[Some(face)], &[0], 15).unwrap();
+        assert_eq!((img.width, img.height), (15, 30));
+        let square = Rect::new(145, 35, 30, 30);
+        let top = crop_resized(&frame, square, 15).unwrap();
+        let bottom = crop_resized(&output, square, 15).unwrap();
+        assert_eq!(img.data[..15 * 15 * 3], top.data[..]);
+        assert_eq!(img.data[15 * 15 * 3..], bottom.data[..]);
+        // Centre red, corners grey; inverted below.
+        assert_eq!(img.pixel(7, 7), [255, 0, 0]);
+        assert_eq!(img.pixel(0, 0), [128, 128, 128]);
+        assert_eq!(img.pixel(7, 22), [0, 255, 255]);
+        assert!(strip_of(&frames, &[output], &[None], &[0], 15).is_err());
+    }
+
+    fn row(setting: &str, scores: FaceScores) -> ClipRow {
+        ClipRow {
+            clip: "a.mp4".into(),
+            setting: setting.into(),
+            width: 640,
+            height: 480,
+            frames: 150,
+            warp_error_output: 2.0,
+            warp_error_input: 1.0,
+            warp_error_ratio: 2.0,
+            frames_with_face: 150,
+            coverage: 1.0,
+            fps: 10.0,
+            sampled: 10,
+            ecs_output: scores.ecs_output,
+            ecs_input: scores.ecs_input,
+            identity_distance: scores.identity_distance,
+            identity_same: scores.identity_same,
+        }
+    }
+
+    #[test]
+    fn markdown_has_the_expression_and_identity_columns_and_their_means() {
+        let full = |o, d| FaceScores {
+            ecs_output: Some(o),
+            ecs_input: Some(0.1),
+            identity_distance: Some(d),
+            identity_same: Some(1.0),
+        };
+        let rows = vec![
+            row("default", full(0.8, 0.2)),
+            row("default", full(0.6, 0.4)),
+            row("tracking off", FaceScores::default()),
+        ];
+        let md = markdown(&rows);
+        let lines: Vec<&str> = md.lines().collect();
+        assert!(lines[0].ends_with(
+            "| ECS out (in) of sampled frames | identity: dlib distance / same person |"
+        ));
+        assert_eq!(lines[0].matches('|').count(), lines[1].matches('|').count());
+        assert!(
+            lines[2].ends_with("| 80 % (10 %) of 10 | 0.200 / 100 % |"),
+            "{}",
+            lines[2]
+        );
+        // Without the weights the cells are empty, the row as wide.
+        assert!(lines[4].ends_with("| 10.0 |  |  |"), "{}", lines[4]);
+        assert_eq!(lines[4].matches('|').count(), lines[0].matches('|').count());
+        assert!(md.contains("default: mean warping-error ratio 2.000, worst 2.000, mean coverage 100.0 %, mean fps 10.0, mean ECS 70 % (input 10 %), mean identity distance 0.300 (same person 100 %)"), "{md}");
+        let off = md.lines().find(|l| l.starts_with("tracking off:")).unwrap();
+        assert!(!off.contains("ECS") && !off.contains("identity"), "{off}");
+    }
+
+    #[test]
+    fn synthetic_clip_is_still_then_moves_within_3_px_a_frame() {
+        let mut photo = RgbImage::new(80, 100);
+        for (i, v) in photo.data.iter_mut().enumerate() {
+            *v = (i % 251) as u8;
+        }
+        let clip = synthetic_clip(&photo, 40).unwrap();
+        assert_eq!(clip.len(), 40);
+        let (w, h) = SYNTHETIC_SIZE;
+        assert!(clip
+            .iter()
+            .all(|f| (f.image.width, f.image.height) == (w, h)));
+        assert_eq!(clip[11].time, Duration::from_micros(366_666));
+        assert!(clip[..13]
+            .iter()
+            .all(|f| f.image.data == clip[0].image.data));
+        assert_ne!(clip[20].image.data, clip[0].image.data);
+        // The photo's left edge (the first column differing from the background) moves
+        // by at most 3 px and 1 px of turn a frame.
+        let bg = RgbImage::from_bgr_mat(&synthetic_background().unwrap()).unwrap();
+        let left_edge = |img: &RgbImage| {
+            (0..w)
+                .find(|&x| img.pixel(x, h / 2) != bg.pixel(x, h / 2))
+                .unwrap()
+        };
+        let edges: Vec<usize> = [12, 13, 20, 21]
+            .iter()
+            .map(|&i| left_edge(&clip[i].image))
+            .collect();
+        assert!(edges[0].abs_diff(edges[1]) <= 4, "{edges:?}");
+        assert!(edges[2].abs_diff(edges[3]) <= 4, "{edges:?}");
+        assert!(edges[0] != edges[3], "{edges:?}");
+    }
+
+    #[test]
+    fn missing_weights_leave_the_columns_empty_and_say_so() {
+        let nowhere = Path::new("/nonexistent/reggan-weights");
+        let mut scorers = FaceScorers::load(&nowhere.join("fer.npz"), nowhere, false);
+        assert!(scorers.fer.is_none() && scorers.dlib.is_none());
+        let notes = notes(&scorers, "happy");
+        assert!(
+            notes.contains("ECS: empty (fer's weights not found"),
+            "{notes}"
+        );
+        assert!(notes.contains("Identity: empty"), "{notes}");
+        let faces = Tensor::zeros([2, 3, 128, 128], (Kind::Float, tch::Device::Cpu));
+        let scores = score_faces(&mut scorers, fer::fer_label("happy"), &faces, &faces).unwrap();
+        assert_eq!(scores, FaceScores::default());
+    }
+
+    /// fer's weights and dlib's models, or None with a message.
+    fn scorers_or_skip() -> Option<FaceScorers> {
+        let scorers = FaceScorers::load(&fer::default_path(), &fss::default_dir(), false);
+        if scorers.fer.is_none() || scorers.dlib.is_none() {
+            eprintln!("skipping: needs fer's and dlib's weights (run scripts/setup.sh)");
+            return None;
+        }
+        Some(scorers)
+    }
+
+    #[test]
+    fn unchanged_faces_score_as_the_input_and_the_same_person() {
+        let Some(mut scorers) = scorers_or_skip() else {
+            return;
+        };
+        let photo =
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../assets/london-012-neutral.jpg");
+        let clip = synthetic_clip(&RgbImage::load(&photo).unwrap(), 40).unwrap();
+        let faces = reference_faces(&clip, reggan::pose::DEFAULT_MAX_YAW).unwrap();
+        let picked = [0usize, 20, 39];
+        let images: Vec<&RgbImage> = picked.iter().map(|&i| &clip[i].image).collect();
+        let found: Vec<&Face> = picked
+            .iter()
+            .map(|&i| faces[i].as_ref().expect("the London face is found"))
+            .collect();
+        let crops = aligned_faces(&images, &found, SCORE_CROP).unwrap();
+        assert_eq!(crops.size(), vec![3, 3, 128, 128]);
+        let label = fer::fer_label("neutral");
+        let same = score_faces(&mut scorers, label, &crops, &crops).unwrap();
+        assert_eq!(same.ecs_output, same.ecs_input);
+        assert!(same.identity_distance.unwrap() < 1e-6, "{same:?}");
+        assert_eq!(same.identity_same, Some(1.0));
+        // Another face (the crops in reverse, flipped upside down) is not the same.
+        let other = crops.flip([2]);
+        let changed = score_faces(&mut scorers, label, &crops, &other).unwrap();
+        assert!(changed.identity_distance.unwrap() > 0.3, "{changed:?}");
+        // Without instruments: nothing, and no failure.
+        let none = score_faces(&mut FaceScorers::none(), label, &crops, &crops).unwrap();
+        assert_eq!(none, FaceScores::default());
+    }
+
+    #[test]
+    fn the_london_synthetic_clip_is_measured_and_its_strip_written() {
+        let model = reggan::default_model_dir();
+        if !model.join("model.onnx").is_file() {
+            eprintln!("skipping: no model at {}", model.display());
+            return;
+        }
+        let Some(mut scorers) = scorers_or_skip() else {
+            return;
+        };
+        let photo =
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../assets/london-012-neutral.jpg");
+        let out =
+            std::env::temp_dir().join(format!("reggan-video-strip-{}.png", std::process::id()));
+        let mut opts = StripOptions::new(out.clone(), None);
+        opts.cell = 64;
+        let rows = run_with(
+            &model,
+            &photo,
+            "happy",
+            40,
+            Vec::new(),
+            &mut scorers,
+            Some(&opts),
+        )
+        .unwrap();
+        assert_eq!(rows.len(), 2);
+        for r in &rows {
+            assert_eq!(r.clip, "london-012-neutral.jpg (synthetic clip)");
+            assert_eq!(r.sampled, 2, "frames 14 and 29 of 40 (a face in every one)");
+            assert!(r.coverage > 0.9, "{r:?}");
+            assert!(r.identity_same.is_some() && r.ecs_output.is_some(), "{r:?}");
+        }
+        let img = image::open(&out).unwrap().into_rgb8();
+        let _ = std::fs::remove_file(&out);
+        assert_eq!((img.width(), img.height()), (6 * 64, 2 * 64));
+        // The output row differs from the input row (the face was edited).
+        let top: Vec<u8> = img.as_raw()[..6 * 64 * 64 * 3].to_vec();
+        let bottom: Vec<u8> = img.as_raw()[6 * 64 * 64 * 3..].to_vec();
+        assert_ne!(top, bottom);
     }
 }
