@@ -231,6 +231,8 @@ pub struct FrameProcessor {
     expression_index: i64,
     transition: Option<Transition>,
     edits: EditSmoother,
+    /// The expression whose edits `edits` remembers (none during a cross-fade).
+    smoothed_expression: Option<i64>,
 }
 
 impl FrameProcessor {
@@ -266,6 +268,7 @@ impl FrameProcessor {
             expression_index,
             transition: None,
             edits: EditSmoother::default(),
+            smoothed_expression: None,
         })
     }
 
@@ -463,7 +466,8 @@ impl FrameProcessor {
         id: u64,
         time: f64,
         cutoff: f32,
-    ) {
+    ) -> Result<()> {
+        let s = self.template.size;
         let crop = batch.index_axis(ndarray::Axis(0), slot);
         let crop = crop.as_slice().expect("standard layout");
         let mut face = out.face.index_axis_mut(ndarray::Axis(0), slot);
@@ -474,8 +478,8 @@ impl FrameProcessor {
             let flow = flow.index_axis(ndarray::Axis(0), slot);
             change.extend_from_slice(flow.as_slice().expect("standard layout"));
         }
-        if !self.edits.smooth(id, time, cutoff, &mut change) {
-            return;
+        if !self.edits.smooth(id, time, cutoff, crop, s, &mut change)? {
+            return Ok(());
         }
         for ((o, c), d) in face.iter_mut().zip(crop).zip(&change[..n]) {
             *o = c + d;
@@ -486,6 +490,7 @@ impl FrameProcessor {
                 .expect("standard layout")
                 .copy_from_slice(&change[n..]);
         }
+        Ok(())
     }
 
     /// Align -> model -> composite; `tracks` gives each face's presence (scaling its
@@ -576,10 +581,22 @@ impl FrameProcessor {
                 blend(flow);
             }
         }
-        if let Some(cutoff) = self.config.tracking.edit_cutoff {
+        if self.config.tracking.edit_cutoff.is_some() {
+            // An edit is smoothed only against edits of the same expression: a change
+            // of expression ramps by itself (the transition), and the memory starts
+            // afresh from the new expression's edit.
+            let settled = (!mix.two_expressions()).then_some(mix.to.expression);
+            if settled.is_none() || self.smoothed_expression != settled {
+                self.edits.clear();
+            }
+            self.smoothed_expression = settled;
+        }
+        if let (Some(cutoff), Some(_)) =
+            (self.config.tracking.edit_cutoff, self.smoothed_expression)
+        {
             for (slot, &i) in edited.iter().enumerate() {
                 if let (_, Some(id)) = tracks[i] {
-                    self.smooth_edit(&batch, &mut out, slot, id, time, cutoff);
+                    self.smooth_edit(&batch, &mut out, slot, id, time, cutoff)?;
                 }
             }
         }

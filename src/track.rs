@@ -122,7 +122,8 @@ pub struct TrackingOptions {
     pub fade_frames: u32,
     /// While optical flow follows every face confidently, the detector looks for them
     /// (around where they are, and in the whole frame when that is due) only every
-    /// this many frames; in between, optical flow alone carries them. 1: every frame.
+    /// this many frames, or every as many frames as there are faces when that is more;
+    /// in between, optical flow alone carries them. 1: every frame (with one face).
     pub search_interval: u32,
     /// Cutoff (Hz) of a low-pass on each followed face's edit in its aligned crop (the
     /// model's change and flow), so the edit does not shimmer with every small change
@@ -246,12 +247,16 @@ impl FaceTracker {
 
     /// True when every face is followed confidently (see [`confident`](Self::confident)),
     /// there is at least one, and the detector looked at them fewer than
-    /// [`TrackingOptions::search_interval`] frames ago: it may skip this frame.
+    /// [`TrackingOptions::search_interval`] frames ago, or, with more faces than that,
+    /// fewer frames ago than there are faces (each look costs the same per face, so
+    /// confidently followed faces cost about one look a frame however many there are):
+    /// it may skip this frame.
     pub fn may_skip_search(&self) -> bool {
+        let every = self.options.search_interval.max(self.tracks.len() as u32);
         self.options.optical_flow
             && !self.is_empty()
             && self.confident()
-            && self.carried + 1 < self.options.search_interval
+            && self.carried + 1 < every
     }
 
     /// Moves every followed face to where optical flow says it went in `frame`.
@@ -619,42 +624,124 @@ fn similarity_flow(previous: &Mat, current: &Mat, face: &Face) -> Result<Option<
     Ok(Some(if tiny { IDENTITY } else { out }))
 }
 
-/// A low-pass over time of each followed face's edit (values in the face's aligned
-/// crop, so the edit stays on the face while the head moves).
-#[derive(Debug, Default)]
+/// A low-pass over time of each followed face's edit, moved with the face: values in
+/// the face's aligned crop (so the edit stays on the face while the head moves), and
+/// the last edit carried along the face's own motion inside the crop (a talking mouth)
+/// before it is blended with the new one, as in blind video temporal consistency
+/// (Bonneel et al. 2015; Lai et al. 2018). Where the crop shows something the last one
+/// did not (teeth appear, an occlusion), the new edit passes as it is.
+#[derive(Default)]
 pub struct EditSmoother {
-    memory: HashMap<u64, (Vec<f32>, f64)>,
+    memory: HashMap<u64, EditMemory>,
+    flow: Option<opencv::core::Ptr<video::DISOpticalFlow>>,
 }
 
+impl std::fmt::Debug for EditSmoother {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EditSmoother")
+            .field("faces", &self.memory.len())
+            .finish()
+    }
+}
+
+struct EditMemory {
+    change: Vec<f32>,
+    grey: Mat,
+    time: f64,
+}
+
+/// Grey-level difference between a crop pixel and where it was in the last crop over
+/// which the last edit is no longer trusted there (Gaussian fall-off).
+pub const EDIT_MOTION_SIGMA: f32 = 12.0;
+
 impl EditSmoother {
-    /// Replaces `change` (face `id`'s edit at time `t` seconds) by its low-passed value
-    /// at `cutoff` Hz. Returns false, leaving `change` as it was, when that is already
-    /// the low-passed value (a new face, or nothing changed).
-    pub fn smooth(&mut self, id: u64, t: f64, cutoff: f32, change: &mut [f32]) -> bool {
-        let Some((memory, t_prev)) = self
+    /// Replaces `change` (face `id`'s edit at time `t` seconds: planes of `size` x
+    /// `size`, on the crop `crop`, planar RGB in [0, 1]) by its motion-compensated
+    /// low-passed value at `cutoff` Hz. Returns false, leaving `change` as it was, for
+    /// a face seen for the first time.
+    pub fn smooth(
+        &mut self,
+        id: u64,
+        t: f64,
+        cutoff: f32,
+        crop: &[f32],
+        size: usize,
+        change: &mut [f32],
+    ) -> Result<bool> {
+        let grey = crop_grey(crop, size)?;
+        let Some(memory) = self
             .memory
             .get_mut(&id)
-            .filter(|m| m.0.len() == change.len())
+            .filter(|m| m.change.len() == change.len())
         else {
-            self.memory.insert(id, (change.to_vec(), t));
-            return false;
+            self.memory.insert(
+                id,
+                EditMemory {
+                    change: change.to_vec(),
+                    grey,
+                    time: t,
+                },
+            );
+            return Ok(false);
         };
-        let dt = (t - *t_prev) as f32;
+        let dt = (t - memory.time) as f32;
         let a = if dt > 0.0 {
             smoothing_factor(dt, cutoff)
         } else {
             0.0
         };
-        *t_prev = t.max(*t_prev);
-        let mut modified = false;
-        for (m, c) in memory.iter_mut().zip(change.iter_mut()) {
-            if *m != *c {
-                *m += a * (*c - *m);
-                *c = *m;
-                modified = true;
+        memory.time = t.max(memory.time);
+        let dis = match self.flow.as_mut() {
+            Some(d) => d,
+            None => self.flow.insert(video::DISOpticalFlow::create(
+                video::DISOpticalFlow_PRESET_ULTRAFAST,
+            )?),
+        };
+        // Backward flow: where each pixel of this crop was in the last one.
+        let mut flow = Mat::default();
+        dis.calc(&grey, &memory.grey, &mut flow)?;
+        let (map_x, map_y) = sampling_maps(&flow, size)?;
+        // Fixed-point maps: remap runs about twice as fast on them.
+        let (mut fixed, mut fraction) = (Mat::default(), Mat::default());
+        imgproc::convert_maps(
+            &map_x,
+            &map_y,
+            &mut fixed,
+            &mut fraction,
+            opencv::core::CV_16SC2,
+            false,
+        )?;
+        let (map_x, map_y) = (fixed, fraction);
+        let moved = |plane: &Mat| remapped(plane, &map_x, &map_y);
+        let was = moved(&memory.grey)?;
+        let (now, was) = (grey.data_bytes()?, was.data_bytes()?);
+        let n = size * size;
+        // The new edit's weight per pixel: `a`, rising to 1 where the crop changed (by
+        // grey-level difference: a table of 256).
+        let by_difference: Vec<f32> = (0..256)
+            .map(|d| {
+                let d = d as f32 / EDIT_MOTION_SIGMA;
+                1.0 - (-d * d).exp() * (1.0 - a)
+            })
+            .collect();
+        let weight: Vec<f32> = now
+            .iter()
+            .zip(was)
+            .map(|(&g, &w)| by_difference[g.abs_diff(w) as usize])
+            .collect();
+        for (plane, last) in change
+            .chunks_exact_mut(n)
+            .zip(memory.change.chunks_exact(n))
+        {
+            let last = Mat::new_rows_cols_with_data(size as i32, size as i32, last)?;
+            let last = remapped(&last, &map_x, &map_y)?;
+            for ((c, &l), &w) in plane.iter_mut().zip(last.data_typed::<f32>()?).zip(&weight) {
+                *c = l + w * (*c - l);
             }
         }
-        modified
+        memory.change.copy_from_slice(change);
+        memory.grey = grey;
+        Ok(true)
     }
 
     /// Forgets faces no longer followed.
@@ -665,4 +752,51 @@ impl EditSmoother {
     pub fn clear(&mut self) {
         self.memory.clear();
     }
+}
+
+/// The luma of a planar RGB crop in [0, 1], as 8-bit grey.
+fn crop_grey(crop: &[f32], size: usize) -> Result<Mat> {
+    let n = size * size;
+    let mut grey = Mat::new_rows_cols_with_default(
+        size as i32,
+        size as i32,
+        opencv::core::CV_8UC1,
+        opencv::core::Scalar::all(0.0),
+    )?;
+    let (r, rest) = crop.split_at(n);
+    let (g, b) = rest.split_at(n);
+    for (i, v) in grey.data_bytes_mut()?.iter_mut().enumerate() {
+        let y = 0.299 * r[i] + 0.587 * g[i] + 0.114 * b[i];
+        *v = (y * 255.0).round().clamp(0.0, 255.0) as u8;
+    }
+    Ok(grey)
+}
+
+/// `plane` sampled at (`map_x`, `map_y`), bilinear, edges replicated.
+fn remapped(plane: &impl opencv::core::ToInputArray, map_x: &Mat, map_y: &Mat) -> Result<Mat> {
+    let mut out = Mat::default();
+    imgproc::remap(
+        plane,
+        &mut out,
+        map_x,
+        map_y,
+        imgproc::INTER_LINEAR,
+        opencv::core::BORDER_REPLICATE,
+        opencv::core::Scalar::default(),
+    )?;
+    Ok(out)
+}
+
+/// `remap` maps (x + u, y + v) from a dense flow of `size` x `size`.
+fn sampling_maps(flow: &Mat, size: usize) -> Result<(Mat, Mat)> {
+    let mut xy = Vector::<Mat>::new();
+    opencv::core::split(flow, &mut xy)?;
+    let (mut mx, mut my) = (xy.get(0)?, xy.get(1)?);
+    for (i, v) in mx.data_typed_mut::<f32>()?.iter_mut().enumerate() {
+        *v += (i % size) as f32;
+    }
+    for (i, v) in my.data_typed_mut::<f32>()?.iter_mut().enumerate() {
+        *v += (i / size) as f32;
+    }
+    Ok((mx, my))
 }

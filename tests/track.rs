@@ -308,6 +308,27 @@ fn a_confidently_followed_face_is_searched_for_every_search_interval_frames() {
     assert!(tracker.may_skip_search());
     let carried = tracker.carry()[0].presence;
     assert!(first < carried && carried <= 1.0, "{first} then {carried}");
+    // Four faces, each as costly to look for: every fourth frame.
+    let mut tracker = FaceTracker::new(TrackingOptions {
+        search_interval: 2,
+        ..Default::default()
+    });
+    let four: Vec<_> = (0..4)
+        .map(|k| face_from_box(100.0 + 150.0 * k as f32, 100.0, 80.0, 80.0))
+        .collect();
+    tracker.update(four.clone(), 0.0);
+    let pattern: Vec<bool> = (1..=8)
+        .map(|i| {
+            let skip = tracker.may_skip_search();
+            if skip {
+                tracker.carry();
+            } else {
+                tracker.update(four.clone(), i as f64 / 30.0);
+            }
+            skip
+        })
+        .collect();
+    assert_eq!(pattern, [true, true, true, false, true, true, true, false]);
     // Every frame searched with an interval of 1, and without optical flow.
     for options in [
         TrackingOptions {
@@ -324,31 +345,123 @@ fn a_confidently_followed_face_is_searched_for_every_search_interval_frames() {
     }
 }
 
+/// A planar RGB crop of side `s` in [0, 1]: smooth texture shifted right by `dx` px.
+fn textured_crop(s: usize, dx: f32) -> Vec<f32> {
+    let mut crop = vec![0.0f32; 3 * s * s];
+    for c in 0..3 {
+        for y in 0..s {
+            for x in 0..s {
+                let u = x as f32 - dx;
+                let v = 0.5
+                    + 0.2 * (u * 0.31 + c as f32).sin() * (y as f32 * 0.23).cos()
+                    + 0.15 * (u * 0.11 + y as f32 * 0.17).sin();
+                crop[c * s * s + y * s + x] = v;
+            }
+        }
+    }
+    crop
+}
+
+/// An edit of 3 planes: a Gaussian blob of height `h` centred at (`cx`, s / 2).
+fn blob_edit(s: usize, cx: f32, h: f32) -> Vec<f32> {
+    let mut e = vec![0.0f32; 3 * s * s];
+    for c in 0..3 {
+        for y in 0..s {
+            for x in 0..s {
+                let d2 = (x as f32 - cx).powi(2) + (y as f32 - s as f32 / 2.0).powi(2);
+                e[c * s * s + y * s + x] = h * (-d2 / 50.0).exp();
+            }
+        }
+    }
+    e
+}
+
 #[test]
-fn edit_smoother_is_an_exponential_low_pass_per_face() {
+fn edit_smoother_is_a_low_pass_that_moves_with_the_face() {
     use reggan::track::{smoothing_factor, EditSmoother};
-    let mut s = EditSmoother::default();
-    // A new face's edit passes unchanged, and an unchanged edit stays as it is.
-    let mut first = vec![1.0f32, -2.0];
-    assert!(!s.smooth(7, 0.0, 4.0, &mut first));
-    assert_eq!(first, vec![1.0, -2.0]);
-    let mut same = first.clone();
-    assert!(!s.smooth(7, 0.04, 4.0, &mut same));
-    assert_eq!(same, first);
-    // A step moves by alpha(dt, cutoff) of the way, each frame.
+    let s = 64;
+    let mut smoother = EditSmoother::default();
+    let still = textured_crop(s, 0.0);
+    // A new face's edit passes unchanged.
+    let mut first = blob_edit(s, 32.0, 0.1);
+    assert!(!smoother.smooth(7, 0.0, 4.0, &still, s, &mut first).unwrap());
+    assert_eq!(first, blob_edit(s, 32.0, 0.1));
+    // On a still crop it is the exponential low-pass: a step moves by alpha of the way.
     let a = smoothing_factor(0.04, 4.0);
-    let mut step = vec![3.0f32, -2.0];
-    assert!(s.smooth(7, 0.08, 4.0, &mut step));
-    assert!((step[0] - (1.0 + a * 2.0)).abs() < 1e-6 && step[1] == -2.0);
-    let mut again = vec![3.0f32, -2.0];
-    s.smooth(7, 0.12, 4.0, &mut again);
-    let want = 1.0 + a * 2.0 + a * (3.0 - (1.0 + a * 2.0));
-    assert!((again[0] - want).abs() < 1e-6);
+    let mut step = blob_edit(s, 32.0, 0.3);
+    assert!(smoother.smooth(7, 0.04, 4.0, &still, s, &mut step).unwrap());
+    let centre = s * s / 2 + 32;
+    let want = 0.1 + a * 0.2;
+    assert!(
+        (step[centre] - want).abs() < 1e-3,
+        "{} against {want}",
+        step[centre]
+    );
+
+    // The crop's content moves 3 px right, and the edit with it: the smoothed edit
+    // follows (the last edit is carried along first), where a plain low-pass would
+    // leave most of the blob where it was.
+    let mut moving = EditSmoother::default();
+    let mut e0 = blob_edit(s, 28.0, 0.2);
+    moving
+        .smooth(1, 0.0, 4.0, &textured_crop(s, 0.0), s, &mut e0)
+        .unwrap();
+    let mut e1 = blob_edit(s, 31.0, 0.2);
+    moving
+        .smooth(1, 0.04, 4.0, &textured_crop(s, 3.0), s, &mut e1)
+        .unwrap();
+    let truth = blob_edit(s, 31.0, 0.2);
+    let plain: Vec<f32> = blob_edit(s, 28.0, 0.2)
+        .iter()
+        .zip(&truth)
+        .map(|(l, n)| l + a * (n - l))
+        .collect();
+    let error = |e: &[f32]| {
+        e.iter()
+            .zip(&truth)
+            .skip(8 * s)
+            .take(s * (s - 16))
+            .map(|(x, t)| (x - t).abs())
+            .fold(0.0f32, f32::max)
+    };
+    let (compensated, uncompensated) = (error(&e1), error(&plain));
+    eprintln!("moved edit {compensated:.4} off, plain low-pass {uncompensated:.4}");
+    assert!(
+        compensated < 0.25 * uncompensated,
+        "moved with the face: {compensated:.4} off, a plain low-pass {uncompensated:.4}"
+    );
+
+    // Where the crop shows something new (an occlusion), the new edit passes.
+    let mut occluded = EditSmoother::default();
+    let mut before = blob_edit(s, 32.0, 0.0);
+    occluded
+        .smooth(2, 0.0, 4.0, &still, s, &mut before)
+        .unwrap();
+    let mut covered = still.clone();
+    for c in 0..3 {
+        for y in 24..40 {
+            for x in 24..40 {
+                covered[c * s * s + y * s + x] = if c == 0 { 0.95 } else { 0.05 };
+            }
+        }
+    }
+    let mut after = blob_edit(s, 32.0, 0.2);
+    occluded
+        .smooth(2, 0.04, 4.0, &covered, s, &mut after)
+        .unwrap();
+    assert!(
+        (after[centre] - 0.2).abs() < 0.02,
+        "new content keeps the new edit: {}",
+        after[centre]
+    );
+
     // Another face has its own memory; a forgotten face starts afresh.
-    let mut other = vec![10.0f32, 10.0];
-    assert!(!s.smooth(8, 0.12, 4.0, &mut other));
-    s.retain(&[8]);
-    let mut back = vec![5.0f32, 5.0];
-    assert!(!s.smooth(7, 0.16, 4.0, &mut back));
-    assert_eq!(back, vec![5.0, 5.0]);
+    let mut other = blob_edit(s, 32.0, 0.5);
+    assert!(!smoother
+        .smooth(8, 0.08, 4.0, &still, s, &mut other)
+        .unwrap());
+    smoother.retain(&[8]);
+    let mut back = blob_edit(s, 32.0, 0.4);
+    assert!(!smoother.smooth(7, 0.12, 4.0, &still, s, &mut back).unwrap());
+    assert_eq!(back, blob_edit(s, 32.0, 0.4));
 }
