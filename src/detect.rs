@@ -682,12 +682,11 @@ impl FaceDetector {
         known: &[Face],
         small_faces: bool,
     ) -> Result<Vec<Face>> {
-        let found = if small_faces || self.front.is_none() || self.back.is_none() {
-            self.detect_in(frame, None, min_face_size)?
-        } else {
-            let t = self.score_threshold;
-            let front = self.front.as_mut().expect("checked above");
-            weighted_nms(front.detect(frame, None, t)?, 0.3)
+        let front_only = !small_faces && self.back.is_some();
+        let t = self.score_threshold;
+        let found = match self.front.as_mut() {
+            Some(front) if front_only => weighted_nms(front.detect(frame, None, t)?, 0.3),
+            _ => self.detect_in(frame, None, min_face_size)?,
         };
         let mut faces = Vec::with_capacity(found.len());
         let new = found
