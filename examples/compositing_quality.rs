@@ -22,10 +22,11 @@
 
 use std::path::{Path, PathBuf};
 
-use opencv::core::{Mat, Rect, CV_32FC3, CV_64F};
+use opencv::core::{Mat, Rect, CV_32FC3};
 use opencv::prelude::*;
 use reggan::align::crop_to_planar;
 use reggan::composite::{face_mask, ResidualShaper};
+use reggan::frame::laplacian_variance;
 use reggan::{
     Alignment, CompositeOptions, Detail, Device, ExpressionModel, FrameProcessor, ProcessorConfig,
     RgbImage,
@@ -246,26 +247,6 @@ fn as_mat(img: &RgbImage) -> anyhow::Result<Mat> {
             .reshape(3, img.height as i32)?
             .try_clone()?,
     )
-}
-
-fn laplacian_variance(img: &RgbImage, rect: Rect) -> anyhow::Result<f64> {
-    let roi = Mat::roi(&as_mat(img)?, rect)?.try_clone()?;
-    let mut grey = Mat::default();
-    opencv::imgproc::cvt_color_def(&roi, &mut grey, opencv::imgproc::COLOR_RGB2GRAY)?;
-    let mut lap = Mat::default();
-    opencv::imgproc::laplacian(
-        &grey,
-        &mut lap,
-        CV_64F,
-        1,
-        1.0,
-        0.0,
-        opencv::core::BORDER_REPLICATE,
-    )?;
-    let (mut m, mut sd) = (Mat::default(), Mat::default());
-    opencv::core::mean_std_dev(&lap, &mut m, &mut sd, &opencv::core::no_array())?;
-    let sd = *sd.at_2d::<f64>(0, 0)?;
-    Ok(sd * sd)
 }
 
 fn lab(img: &RgbImage, rect: Rect) -> anyhow::Result<Mat> {

@@ -4,13 +4,10 @@
 //! half-finished export or a model for another product looks like. The loader must
 //! refuse each at load time, or the model must then run correctly on any batch.
 
-use onnx_protobuf::attribute_proto::AttributeType;
 use onnx_protobuf::tensor_proto::DataType;
-use onnx_protobuf::tensor_shape_proto::{dimension, Dimension};
-use onnx_protobuf::type_proto;
-use onnx_protobuf::{
-    AttributeProto, GraphProto, Message, ModelProto, NodeProto, OperatorSetIdProto, TensorProto,
-    TensorShapeProto, TypeProto, ValueInfoProto,
+use onnx_protobuf::{GraphProto, Message, ModelProto};
+use reggan_onnxgraph::{
+    attr_int, attr_ints, floats, int64s, model_of, node, push_gather, value_info_symbolic,
 };
 
 use crate::input::Input;
@@ -112,22 +109,16 @@ impl GraphSpec {
         let mut g = GraphProto::new();
         g.name = "reggan_fuzz_model".into();
         g.input = vec![
-            value_info("face", self.face_type, 4),
-            value_info("expression", self.expression_type, 1),
+            value_info_symbolic("face", self.face_type, 4),
+            value_info_symbolic("expression", self.expression_type, 1),
         ];
         self.push_body(&mut g);
-        g.output = vec![value_info("face_out", DataType::FLOAT, 4)];
+        g.output = vec![value_info_symbolic("face_out", DataType::FLOAT, 4)];
         if self.push_flow(&mut g) {
-            g.output.push(value_info("flow", DataType::FLOAT, 4));
+            g.output
+                .push(value_info_symbolic("flow", DataType::FLOAT, 4));
         }
-        let mut m = ModelProto::new();
-        m.ir_version = 8;
-        m.producer_name = "reggan-fuzz".into();
-        let mut opset = OperatorSetIdProto::new();
-        opset.version = 17;
-        m.opset_import = vec![opset];
-        m.graph = protobuf::MessageField::some(g);
-        m
+        model_of(g, "reggan-fuzz", "")
     }
 
     fn push_body(&self, g: &mut GraphProto) {
@@ -205,7 +196,7 @@ fn push_slice(g: &mut GraphProto, input: &str, out: &str, axis: i64, start: i64,
         format!("{out}_axes"),
     ];
     for (name, v) in names.iter().zip([start, end, axis]) {
-        g.initializer.push(ints(name, &[v]));
+        g.initializer.push(int64s(name, &[v]));
     }
     g.node.push(node(
         "Slice",
@@ -213,77 +204,4 @@ fn push_slice(g: &mut GraphProto, input: &str, out: &str, axis: i64, start: i64,
         out,
         vec![],
     ));
-}
-
-fn push_gather(g: &mut GraphProto, table: &str, out: &str) {
-    g.node.push(node(
-        "Gather",
-        &[table, "expression"],
-        out,
-        vec![attr_int("axis", 0)],
-    ));
-}
-
-fn floats(name: &str, dims: &[i64], vals: &[f32]) -> TensorProto {
-    let mut p = TensorProto::new();
-    p.name = name.into();
-    p.dims = dims.to_vec();
-    p.data_type = DataType::FLOAT as i32;
-    p.raw_data = vals.iter().flat_map(|v| v.to_le_bytes()).collect();
-    p
-}
-
-fn ints(name: &str, vals: &[i64]) -> TensorProto {
-    let mut p = TensorProto::new();
-    p.name = name.into();
-    p.dims = vec![vals.len() as i64];
-    p.data_type = DataType::INT64 as i32;
-    p.raw_data = vals.iter().flat_map(|v| v.to_le_bytes()).collect();
-    p
-}
-
-fn attr_int(name: &str, v: i64) -> AttributeProto {
-    let mut a = AttributeProto::new();
-    a.name = name.into();
-    a.type_ = AttributeType::INT.into();
-    a.i = v;
-    a
-}
-
-fn attr_ints(name: &str, v: &[i64]) -> AttributeProto {
-    let mut a = AttributeProto::new();
-    a.name = name.into();
-    a.type_ = AttributeType::INTS.into();
-    a.ints = v.to_vec();
-    a
-}
-
-fn node(op: &str, inputs: &[&str], output: &str, attrs: Vec<AttributeProto>) -> NodeProto {
-    let mut n = NodeProto::new();
-    n.op_type = op.into();
-    n.name = format!("{op}_{output}");
-    n.input = inputs.iter().map(|s| s.to_string()).collect();
-    n.output = vec![output.into()];
-    n.attribute = attrs;
-    n
-}
-
-/// A tensor of `rank` symbolic dimensions: ONNX Runtime's own shape checks let every
-/// shape through, so only the loader's checks stand between it and the frame.
-fn value_info(name: &str, elem: DataType, rank: usize) -> ValueInfoProto {
-    let mut shape = TensorShapeProto::new();
-    for i in 0..rank {
-        let mut d = Dimension::new();
-        d.value = Some(dimension::Value::DimParam(format!("{name}_{i}")));
-        shape.dim.push(d);
-    }
-    let mut tt = type_proto::Tensor::new();
-    tt.elem_type = elem as i32;
-    tt.shape = protobuf::MessageField::some(shape);
-    let mut ty = TypeProto::new();
-    ty.value = Some(type_proto::Value::TensorType(tt));
-    let mut v = ValueInfoProto::new();
-    v.name = name.into();
-    v.type_ = protobuf::MessageField::some(ty);
-    v
 }

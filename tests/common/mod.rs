@@ -1,6 +1,5 @@
-//! Tiny model directories for contract tests, written with the same ONNX crates the
-//! trainer uses (the few helpers are copied from trainer/src/onnx_export.rs so the core's
-//! tests do not depend on the trainer).
+//! Tiny model directories for contract tests, written with the graph helpers the
+//! trainer's exporters use (`reggan-onnxgraph`, which does not depend on the trainer).
 //!
 //! A flow test model has one constant flow per expression: `flow = Gather(FLOWS,
 //! expression)`, and its `face_out` is the face warped by that flow with GridSample
@@ -12,18 +11,10 @@
 
 use std::path::{Path, PathBuf};
 
-use onnx_protobuf::attribute_proto::AttributeType;
 use onnx_protobuf::tensor_proto::DataType;
-use onnx_protobuf::tensor_shape_proto::{dimension, Dimension};
-use onnx_protobuf::type_proto;
-use onnx_protobuf::{
-    AttributeProto, GraphProto, Message, ModelProto, NodeProto, OperatorSetIdProto, TensorProto,
-    TensorShapeProto, TypeProto, ValueInfoProto,
-};
+use onnx_protobuf::{GraphProto, Message, ModelProto, TensorProto, ValueInfoProto};
 use reggan::{default_model_dir, Manifest, RgbImage, Template};
-
-const OPSET: i64 = 17;
-const IR_VERSION: i64 = 8;
+use reggan_onnxgraph::{attr_int, attr_str, node, push_gather, value_info_partial};
 
 /// What the graph's `flow` output is.
 pub enum FlowOutput {
@@ -98,10 +89,10 @@ fn graph(s: usize, expressions: usize, flow: &FlowOutput) -> ModelProto {
     let mut g = GraphProto::new();
     g.name = "reggan_test_model".into();
     g.input = vec![
-        value_info("face", DataType::FLOAT, &[Some(3), Some(si), Some(si)]),
-        value_info("expression", DataType::INT64, &[]),
+        value_info_partial("face", DataType::FLOAT, &[Some(3), Some(si), Some(si)]),
+        value_info_partial("expression", DataType::INT64, &[]),
     ];
-    g.output = vec![value_info(
+    g.output = vec![value_info_partial(
         "face_out",
         DataType::FLOAT,
         &[Some(3), Some(si), Some(si)],
@@ -123,7 +114,7 @@ fn graph(s: usize, expressions: usize, flow: &FlowOutput) -> ModelProto {
             g.output.push(flow_value_info());
         }
     }
-    model_of(g)
+    reggan_onnxgraph::model_of(g, "reggan-tests", "")
 }
 
 /// flow = Gather(FLOWS, expression); face_out = GridSample(face, base grid + flow * 2/S).
@@ -163,94 +154,14 @@ fn sample_grid(s: usize, flow: &[f32]) -> Vec<f32> {
         .collect()
 }
 
-fn push_gather(g: &mut GraphProto, table: &str, out: &str) {
-    g.node.push(node(
-        "Gather",
-        &[table, "expression"],
-        out,
-        vec![attr_int("axis", 0)],
-    ));
-}
-
 /// `flow` with every dimension symbolic, so that ONNX Runtime's own shape checks let a
 /// wrong shape through to the loader's probe (which must catch it).
 fn flow_value_info() -> ValueInfoProto {
-    value_info("flow", DataType::FLOAT, &[None, None, None])
+    value_info_partial("flow", DataType::FLOAT, &[None, None, None])
 }
 
+/// A float32 table (values in `raw_data`), checked against its shape.
 fn floats(name: &str, dims: &[i64], vals: &[f32]) -> TensorProto {
     assert_eq!(dims.iter().product::<i64>() as usize, vals.len(), "{name}");
-    let mut p = TensorProto::new();
-    p.name = name.into();
-    p.dims = dims.to_vec();
-    p.data_type = DataType::FLOAT as i32;
-    p.raw_data = vals.iter().flat_map(|v| v.to_le_bytes()).collect();
-    p
-}
-
-fn attr_int(name: &str, v: i64) -> AttributeProto {
-    let mut a = AttributeProto::new();
-    a.name = name.into();
-    a.type_ = AttributeType::INT.into();
-    a.i = v;
-    a
-}
-
-fn attr_str(name: &str, v: &str) -> AttributeProto {
-    let mut a = AttributeProto::new();
-    a.name = name.into();
-    a.type_ = AttributeType::STRING.into();
-    a.s = v.as_bytes().to_vec();
-    a
-}
-
-fn node(op: &str, inputs: &[&str], output: &str, attrs: Vec<AttributeProto>) -> NodeProto {
-    let mut n = NodeProto::new();
-    n.op_type = op.into();
-    n.name = format!("{op}_{output}");
-    n.input = inputs.iter().map(|s| s.to_string()).collect();
-    n.output = vec![output.into()];
-    n.attribute = attrs;
-    n
-}
-
-/// A tensor value with a symbolic batch dimension "N" first; `None` dims are symbolic.
-fn value_info(name: &str, elem: DataType, dims: &[Option<i64>]) -> ValueInfoProto {
-    let mut shape = TensorShapeProto::new();
-    let symbolic = |label: String| {
-        let mut d = Dimension::new();
-        d.value = Some(dimension::Value::DimParam(label));
-        d
-    };
-    shape.dim.push(symbolic("N".into()));
-    for (i, d) in dims.iter().enumerate() {
-        shape.dim.push(match d {
-            Some(v) => {
-                let mut dim = Dimension::new();
-                dim.value = Some(dimension::Value::DimValue(*v));
-                dim
-            }
-            None => symbolic(format!("{name}_{i}")),
-        });
-    }
-    let mut tt = type_proto::Tensor::new();
-    tt.elem_type = elem as i32;
-    tt.shape = protobuf::MessageField::some(shape);
-    let mut ty = TypeProto::new();
-    ty.value = Some(type_proto::Value::TensorType(tt));
-    let mut v = ValueInfoProto::new();
-    v.name = name.into();
-    v.type_ = protobuf::MessageField::some(ty);
-    v
-}
-
-fn model_of(g: GraphProto) -> ModelProto {
-    let mut m = ModelProto::new();
-    m.ir_version = IR_VERSION;
-    m.producer_name = "reggan-tests".into();
-    let mut opset = OperatorSetIdProto::new();
-    opset.version = OPSET;
-    m.opset_import = vec![opset];
-    m.graph = protobuf::MessageField::some(g);
-    m
+    reggan_onnxgraph::floats(name, dims, vals)
 }

@@ -30,6 +30,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use opencv::core::Rect;
 use reggan::align::crop_to_planar;
+use reggan::frame::laplacian_variance;
 use reggan::{
     Alignment, Detail, Device, ExpressionModel, Face, FrameProcessor, ProcessorConfig, RgbImage,
 };
@@ -39,7 +40,6 @@ use tch::Tensor;
 
 use reggan_trainer::eval::colour;
 use reggan_trainer::eval::full_res_photos;
-use reggan_trainer::eval::fullres::box_laplacian_variance;
 
 struct Args {
     models: Vec<PathBuf>,
@@ -173,8 +173,7 @@ fn score(p: &mut FrameProcessor, input: &RgbImage, face: &Face, a: &Alignment) -
     p.process_faces(&mut out.as_frame(), vec![face.clone()])?;
     let rect = face_rect(input, face);
     Ok(Scored {
-        sharpness: box_laplacian_variance(&out, rect)?
-            / box_laplacian_variance(input, rect)?.max(1e-9),
+        sharpness: laplacian_variance(&out, rect)? / laplacian_variance(input, rect)?.max(1e-9),
         chroma: colour::chroma_change(input, &out, colour::upper_face(rect))?,
         crop: planar(&out, a)?,
     })

@@ -216,6 +216,11 @@ pub fn unpaired_sources(dir: &Path) -> Result<Vec<Source>> {
 
 /// Variance of the 4-neighbour Laplacian of a crop's luma (0..255 scale): low for the
 /// many UTKFace images that were upscaled from small pictures.
+///
+/// Deliberately not `reggan::frame::laplacian_variance` (the evaluation's measure): this
+/// one takes unrounded float luma and only interior pixels (no replicated border), in
+/// plain Rust, and [`MIN_UNPAIRED_SHARPNESS`] and the packed caches' selection were
+/// calibrated on exactly these values; switching would move crops across the threshold.
 pub fn crop_sharpness(crop: &RgbImage) -> f64 {
     let (w, h) = (crop.width, crop.height);
     let luma: Vec<f64> = crop

@@ -7,19 +7,17 @@
 
 use std::path::Path;
 
-use anyhow::{Context, Result};
-use onnx_protobuf::attribute_proto::AttributeType;
+use anyhow::Result;
 use onnx_protobuf::tensor_proto::DataType;
-use onnx_protobuf::tensor_shape_proto::{dimension, Dimension};
-use onnx_protobuf::type_proto;
-use onnx_protobuf::{
-    AttributeProto, GraphProto, Message, ModelProto, NodeProto, OperatorSetIdProto, TensorProto,
-    TensorShapeProto, TypeProto, ValueInfoProto,
-};
+use onnx_protobuf::{GraphProto, ModelProto, TensorProto};
 use tch::{Kind, Tensor};
 
-pub const OPSET: i64 = 17;
-pub const IR_VERSION: i64 = 8;
+/// The generic graph builders live in `reggan-onnxgraph` (shared with the core's tests
+/// and the fuzz targets); the trainer's exporters take them from here.
+pub use reggan_onnxgraph::{
+    attr_int, attr_ints, attr_str, int64s, node, scalar_f32, value_info, write_model, IR_VERSION,
+    OPSET,
+};
 
 /// W/B as stored in the file: float32, or float16 rounded (what the graph computes
 /// with after its Cast back to float).
@@ -31,86 +29,24 @@ pub fn stored(t: &Tensor, fp16: bool) -> Tensor {
     }
 }
 
+/// A weight tensor as an initializer: float32, or float16 when `fp16`.
 pub fn initializer(name: &str, t: &Tensor, fp16: bool) -> Result<TensorProto> {
-    let mut p = TensorProto::new();
-    p.name = name.into();
-    p.dims = t.size();
+    let dims = t.size();
     let flat = t.flatten(0, -1).contiguous();
-    if fp16 {
-        p.data_type = DataType::FLOAT16 as i32;
+    Ok(if fp16 {
         let bits = Vec::<i16>::try_from(&flat.to_kind(Kind::Half).view_dtype(Kind::Int16))?;
-        p.raw_data = bits.iter().flat_map(|b| b.to_le_bytes()).collect();
+        let bits: Vec<u16> = bits.iter().map(|&b| b as u16).collect();
+        reggan_onnxgraph::float16_bits(name, &dims, &bits)
     } else {
-        p.data_type = DataType::FLOAT as i32;
         let vals = Vec::<f32>::try_from(&flat.to_kind(Kind::Float))?;
-        p.raw_data = vals.iter().flat_map(|v| v.to_le_bytes()).collect();
-    }
-    Ok(p)
+        reggan_onnxgraph::floats(name, &dims, &vals)
+    })
 }
 
-pub fn int64s(name: &str, vals: &[i64]) -> TensorProto {
-    let mut p = TensorProto::new();
-    p.name = name.into();
-    p.dims = vec![vals.len() as i64];
-    p.data_type = DataType::INT64 as i32;
-    p.int64_data = vals.to_vec();
-    p
-}
-
-pub fn scalar_f32(name: &str, v: f32) -> TensorProto {
-    let mut p = TensorProto::new();
-    p.name = name.into();
-    p.data_type = DataType::FLOAT as i32;
-    p.float_data = vec![v];
-    p
-}
-
-pub fn attr_int(name: &str, v: i64) -> AttributeProto {
-    let mut a = AttributeProto::new();
-    a.name = name.into();
-    a.type_ = AttributeType::INT.into();
-    a.i = v;
-    a
-}
-
-pub fn attr_str(name: &str, v: &str) -> AttributeProto {
-    let mut a = AttributeProto::new();
-    a.name = name.into();
-    a.type_ = AttributeType::STRING.into();
-    a.s = v.as_bytes().to_vec();
-    a
-}
-
-pub fn node(op: &str, inputs: &[&str], output: &str, attrs: Vec<AttributeProto>) -> NodeProto {
-    let mut n = NodeProto::new();
-    n.op_type = op.into();
-    n.name = format!("{op}_{output}");
-    n.input = inputs.iter().map(|s| s.to_string()).collect();
-    n.output = vec![output.into()];
-    n.attribute = attrs;
-    n
-}
-
-/// A tensor value with a symbolic batch dimension "N" first.
-pub fn value_info(name: &str, elem: DataType, dims: &[i64]) -> ValueInfoProto {
-    let mut shape = TensorShapeProto::new();
-    let mut n = Dimension::new();
-    n.value = Some(dimension::Value::DimParam("N".into()));
-    shape.dim.push(n);
-    for &d in dims {
-        let mut dim = Dimension::new();
-        dim.value = Some(dimension::Value::DimValue(d));
-        shape.dim.push(dim);
-    }
-    let mut tt = type_proto::Tensor::new();
-    tt.elem_type = elem as i32;
-    tt.shape = protobuf::MessageField::some(shape);
-    let mut ty = TypeProto::new();
-    ty.value = Some(type_proto::Value::TensorType(tt));
-    let mut v = ValueInfoProto::new();
-    v.name = name.into();
-    v.type_ = protobuf::MessageField::some(ty);
-    v
+/// Wraps a graph into a model of this trainer's IR version and opset (producer
+/// `reggan-trainer` and its version).
+pub fn model_of(g: GraphProto) -> ModelProto {
+    reggan_onnxgraph::model_of(g, "reggan-trainer", env!("CARGO_PKG_VERSION"))
 }
 
 /// The graph for W [E,3,k²,S,S] and B [E,3,S,S].
@@ -165,15 +101,7 @@ pub fn build(w: &Tensor, b: &Tensor, k: usize, fp16: bool) -> Result<ModelProto>
     g.node
         .push(node("Clip", &["biased", "zero", "one"], "face_out", vec![]));
 
-    let mut m = ModelProto::new();
-    m.ir_version = IR_VERSION;
-    m.producer_name = "reggan-trainer".into();
-    m.producer_version = env!("CARGO_PKG_VERSION").into();
-    let mut opset = OperatorSetIdProto::new();
-    opset.version = OPSET;
-    m.opset_import = vec![opset];
-    m.graph = protobuf::MessageField::some(g);
-    Ok(m)
+    Ok(model_of(g))
 }
 
 /// Nodes computing the k² shifted copies of `input` [N,C,H,W] (edge padded by k/2),
@@ -246,40 +174,5 @@ pub fn push_weighted_sum(
 
 /// Writes `dir/model.onnx`; returns its size in bytes.
 pub fn write(w: &Tensor, b: &Tensor, k: usize, fp16: bool, dir: &Path) -> Result<u64> {
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let bytes = build(w, b, k, fp16)?.write_to_bytes()?;
-    let path = dir.join("model.onnx");
-    std::fs::write(&path, &bytes).with_context(|| format!("cannot write {}", path.display()))?;
-    Ok(bytes.len() as u64)
-}
-
-/// An attribute holding a list of ints (e.g. `axes` of ReduceMin/ReduceMax in opset 17).
-pub fn attr_ints(name: &str, v: &[i64]) -> AttributeProto {
-    let mut a = AttributeProto::new();
-    a.name = name.into();
-    a.type_ = AttributeType::INTS.into();
-    a.ints = v.to_vec();
-    a
-}
-
-/// Wraps a graph into a model of this trainer's IR version and opset.
-pub fn model_of(g: GraphProto) -> ModelProto {
-    let mut m = ModelProto::new();
-    m.ir_version = IR_VERSION;
-    m.producer_name = "reggan-trainer".into();
-    m.producer_version = env!("CARGO_PKG_VERSION").into();
-    let mut opset = OperatorSetIdProto::new();
-    opset.version = OPSET;
-    m.opset_import = vec![opset];
-    m.graph = protobuf::MessageField::some(g);
-    m
-}
-
-/// Writes a model as `dir/model.onnx`; returns its size in bytes.
-pub fn write_model(m: &ModelProto, dir: &Path) -> Result<u64> {
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let bytes = m.write_to_bytes()?;
-    let path = dir.join("model.onnx");
-    std::fs::write(&path, &bytes).with_context(|| format!("cannot write {}", path.display()))?;
-    Ok(bytes.len() as u64)
+    write_model(&build(w, b, k, fp16)?, dir)
 }

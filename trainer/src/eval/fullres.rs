@@ -6,8 +6,8 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Result;
-use opencv::core::{Mat, Rect, CV_64F};
-use opencv::prelude::*;
+use opencv::core::Rect;
+use reggan::frame::laplacian_variance;
 use reggan::{Device, FrameProcessor, ProcessorConfig, RgbImage};
 use serde::Serialize;
 
@@ -21,30 +21,6 @@ pub struct FullResRow {
     pub median_sharpness: f64,
     /// Median CIELAB chroma change over the upper face ([`super::colour`]).
     pub median_chroma: f64,
-}
-
-/// Laplacian variance of the grey pixels of `rect` in a packed RGB image.
-pub fn box_laplacian_variance(img: &RgbImage, rect: Rect) -> Result<f64> {
-    let rgb = Mat::new_rows_cols_with_data(img.height as i32, (img.width * 3) as i32, &img.data)?
-        .reshape(3, img.height as i32)?
-        .try_clone()?;
-    let roi = Mat::roi(&rgb, rect)?.try_clone()?;
-    let mut grey = Mat::default();
-    opencv::imgproc::cvt_color_def(&roi, &mut grey, opencv::imgproc::COLOR_RGB2GRAY)?;
-    let mut lap = Mat::default();
-    opencv::imgproc::laplacian(
-        &grey,
-        &mut lap,
-        CV_64F,
-        1,
-        1.0,
-        0.0,
-        opencv::core::BORDER_REPLICATE,
-    )?;
-    let (mut mean, mut dev) = (Mat::default(), Mat::default());
-    opencv::core::mean_std_dev(&lap, &mut mean, &mut dev, &opencv::core::no_array())?;
-    let sd = *dev.at_2d::<f64>(0, 0)?;
-    Ok(sd * sd)
 }
 
 /// Output/input sharpness of the largest face's box for each photo (photos without a
@@ -110,8 +86,8 @@ pub fn photo_scores(
             continue;
         }
         let rect = Rect::new(x0, y0, x1 - x0, y1 - y0);
-        let before = box_laplacian_variance(&input, rect)?;
-        let after = box_laplacian_variance(&output, rect)?;
+        let before = laplacian_variance(&input, rect)?;
+        let after = laplacian_variance(&output, rect)?;
         ratios.push(PhotoScore {
             sharpness: after / before.max(1e-9),
             chroma: super::colour::chroma_change(&input, &output, super::colour::upper_face(rect))?,

@@ -8,7 +8,7 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use onnx_protobuf::tensor_proto::DataType;
-use onnx_protobuf::{GraphProto, Message, ModelProto, OperatorSetIdProto};
+use onnx_protobuf::{GraphProto, Message, ModelProto};
 use reggan::{Device, ExpressionModel, Manifest};
 use serde_json::json;
 use tch::{Kind, Tensor};
@@ -78,15 +78,7 @@ pub fn build(
     }
     graph.node.extend(g.nodes);
     graph.initializer.extend(g.inits);
-    let mut m = ModelProto::new();
-    m.ir_version = 8;
-    m.producer_name = "reggan-trainer".into();
-    m.producer_version = env!("CARGO_PKG_VERSION").into();
-    let mut opset = OperatorSetIdProto::new();
-    opset.version = onnx_export::OPSET;
-    m.opset_import = vec![opset];
-    m.graph = protobuf::MessageField::some(graph);
-    Ok(m)
+    Ok(onnx_export::model_of(graph))
 }
 
 /// The layer with its weights as the graph stores them (float16-rounded when `fp16`).

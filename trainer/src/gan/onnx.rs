@@ -4,9 +4,11 @@
 use std::collections::HashMap;
 
 use anyhow::Result;
-use onnx_protobuf::attribute_proto::AttributeType;
 use onnx_protobuf::tensor_proto::DataType;
 use onnx_protobuf::{AttributeProto, NodeProto, TensorProto};
+use reggan_onnxgraph::{
+    attr_float, attr_int, attr_ints, attr_str, float_data, floats, int64_data, node,
+};
 use tch::{Kind, Tensor};
 
 use super::nets::{Conv, IN_EPS};
@@ -27,43 +29,8 @@ pub struct Onnx {
     pub error: Option<String>,
 }
 
-fn attr_int(name: &str, v: i64) -> AttributeProto {
-    let mut a = AttributeProto::new();
-    a.name = name.into();
-    a.type_ = AttributeType::INT.into();
-    a.i = v;
-    a
-}
-
-fn attr_ints(name: &str, v: &[i64]) -> AttributeProto {
-    let mut a = AttributeProto::new();
-    a.name = name.into();
-    a.type_ = AttributeType::INTS.into();
-    a.ints = v.to_vec();
-    a
-}
-
-fn attr_float(name: &str, v: f32) -> AttributeProto {
-    let mut a = AttributeProto::new();
-    a.name = name.into();
-    a.type_ = AttributeType::FLOAT.into();
-    a.f = v;
-    a
-}
-
-fn attr_str(name: &str, v: &str) -> AttributeProto {
-    let mut a = AttributeProto::new();
-    a.name = name.into();
-    a.type_ = AttributeType::STRING.into();
-    a.s = v.as_bytes().to_vec();
-    a
-}
-
+/// A float32 initializer of a network parameter (values in `raw_data`).
 fn f32_tensor(name: &str, t: &Tensor) -> TensorProto {
-    let mut p = TensorProto::new();
-    p.name = name.into();
-    p.dims = t.size();
-    p.data_type = DataType::FLOAT as i32;
     let vals = Vec::<f32>::try_from(
         &t.detach()
             .to_device(tch::Device::Cpu)
@@ -72,26 +39,7 @@ fn f32_tensor(name: &str, t: &Tensor) -> TensorProto {
             .flatten(0, -1),
     )
     .unwrap_or_default();
-    p.raw_data = vals.iter().flat_map(|v| v.to_le_bytes()).collect();
-    p
-}
-
-fn i64_tensor(name: &str, dims: &[i64], vals: &[i64]) -> TensorProto {
-    let mut p = TensorProto::new();
-    p.name = name.into();
-    p.dims = dims.to_vec();
-    p.data_type = DataType::INT64 as i32;
-    p.int64_data = vals.to_vec();
-    p
-}
-
-fn f32_consts(name: &str, dims: &[i64], vals: &[f32]) -> TensorProto {
-    let mut p = TensorProto::new();
-    p.name = name.into();
-    p.dims = dims.to_vec();
-    p.data_type = DataType::FLOAT as i32;
-    p.float_data = vals.to_vec();
-    p
+    floats(name, &t.size(), &vals)
 }
 
 impl Onnx {
@@ -114,13 +62,7 @@ impl Onnx {
 
     fn push(&mut self, op: &str, inputs: &[&str], tag: &str, attrs: Vec<AttributeProto>) -> String {
         let out = self.fresh(tag);
-        let mut n = NodeProto::new();
-        n.op_type = op.into();
-        n.name = format!("{op}_{out}");
-        n.input = inputs.iter().map(|s| s.to_string()).collect();
-        n.output = vec![out.clone()];
-        n.attribute = attrs;
-        self.nodes.push(n);
+        self.nodes.push(node(op, inputs, &out, attrs));
         out
     }
 
@@ -133,13 +75,13 @@ impl Onnx {
 
     fn ints(&mut self, dims: &[i64], vals: &[i64]) -> String {
         let name = self.fresh("c");
-        self.inits.push(i64_tensor(&name, dims, vals));
+        self.inits.push(int64_data(&name, dims, vals));
         name
     }
 
     fn floats(&mut self, dims: &[i64], vals: &[f32]) -> String {
         let name = self.fresh("c");
-        self.inits.push(f32_consts(&name, dims, vals));
+        self.inits.push(float_data(&name, dims, vals));
         name
     }
 
