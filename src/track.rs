@@ -196,6 +196,9 @@ struct Track {
     presence: f32,
     /// Optical flow followed it from the previous frame.
     flow_ok: bool,
+    /// Corners optical flow follows on it, where they are in the last frame (found
+    /// again when too few are left).
+    corners: Vec<Point>,
     /// Face width when first found: the filters work in these units.
     scale: f32,
     /// Geometry when first found: the filters work on offsets from it (a still face
@@ -277,7 +280,12 @@ impl FaceTracker {
         let same_size = self.previous_grey.size()? == self.grey.size()?;
         if same_size && !self.previous_grey.empty() {
             for track in &mut self.tracks {
-                let motion = similarity_flow(&self.previous_grey, &self.grey, &track.face)?;
+                let motion = similarity_flow(
+                    &self.previous_grey,
+                    &self.grey,
+                    &track.face,
+                    &mut track.corners,
+                )?;
                 track.flow_ok = motion.is_some();
                 if let Some(m) = motion.filter(|m| *m != IDENTITY) {
                     move_track(track, &m);
@@ -360,6 +368,7 @@ impl FaceTracker {
                 // gets the whole edit at once).
                 presence: if first_frame { 1.0 } else { step },
                 flow_ok: true,
+                corners: Vec::new(),
                 scale: face.bbox.w.max(1.0),
                 origin: face_values(&face),
             };
@@ -473,9 +482,23 @@ pub fn grey_of(frame: &FrameMut, out: &mut Mat) -> Result<()> {
 }
 
 /// Points optical flow follows on a face: its four alignment keypoints and up to 40
-/// corners inside its box `b` (the keypoints alone sit on smooth skin and drift).
-fn points_to_follow(grey: &Mat, keypoints: [Point; 4], b: &BoxF) -> Result<Vector<Point2f>> {
+/// corners inside its box `b` (the keypoints alone sit on smooth skin and drift): the
+/// `followed` ones from the last frame while at least [`MIN_FOLLOWED_CORNERS`] are
+/// left (finding corners is half the cost of following them), else new ones.
+fn points_to_follow(
+    grey: &Mat,
+    keypoints: [Point; 4],
+    b: &BoxF,
+    followed: &[Point],
+) -> Result<Vector<Point2f>> {
     let size = grey.size()?;
+    if followed.len() >= MIN_FOLLOWED_CORNERS {
+        return Ok(keypoints
+            .iter()
+            .chain(followed)
+            .map(|p| Point2f::new(p.x, p.y))
+            .collect());
+    }
     let x0 = b.x.max(0.0).floor() as i32;
     let y0 = b.y.max(0.0).floor() as i32;
     let x1 = ((b.x + b.w).ceil() as i32).min(size.width);
@@ -503,6 +526,9 @@ fn points_to_follow(grey: &Mat, keypoints: [Point; 4], b: &BoxF) -> Result<Vecto
     Ok(points)
 }
 
+/// Fewer corners than this left on a face: find new ones.
+const MIN_FOLLOWED_CORNERS: usize = 20;
+
 /// Faces wider than this are followed on a smaller copy of the frame (halved until
 /// they fit): a 3-level pyramid on about 100 px of face is as exact as on 400, and a
 /// sixteenth of the work.
@@ -528,28 +554,52 @@ fn flow_region(b: &BoxF, size: Size) -> (Rect, i32) {
     (Rect::new(x0, y0, trim(w), trim(h)), factor)
 }
 
-/// `region` of `grey`, shrunk by `factor` (a view when 1).
+/// `region` of `grey` (sides a multiple of `factor`, a power of 2), shrunk by `factor`:
+/// halved again and again, each time by bilinear sampling at the centre of each 2x2
+/// block, which is their exact mean (a quarter of the cost of area averaging).
 fn shrunk(grey: &Mat, region: Rect, factor: i32) -> Result<Mat> {
     let view = Mat::roi(grey, region)?;
     if factor == 1 {
         return Ok(view.try_clone()?);
     }
+    let (mut w, mut h) = (region.width, region.height);
     let mut out = Mat::default();
-    let size = Size::new(
-        (region.width / factor).max(1),
-        (region.height / factor).max(1),
-    );
-    imgproc::resize(&view, &mut out, size, 0.0, 0.0, imgproc::INTER_AREA)?;
+    halve(&view, &mut out, &mut w, &mut h)?;
+    let mut f = factor / 2;
+    while f > 1 {
+        let mut next = Mat::default();
+        halve(&out, &mut next, &mut w, &mut h)?;
+        out = next;
+        f /= 2;
+    }
     Ok(out)
 }
 
+/// `from` (`w` x `h`, updated) at half size.
+fn halve(
+    from: &impl opencv::core::ToInputArray,
+    to: &mut Mat,
+    w: &mut i32,
+    h: &mut i32,
+) -> Result<()> {
+    (*w, *h) = ((*w / 2).max(1), (*h / 2).max(1));
+    imgproc::resize(from, to, Size::new(*w, *h), 0.0, 0.0, imgproc::INTER_LINEAR)?;
+    Ok(())
+}
+
 /// The similarity (2x3, row-major) that carries the face from `previous` to `current`,
-/// or None when too few points were followed to trust it.
+/// or None when too few points were followed to trust it. `corners` (frame pixels) are
+/// the corners followed into `previous`, and become those followed into `current`.
 ///
 /// Optical flow runs on the face's neighbourhood only, not the whole frame (its image
 /// pyramids were most of its cost: 2 ms for a 1280x720 frame), and on a shrunk copy
 /// when the face is large.
-fn similarity_flow(previous: &Mat, current: &Mat, face: &Face) -> Result<Option<[f32; 6]>> {
+fn similarity_flow(
+    previous: &Mat,
+    current: &Mat,
+    face: &Face,
+    corners: &mut Vec<Point>,
+) -> Result<Option<[f32; 6]>> {
     let (region, factor) = flow_region(&face.bbox, previous.size()?);
     let (ox, oy, f) = (region.x as f32, region.y as f32, factor as f32);
     let to_local = |p: Point| Point {
@@ -568,7 +618,15 @@ fn similarity_flow(previous: &Mat, current: &Mat, face: &Face) -> Result<Option<
         shrunk(previous, region, factor)?,
         shrunk(current, region, factor)?,
     );
-    let from = points_to_follow(&previous, face.alignment_points().map(to_local), &local_box)?;
+    let inside = |p: &&Point| p.x >= b.x && p.y >= b.y && p.x < b.x + b.w && p.y < b.y + b.h;
+    let followed: Vec<Point> = corners
+        .iter()
+        .filter(inside)
+        .map(|&p| to_local(p))
+        .collect();
+    corners.clear();
+    let keypoints = face.alignment_points().map(to_local);
+    let from = points_to_follow(&previous, keypoints, &local_box, &followed)?;
     if from.len() < 6 {
         return Ok(None);
     }
@@ -595,10 +653,13 @@ fn similarity_flow(previous: &Mat, current: &Mat, face: &Face) -> Result<Option<
     )?;
     let to_frame = |p: Point2f| Point2f::new(p.x * f + ox, p.y * f + oy);
     let (mut a, mut b) = (Vector::<Point2f>::new(), Vector::<Point2f>::new());
+    // Index in `from` of each followed point.
+    let mut index = Vec::with_capacity(from.len());
     for i in 0..from.len() {
         if status.get(i)? == 1 {
             a.push(to_frame(from.get(i)?));
             b.push(to_frame(to.get(i)?));
+            index.push(i);
         }
     }
     if a.len() < 6 {
@@ -619,6 +680,14 @@ fn similarity_flow(previous: &Mat, current: &Mat, face: &Face) -> Result<Option<
     let kept = opencv::core::count_non_zero(&inliers)? as usize;
     if m.empty() || kept < 6 || kept * 2 < a.len() {
         return Ok(None);
+    }
+    // The corners (not the keypoints) that moved with the face, for the next frame.
+    let keypoint_count = keypoints.len();
+    for (k, &i) in index.iter().enumerate() {
+        if i >= keypoint_count && *inliers.at::<u8>(k as i32)? != 0 {
+            let p = b.get(k)?;
+            corners.push(Point { x: p.x, y: p.y });
+        }
     }
     let mut out = [0.0f32; 6];
     for (i, v) in out.iter_mut().enumerate() {
@@ -702,9 +771,7 @@ impl EditSmoother {
         memory.time = t.max(memory.time);
         let dis = match self.flow.as_mut() {
             Some(d) => d,
-            None => self.flow.insert(video::DISOpticalFlow::create(
-                video::DISOpticalFlow_PRESET_ULTRAFAST,
-            )?),
+            None => self.flow.insert(Self::dense_flow()?),
         };
         // Backward flow: where each pixel of this crop was in the last one.
         let mut flow = Mat::default();
@@ -751,6 +818,14 @@ impl EditSmoother {
         memory.change.copy_from_slice(change);
         memory.grey = grey;
         Ok(true)
+    }
+
+    /// DIS optical flow at its fastest preset, without the variational refinement
+    /// (a third of its cost on a 128 px crop; the flow only carries a smooth edit).
+    fn dense_flow() -> Result<opencv::core::Ptr<video::DISOpticalFlow>> {
+        let mut dis = video::DISOpticalFlow::create(video::DISOpticalFlow_PRESET_ULTRAFAST)?;
+        dis.set_variational_refinement_iterations(0)?;
+        Ok(dis)
     }
 
     /// Forgets faces no longer followed.
