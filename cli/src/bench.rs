@@ -235,19 +235,28 @@ fn bench_element(args: &BenchArgs, frame: &RgbImage) -> Result<ElementResult> {
         .expect("appsrc is an AppSrc");
     let total = (WARMUP + args.frames) as u64;
     let data = frame.data.clone();
+    // Frames come from a pool of reused buffers, as from a camera or a decoder: a fresh
+    // allocation per frame would time the kernel's page faults, not the element.
+    let pool = frame_pool(frame.data.len())?;
     let feeder = std::thread::spawn(move || {
         let frame_duration = gst::ClockTime::from_nseconds(40_000_000);
         for i in 0..total {
-            let mut buffer = gst::Buffer::from_mut_slice(data.clone());
-            buffer
-                .get_mut()
-                .expect("new buffer is writable")
-                .set_pts(frame_duration * i);
+            let Ok(mut buffer) = pool.acquire_buffer(None) else {
+                return;
+            };
+            {
+                let buffer = buffer.get_mut().expect("a pooled buffer is writable");
+                if let Ok(mut map) = buffer.map_writable() {
+                    map.copy_from_slice(&data);
+                }
+                buffer.set_pts(frame_duration * i);
+            }
             if appsrc.push_buffer(buffer).is_err() {
                 return;
             }
         }
         let _ = appsrc.end_of_stream();
+        let _ = pool.set_active(false);
     });
     let result = gstutil::run_to_eos(&pipeline, |_| {});
     feeder.join().expect("feeder does not panic");
@@ -270,6 +279,16 @@ fn bench_element(args: &BenchArgs, frame: &RgbImage) -> Result<ElementResult> {
             arrivals.len()
         ),
     }
+}
+
+/// An active pool of buffers of `size` bytes (enough for the pipeline's queue).
+fn frame_pool(size: usize) -> Result<gst::BufferPool> {
+    let pool = gst::BufferPool::new();
+    let mut config = pool.config();
+    config.set_params(None, size as u32, 8, 0);
+    pool.set_config(config).context("configuring the frame pool")?;
+    pool.set_active(true).context("starting the frame pool")?;
+    Ok(pool)
 }
 
 fn record_arrivals(sink: &gst::Element) -> Arc<Mutex<Vec<Instant>>> {
