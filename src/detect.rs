@@ -668,26 +668,18 @@ impl FaceDetector {
     /// searches, and the synthesised expression flickers. When the face fills the frame,
     /// as in the training photos, the square is the whole frame and nothing changes.
     pub fn detect(&mut self, frame: &FrameMut, min_face_size: f32) -> Result<Vec<Face>> {
-        self.detect_new(frame, min_face_size, &[], true)
+        self.detect_new(frame, min_face_size, &[])
     }
 
     /// Like [`detect`](Self::detect), for faces other than `known` ones (those already
     /// followed): a face overlapping one of them is dropped before its refining search.
-    /// Without `small_faces`, [`DetectorKind::Auto`] runs its front model only: the back
-    /// model, for faces under about a fifth of the frame, costs four times as much.
     pub fn detect_new(
         &mut self,
         frame: &FrameMut,
         min_face_size: f32,
         known: &[Face],
-        small_faces: bool,
     ) -> Result<Vec<Face>> {
-        let front_only = !small_faces && self.back.is_some();
-        let t = self.score_threshold;
-        let found = match self.front.as_mut() {
-            Some(front) if front_only => weighted_nms(front.detect(frame, None, t)?, 0.3),
-            _ => self.detect_in(frame, None, min_face_size)?,
-        };
+        let found = self.detect_in(frame, None, min_face_size)?;
         let mut faces = Vec::with_capacity(found.len());
         let new = found
             .into_iter()

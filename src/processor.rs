@@ -58,9 +58,8 @@ impl ProcessorConfig {
 }
 
 /// Video: the whole frame is searched for new faces every this many frames by default
-/// (the element, the CLI, `bench`, `eval --video`). A new face is picked up within 5
-/// frames, or within 10 when it is small (under about a fifth of the frame) and every
-/// face already followed is followed confidently (see [`FrameProcessor::set_detect_interval`]).
+/// (the element, the CLI, `bench`, `eval --video`), so a new face is picked up within 5
+/// frames (see [`FrameProcessor::set_detect_interval`]).
 pub const DEFAULT_DETECT_INTERVAL: u32 = 5;
 
 /// How long a change of expression or intensity takes in video by default.
@@ -222,8 +221,6 @@ pub struct FrameProcessor {
     tracker: FaceTracker,
     detect_interval: u32,
     frames_since_detection: u32,
-    /// Full-frame searches since the last reset.
-    full_searches: u32,
     model: ExpressionModel,
     template: Template,
     compositor: Compositor,
@@ -260,7 +257,6 @@ impl FrameProcessor {
             tracker: FaceTracker::new(config.tracking),
             detect_interval: 1,
             frames_since_detection: 0,
-            full_searches: 0,
             model,
             template,
             compositor,
@@ -329,10 +325,7 @@ impl FrameProcessor {
 
     /// Video: search the whole frame every `n` frames; in between, look for each tracked
     /// face only around where optical flow puts it (a face the tracker is unsure of
-    /// brings the full search forward; new faces appear within `n` frames). While every
-    /// face is followed confidently, the search for small faces (BlazeFace's back model,
-    /// four times the cost of the front one) runs on every second full search only, so
-    /// new small faces take up to `2n` frames; `n = 1` runs both models every frame.
+    /// brings the full search forward; new faces appear within `n` frames).
     pub fn set_detect_interval(&mut self, n: u32) {
         self.detect_interval = n.max(1);
     }
@@ -341,7 +334,6 @@ impl FrameProcessor {
     pub fn reset_tracking(&mut self) {
         self.tracker.reset();
         self.frames_since_detection = 0;
-        self.full_searches = 0;
         self.transition = None;
         self.edits.clear();
     }
@@ -435,15 +427,12 @@ impl FrameProcessor {
         if due || !self.tracker.confident() || found.len() < self.tracker.predicted().len() {
             // The count restarts: the next full search is `detect_interval` from now.
             self.frames_since_detection = 0;
-            // While faces are followed and every one confidently, the search for small
-            // faces (the costly back model) runs on every second full search only.
-            let routine =
-                self.detect_interval > 1 && !self.tracker.is_empty() && self.tracker.confident();
-            let small_faces = !routine || self.full_searches.is_multiple_of(2);
-            self.full_searches = self.full_searches.wrapping_add(1);
-            let new =
-                self.detector
-                    .detect_new(frame, self.config.min_face_size, &found, small_faces)?;
+            // Both BlazeFace models, every time: the front one alone misses a second
+            // person at a webcam's distance (a face a sixth of the frame wide), and a
+            // new face must show within `detect_interval` frames.
+            let new = self
+                .detector
+                .detect_new(frame, self.config.min_face_size, &found)?;
             found.extend(new);
         }
         Ok(self.tracker.update(found, t))

@@ -402,3 +402,56 @@ fn a_degenerate_face_is_skipped_without_failing_the_frame() {
     assert_eq!(report.faces.len(), 1, "the real face is still processed");
     assert_ne!(img, original);
 }
+
+/// The astronaut at the left of a 1100x640 grey frame, and a second copy at the right
+/// when `second`.
+fn two_people(img: &RgbImage, second: bool) -> RgbImage {
+    let (w, h) = (1100, 640);
+    let mut out = RgbImage {
+        width: w,
+        height: h,
+        data: vec![100; w * h * 3],
+    };
+    let xs: &[usize] = if second { &[0, 560] } else { &[0] };
+    for &dx in xs {
+        for y in 0..img.height.min(h - 60) {
+            let o = ((y + 60) * w + dx) * 3;
+            out.data[o..o + img.width * 3]
+                .copy_from_slice(&img.data[y * img.width * 3..(y + 1) * img.width * 3]);
+        }
+    }
+    out
+}
+
+#[test]
+fn a_face_that_comes_is_picked_up_and_one_that_leaves_is_gone_within_5_frames() {
+    let Some((model, original)) = common::shipped_model_and_photo() else {
+        return;
+    };
+    let mut p = processor(&model, "happy");
+    p.set_detect_interval(reggan::processor::DEFAULT_DETECT_INTERVAL);
+    let at = |i: usize| std::time::Duration::from_millis(40 * i as u64);
+    // One person for 13 frames (so the tracker is confident and full searches are
+    // routine), then a second for 20, then the first alone again.
+    let counts: Vec<usize> = (0..50)
+        .map(|i| {
+            let mut frame = two_people(&original, (13..33).contains(&i));
+            p.process_video(&mut frame.as_frame(), at(i))
+                .unwrap()
+                .faces
+                .len()
+        })
+        .collect();
+    eprintln!("faces per frame: {counts:?}");
+    assert!(counts[..13].iter().all(|&n| n == 1), "{counts:?}");
+    let came = counts[13..]
+        .iter()
+        .position(|&n| n == 2)
+        .expect("picked up");
+    assert!(
+        came < 5,
+        "picked up {came} frames after it came: {counts:?}"
+    );
+    let gone = counts[33..].iter().position(|&n| n == 1).expect("gone");
+    assert!(gone <= 5, "gone {gone} frames after it left: {counts:?}");
+}

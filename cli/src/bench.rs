@@ -286,7 +286,8 @@ fn frame_pool(size: usize) -> Result<gst::BufferPool> {
     let pool = gst::BufferPool::new();
     let mut config = pool.config();
     config.set_params(None, size as u32, 8, 0);
-    pool.set_config(config).context("configuring the frame pool")?;
+    pool.set_config(config)
+        .context("configuring the frame pool")?;
     pool.set_active(true).context("starting the frame pool")?;
     Ok(pool)
 }

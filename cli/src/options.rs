@@ -133,7 +133,7 @@ pub struct TrackingArgs {
     /// Full-frame face search every N frames, and whenever a tracked face is lost
     #[arg(long, default_value_t = reggan::processor::DEFAULT_DETECT_INTERVAL, value_parser = clap::value_parser!(u32).range(1..=300))]
     pub detect_interval: u32,
-    /// Follow faces with optical flow and a One Euro filter (false: each frame's raw detections)
+    /// Follow faces with optical flow and a One Euro filter, and low-pass each face's edit along its own motion (false: each frame's raw detections and edits)
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
     pub tracking: bool,
     /// Stream time over which a new face fades in (and an expression change would ramp)

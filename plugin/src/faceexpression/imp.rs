@@ -313,7 +313,7 @@ impl ObjectImpl for FaceExpression {
                     .build(),
                 glib::ParamSpecUInt::builder("detect-interval")
                     .nick("Detection interval")
-                    .blurb("Run the face detector every N frames and reuse the tracked faces in between (1: every frame)")
+                    .blurb("Search the whole frame for new faces every N frames (and whenever a followed face is lost); in between, optical flow follows the faces (1: both detection models every frame)")
                     .minimum(1)
                     .maximum(300)
                     .default_value(DEFAULT_DETECT_INTERVAL)
@@ -328,7 +328,7 @@ impl ObjectImpl for FaceExpression {
                     .build(),
                 glib::ParamSpecBoolean::builder("tracking")
                     .nick("Tracking")
-                    .blurb("Follow faces with optical flow and a One Euro filter (a still head keeps a still edit), fade faces in and out; off: each frame's raw detections")
+                    .blurb("Follow faces with optical flow and a One Euro filter (a still head keeps a still edit), low-pass each face's edit along its own motion, fade faces in and out; off: each frame's raw detections and edits")
                     .default_value(DEFAULT_TRACKING)
                     .mutable_playing()
                     .build(),
