@@ -407,11 +407,11 @@ impl FrameProcessor {
 
     /// Searches for this frame's faces and gives them to the tracker (time `t`).
     fn search(&mut self, frame: &FrameMut, t: f64, due: bool) -> Result<Vec<TrackedFace>> {
-        // Each tracked face is searched for around where optical flow put it, every
-        // frame, so its keypoints always come from the same view of it (a still head
-        // gives the same keypoints frame after frame). The whole frame is searched every
-        // `detect_interval` frames, and whenever a face was lost or optical flow could
-        // not follow it; it only adds faces not found around a tracked one.
+        // Each tracked face is searched for around where optical flow put it, so its
+        // keypoints always come from the same view of it (a still head gives the same
+        // keypoints frame after frame). The whole frame is searched when `due`, and
+        // whenever a face was lost or optical flow could not follow it; it only adds
+        // faces not found around a tracked one.
         // (Without tracking, the search around each face only runs between full
         // searches, as before the tracker.)
         let raw = !self.config.tracking.optical_flow;

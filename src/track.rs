@@ -484,7 +484,7 @@ pub fn grey_of(frame: &FrameMut, out: &mut Mat) -> Result<()> {
 /// Points optical flow follows on a face: its four alignment keypoints and up to 40
 /// corners inside its box `b` (the keypoints alone sit on smooth skin and drift): the
 /// `followed` ones from the last frame while at least [`MIN_FOLLOWED_CORNERS`] are
-/// left (finding corners is half the cost of following them), else new ones.
+/// left (finding new ones costs about 0.2 ms a face), else new ones.
 fn points_to_follow(
     grey: &Mat,
     keypoints: [Point; 4],
@@ -606,19 +606,24 @@ fn similarity_flow(
         x: (p.x - ox) / f,
         y: (p.y - oy) / f,
     };
-    let b = &face.bbox;
-    let corner = to_local(Point { x: b.x, y: b.y });
+    let bbox = &face.bbox;
+    let corner = to_local(Point {
+        x: bbox.x,
+        y: bbox.y,
+    });
     let local_box = BoxF {
         x: corner.x,
         y: corner.y,
-        w: b.w / f,
-        h: b.h / f,
+        w: bbox.w / f,
+        h: bbox.h / f,
     };
     let (previous, current) = (
         shrunk(previous, region, factor)?,
         shrunk(current, region, factor)?,
     );
-    let inside = |p: &&Point| p.x >= b.x && p.y >= b.y && p.x < b.x + b.w && p.y < b.y + b.h;
+    let inside = |p: &&Point| {
+        p.x >= bbox.x && p.y >= bbox.y && p.x < bbox.x + bbox.w && p.y < bbox.y + bbox.h
+    };
     let followed: Vec<Point> = corners
         .iter()
         .filter(inside)
