@@ -253,6 +253,19 @@ impl Letterbox {
 // ---------------------------------------------------------------------------------------
 // Detectors
 
+/// Which BlazeFace models a full-frame search runs. Video splits a full search over two
+/// frames (the front model on one, the back model on another) so that no one frame
+/// pays for both; a detector with one model runs it for either pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SearchPass {
+    /// Every model loaded.
+    All,
+    /// The front model (128 px input): faces over about a fifth of the frame.
+    Large,
+    /// The back model (256 px input, four times the cost): smaller, farther faces.
+    Small,
+}
+
 /// Which detector runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum DetectorKind {
@@ -668,7 +681,13 @@ impl FaceDetector {
     /// searches, and the synthesised expression flickers. When the face fills the frame,
     /// as in the training photos, the square is the whole frame and nothing changes.
     pub fn detect(&mut self, frame: &FrameMut, min_face_size: f32) -> Result<Vec<Face>> {
-        self.detect_new(frame, min_face_size, &[])
+        self.detect_new(frame, min_face_size, &[], SearchPass::All)
+    }
+
+    /// True when a full search runs two BlazeFace models, which can then run on
+    /// different frames ([`SearchPass`]).
+    pub fn has_two_passes(&self) -> bool {
+        self.front.is_some() && self.back.is_some()
     }
 
     /// Like [`detect`](Self::detect), for faces other than `known` ones (those already
@@ -678,8 +697,9 @@ impl FaceDetector {
         frame: &FrameMut,
         min_face_size: f32,
         known: &[Face],
+        pass: SearchPass,
     ) -> Result<Vec<Face>> {
-        let found = self.detect_in(frame, None, min_face_size)?;
+        let found = self.search_whole(frame, min_face_size, pass)?;
         let mut faces = Vec::with_capacity(found.len());
         let new = found
             .into_iter()
@@ -747,15 +767,32 @@ impl FaceDetector {
             }
             return Ok(Vec::new());
         }
-        // A full search runs every model loaded and merges what they find: the front
-        // model alone misses faces under about a fifth of the frame, even when it finds
-        // a large one beside them.
+        self.search_whole(frame, min_face_size, SearchPass::All)
+    }
+
+    /// A full-frame search: the models of `pass` (every model loaded for
+    /// [`SearchPass::All`]), their faces merged. The front model alone misses faces
+    /// under about a fifth of the frame, even when it finds a large one beside them.
+    fn search_whole(
+        &mut self,
+        frame: &FrameMut,
+        min_face_size: f32,
+        pass: SearchPass,
+    ) -> Result<Vec<Face>> {
+        if let Some(haar) = self.haar.as_mut() {
+            return haar.detect(frame, None, min_face_size as i32);
+        }
+        let t = self.score_threshold;
+        let (front, back) = match pass {
+            SearchPass::All => (true, true),
+            SearchPass::Large => (true, self.front.is_none()),
+            SearchPass::Small => (self.back.is_none(), true),
+        };
         let mut faces = Vec::new();
-        for model in [self.front.as_mut(), self.back.as_mut()]
-            .into_iter()
-            .flatten()
-        {
-            faces.extend(model.detect(frame, region, t)?);
+        for (model, on) in [(self.front.as_mut(), front), (self.back.as_mut(), back)] {
+            if let (Some(model), true) = (model, on) {
+                faces.extend(model.detect(frame, None, t)?);
+            }
         }
         Ok(weighted_nms(faces, 0.3))
     }

@@ -11,7 +11,7 @@ use ndarray::Array4;
 
 use crate::align::{crop_to_planar, Alignment, Template};
 use crate::composite::{CompositeOptions, Compositor, Detail};
-use crate::detect::{DetectorBackend, DetectorKind, Face, FaceDetector};
+use crate::detect::{DetectorBackend, DetectorKind, Face, FaceDetector, SearchPass};
 use crate::error::Result;
 use crate::frame::FrameMut;
 use crate::model::{Device, ExpressionModel};
@@ -371,16 +371,36 @@ impl FrameProcessor {
         let t0 = Instant::now();
         self.tracker.predict(frame)?;
         let t = time.as_secs_f64();
-        // The whole frame is searched every `detect_interval` frames (new faces); while
-        // optical flow follows every face confidently, the faces' own search may be
-        // skipped in between (`TrackingOptions::search_interval`).
-        let full_due = self
-            .frames_since_detection
-            .is_multiple_of(self.detect_interval);
-        let tracked = if !full_due && self.tracker.may_skip_search() {
-            self.tracker.carry()
-        } else {
-            self.search(frame, t, full_due)?
+        // The whole frame is searched every `detect_interval` frames (new faces): with
+        // tracking and a face followed, the front model on one frame and the back model
+        // half an interval later, so that no frame pays for both (with none followed,
+        // as on a stream's first frame, both at once). While optical flow follows every face
+        // confidently, the faces' own search may be skipped in between
+        // (`TrackingOptions::search_interval`).
+        let phase = self.frames_since_detection % self.detect_interval;
+        let split = self.detect_interval >= 2
+            && self.config.tracking.optical_flow
+            && self.detector.has_two_passes()
+            && !self.tracker.is_empty();
+        let pass = match (phase, split) {
+            (0, false) => Some(SearchPass::All),
+            (0, true) => Some(SearchPass::Large),
+            (p, true) if p == self.detect_interval / 2 => Some(SearchPass::Small),
+            _ => None,
+        };
+        let tracked = match (pass, self.tracker.may_skip_search()) {
+            (None, true) => self.tracker.carry(),
+            // A full-frame pass due on a frame whose search around the followed faces
+            // is not: optical flow carries them, the pass only adds new faces.
+            (Some(pass), true) => {
+                let known = self.tracker.predicted();
+                let new =
+                    self.detector
+                        .detect_new(frame, self.config.min_face_size, &known, pass)?;
+                self.full_search_ran(pass);
+                self.tracker.carry_adding(new, t)
+            }
+            (pass, false) => self.search(frame, t, pass)?,
         };
         self.frames_since_detection = self.frames_since_detection.wrapping_add(1);
         let detect = t0.elapsed();
@@ -405,18 +425,32 @@ impl FrameProcessor {
         Ok(report)
     }
 
-    /// Searches for this frame's faces and gives them to the tracker (time `t`).
-    fn search(&mut self, frame: &FrameMut, t: f64, due: bool) -> Result<Vec<TrackedFace>> {
+    /// A full-frame search ran: the next is `detect_interval` frames after the start of
+    /// this one (its `Large` or `All` pass).
+    fn full_search_ran(&mut self, pass: SearchPass) {
+        if pass != SearchPass::Small {
+            self.frames_since_detection = 0;
+        }
+    }
+
+    /// Searches for this frame's faces and gives them to the tracker (time `t`); `pass`:
+    /// the full-frame search due on this frame, if any.
+    fn search(
+        &mut self,
+        frame: &FrameMut,
+        t: f64,
+        pass: Option<SearchPass>,
+    ) -> Result<Vec<TrackedFace>> {
         // Each tracked face is searched for around where optical flow put it, so its
         // keypoints always come from the same view of it (a still head gives the same
-        // keypoints frame after frame). The whole frame is searched when `due`, and
-        // whenever a face was lost or optical flow could not follow it; it only adds
-        // faces not found around a tracked one.
+        // keypoints frame after frame). The whole frame is searched when a pass is due,
+        // and with every model whenever a face was lost or optical flow could not follow
+        // it; it only adds faces not found around a tracked one.
         // (Without tracking, the search around each face only runs between full
         // searches, as before the tracker.)
         let raw = !self.config.tracking.optical_flow;
         let mut found = Vec::new();
-        if !(raw && due) {
+        if !(raw && pass.is_some()) {
             for previous in self.tracker.predicted() {
                 if let Some(face) = self.detector.detect_near(frame, &previous)? {
                     found.push(face);
@@ -424,15 +458,15 @@ impl FrameProcessor {
             }
         }
         let mut found = crate::detect::weighted_nms(found, 0.3);
-        if due || !self.tracker.confident() || found.len() < self.tracker.predicted().len() {
-            // The count restarts: the next full search is `detect_interval` from now.
-            self.frames_since_detection = 0;
-            // Both BlazeFace models, every time: the front one alone misses a second
-            // person at a webcam's distance (a face a sixth of the frame wide), and a
-            // new face must show within `detect_interval` frames.
+        let unsure = !self.tracker.confident() || found.len() < self.tracker.predicted().len();
+        if let Some(pass) = if unsure { Some(SearchPass::All) } else { pass } {
+            // Both BlazeFace models within every interval: the front one alone misses a
+            // second person at a webcam's distance (a face a sixth of the frame wide),
+            // and a new face must show within `detect_interval` frames.
+            self.full_search_ran(pass);
             let new = self
                 .detector
-                .detect_new(frame, self.config.min_face_size, &found)?;
+                .detect_new(frame, self.config.min_face_size, &found, pass)?;
             found.extend(new);
         }
         Ok(self.tracker.update(found, t))

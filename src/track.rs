@@ -358,7 +358,22 @@ impl FaceTracker {
             }
         }
         self.tracks.retain(|t| t.presence > 1e-6);
-        for face in unmatched.into_iter().flatten() {
+        self.start(unmatched.into_iter().flatten(), t, first_frame);
+        self.followed()
+    }
+
+    /// Like [`carry`](Self::carry), on a frame where the detector looked only for new
+    /// faces (`new`, none overlapping a followed one): they start being followed.
+    pub fn carry_adding(&mut self, new: Vec<Face>, t: f64) -> Vec<TrackedFace> {
+        self.carry();
+        self.start(new.into_iter(), t, false);
+        self.followed()
+    }
+
+    /// Starts following `faces` found at time `t`.
+    fn start(&mut self, faces: impl Iterator<Item = Face>, t: f64, first_frame: bool) {
+        let step = 1.0 / self.options.fade_frames.max(1) as f32;
+        for face in faces {
             let mut track = Track {
                 id: self.next_id,
                 face: face.clone(),
@@ -376,7 +391,6 @@ impl FaceTracker {
             observe(&mut track, &face, t, self.options.filter);
             self.tracks.push(track);
         }
-        self.followed()
     }
 }
 
