@@ -455,3 +455,28 @@ fn a_face_that_comes_is_picked_up_and_one_that_leaves_is_gone_within_5_frames() 
     let gone = counts[33..].iter().position(|&n| n == 1).expect("gone");
     assert!(gone <= 5, "gone {gone} frames after it left: {counts:?}");
 }
+
+#[test]
+fn a_batch_gives_each_face_its_own_result_as_a_run_alone_does() {
+    let Some((model, _)) = common::shipped_model_and_photo() else {
+        return;
+    };
+    use ndarray::s;
+    let mut m = ExpressionModel::load(&model, Device::Cpu, 1).unwrap();
+    let size = m.crop_size();
+    let batch = ndarray::Array4::from_shape_fn((3, 3, size, size), |(n, c, y, x)| {
+        ((n * 7 + c * 3 + x * y) % 17) as f32 / 17.0
+    });
+    let codes = [0i64, 3, 5];
+    let out = m.run(batch.view(), &codes).unwrap();
+    assert_eq!(out.shape(), &[3, 3, size, size]);
+    for i in 0..3 {
+        let alone = m
+            .run(batch.slice(s![i..i + 1, .., .., ..]), &codes[i..i + 1])
+            .unwrap();
+        assert_eq!(out.slice(s![i..i + 1, .., .., ..]), alone, "face {i}");
+    }
+    // Each face got its own expression: face 0 as expression 3 is another picture.
+    let other = m.run(batch.slice(s![0..1, .., .., ..]), &[3]).unwrap();
+    assert_ne!(out.slice(s![0..1, .., .., ..]), other);
+}
