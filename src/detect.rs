@@ -553,15 +553,7 @@ impl Haar {
         min_size: i32,
     ) -> Result<Vec<Face>> {
         let region = region.unwrap_or(Rect::new(0, 0, frame.width() as i32, frame.height() as i32));
-        let code = match (
-            frame.layout().bytes_per_pixel(),
-            frame.layout().rgb_offsets()[0],
-        ) {
-            (3, 0) => imgproc::COLOR_RGB2GRAY,
-            (3, _) => imgproc::COLOR_BGR2GRAY,
-            (_, 0) => imgproc::COLOR_RGBA2GRAY,
-            _ => imgproc::COLOR_BGRA2GRAY,
-        };
+        let code = frame.layout().to_grey_code();
         let full = frame.as_mat()?;
         imgproc::cvt_color_def(&Mat::roi(&full, region)?, &mut self.gray, code)?;
         let mut rects = Vector::new();

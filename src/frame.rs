@@ -43,6 +43,17 @@ impl PixelLayout {
         }
     }
 
+    /// OpenCV's colour-conversion code to grey for this layout (BT.601 weights).
+    pub(crate) fn to_grey_code(self) -> i32 {
+        use opencv::imgproc;
+        match (self.bytes_per_pixel(), self.rgb_offsets()[0]) {
+            (3, 0) => imgproc::COLOR_RGB2GRAY,
+            (3, _) => imgproc::COLOR_BGR2GRAY,
+            (_, 0) => imgproc::COLOR_RGBA2GRAY,
+            _ => imgproc::COLOR_BGRA2GRAY,
+        }
+    }
+
     pub(crate) fn cv_type(self) -> i32 {
         if self.bytes_per_pixel() == 3 {
             CV_8UC3

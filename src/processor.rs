@@ -458,7 +458,7 @@ impl FrameProcessor {
             }
         }
         let mut found = crate::detect::weighted_nms(found, 0.3);
-        let unsure = !self.tracker.confident() || found.len() < self.tracker.predicted().len();
+        let unsure = !self.tracker.confident() || found.len() < self.tracker.len();
         if let Some(pass) = if unsure { Some(SearchPass::All) } else { pass } {
             // Both BlazeFace models within every interval: the front one alone misses a
             // second person at a webcam's distance (a face a sixth of the frame wide),

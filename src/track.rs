@@ -243,6 +243,11 @@ impl FaceTracker {
         self.carried = 0;
     }
 
+    /// How many faces are followed.
+    pub fn len(&self) -> usize {
+        self.tracks.len()
+    }
+
     /// True when no face is followed.
     pub fn is_empty(&self) -> bool {
         self.tracks.is_empty()
@@ -484,15 +489,7 @@ fn move_track(track: &mut Track, m: &[f32; 6]) {
 
 /// Grey copy of the frame (OpenCV's BT.601 weights).
 pub fn grey_of(frame: &FrameMut, out: &mut Mat) -> Result<()> {
-    let code = match (
-        frame.layout().bytes_per_pixel(),
-        frame.layout().rgb_offsets()[0],
-    ) {
-        (3, 0) => imgproc::COLOR_RGB2GRAY,
-        (3, _) => imgproc::COLOR_BGR2GRAY,
-        (_, 0) => imgproc::COLOR_RGBA2GRAY,
-        _ => imgproc::COLOR_BGRA2GRAY,
-    };
+    let code = frame.layout().to_grey_code();
     imgproc::cvt_color_def(&frame.as_mat()?, out, code)?;
     Ok(())
 }

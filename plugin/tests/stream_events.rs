@@ -94,6 +94,19 @@ fn one_face(out: &gst::Buffer, what: &str) -> (u32, u32, u32, u32) {
     rois[0]
 }
 
+/// An RGB harness at `first`'s size that searches the whole frame only on the first
+/// frame of a stream.
+fn rare_search_harness(model: &std::path::Path, first: &RgbImage) -> gst_check::Harness {
+    let (_, info) = to_buffer(first, gst_video::VideoFormat::Rgb);
+    harness(
+        &[
+            ("model", &model.to_str().unwrap()),
+            ("detect-interval", &RARE_SEARCH),
+        ],
+        &info,
+    )
+}
+
 fn push_rgb(h: &mut gst_check::Harness, img: &RgbImage) -> gst::Buffer {
     run_one(h, to_buffer(img, gst_video::VideoFormat::Rgb).0).1
 }
@@ -104,14 +117,7 @@ fn flushing_seek_forgets_the_tracked_faces() {
         return;
     };
     let (here, there) = two_scenes(&img);
-    let (_, info) = to_buffer(&here, gst_video::VideoFormat::Rgb);
-    let mut h = harness(
-        &[
-            ("model", &model.to_str().unwrap()),
-            ("detect-interval", &RARE_SEARCH),
-        ],
-        &info,
-    );
+    let mut h = rare_search_harness(&model, &here);
     let first = assert_fresh(&mut h, &model, &here, gst_video::VideoFormat::Rgb, "start");
     let tracked = one_face(&push_rgb(&mut h, &here), "tracked");
     assert!(same_face(tracked, first), "{tracked:?} vs {first:?}");
@@ -190,14 +196,7 @@ fn a_format_change_of_the_same_size_keeps_tracking() {
         return;
     };
     let (here, there) = two_scenes(&img);
-    let (_, info) = to_buffer(&here, gst_video::VideoFormat::Rgb);
-    let mut h = harness(
-        &[
-            ("model", &model.to_str().unwrap()),
-            ("detect-interval", &RARE_SEARCH),
-        ],
-        &info,
-    );
+    let mut h = rare_search_harness(&model, &here);
     let first = assert_fresh(&mut h, &model, &here, gst_video::VideoFormat::Rgb, "start");
     // RGB -> BGRx at 640x480: face coordinates stay valid, so the tracked face is kept:
     // when it moves away it is held where it was, as without a caps change (after a
@@ -217,14 +216,7 @@ fn eos_then_a_new_stream_starts_afresh() {
         return;
     };
     let (here, there) = two_scenes(&img);
-    let (_, info) = to_buffer(&here, gst_video::VideoFormat::Rgb);
-    let mut h = harness(
-        &[
-            ("model", &model.to_str().unwrap()),
-            ("detect-interval", &RARE_SEARCH),
-        ],
-        &info,
-    );
+    let mut h = rare_search_harness(&model, &here);
     assert_fresh(
         &mut h,
         &model,
@@ -235,7 +227,7 @@ fn eos_then_a_new_stream_starts_afresh() {
     push_rgb(&mut h, &here);
     assert!(h.push_event(gst::event::Eos::new()));
     // Data after EOS is refused until a new stream starts.
-    let (buffer, _) = to_buffer(&here, gst_video::VideoFormat::Rgb);
+    let (buffer, info) = to_buffer(&here, gst_video::VideoFormat::Rgb);
     assert_eq!(h.push(buffer), Err(gst::FlowError::Eos));
     assert!(h.push_event(gst::event::StreamStart::new("second")));
     h.set_src_caps(info.to_caps().unwrap());
