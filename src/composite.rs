@@ -5,9 +5,10 @@
 //! untouched, 2 = exaggerated). Before it is carried back, the change is shaped in crop
 //! space ([`ResidualShaper`], [`CompositeOptions`]) so that it keeps the person:
 //!
-//! - detail: only the model's coarse change is carried everywhere; its fine band only
-//!   where the coarse change is large (mouth, teeth). A model that smooths the face
-//!   leaves the frame's skin texture, lashes and hair as they were;
+//! - detail: only the model's coarse change is carried everywhere; its fine band where
+//!   the coarse change is large (mouth, teeth), or where it adds detail the input
+//!   lacks (a crease). A model that smooths the face leaves the frame's skin texture,
+//!   lashes and hair as they were;
 //! - colour: the luma change everywhere, the chroma change only where the luma change
 //!   is large, so irises, make-up and skin tone keep their colours;
 //! - rim: the model's tone drift along the mask's feathered rim (a plane, fitted
@@ -479,8 +480,10 @@ pub enum Detail {
     Off,
     /// The finest band of the change (under [`FINE_SIGMA`] crop pixels: skin texture,
     /// lashes, hair strands) is dropped wherever the model's coarse change is small
-    /// (under [`DETAIL_GATE`]), outside the mouth: the input's own fine detail stays.
-    /// Everything coarser, where the expression lives, is carried.
+    /// (under [`DETAIL_GATE`]), outside the mouth, and the model's fine band holds less
+    /// energy than the input's there (it smoothed rather than drew, [`ENERGY_GATE`]):
+    /// the input's own fine detail stays. Everything coarser, where the expression
+    /// lives, is carried.
     #[default]
     Fine,
     /// Also the detail the model smoothed away at coarser scales: the change above the
@@ -562,6 +565,9 @@ const GATE_SIGMA: f32 = 3.0;
 /// Coarse luma change (grey levels, at intensity 1) over which the model's finest band
 /// fades in.
 pub const DETAIL_GATE: (f32, f32) = (10.0, 30.0);
+/// Ratio of the output's to the input's fine-band energy (windowed) over which the
+/// model's finest band is taken for new detail rather than a loss of the input's.
+pub const ENERGY_GATE: (f32, f32) = (1.0, 1.25);
 /// Coarse luma change over which the model's coarser smoothing fades in
 /// ([`Detail::Full`]): only where it changed next to nothing is it taken for a blur.
 pub const MID_GATE: (f32, f32) = (2.0, 6.0);
@@ -777,7 +783,7 @@ impl ResidualShaper {
     }
 
     /// The part of the change that only takes the input's detail away: its finest band
-    /// (`lost_fine`), and with [`Detail::Full`] the blend of blurs of the input that
+    /// where that smooths the input (`lost_fine`), and with [`Detail::Full`] the blend of blurs of the input that
     /// best explains the rest of it over a Gaussian window (`lost_blur`). A model that
     /// blurs by one of [`BLUR_BASES`] changes the bands above the finest by exactly
     /// that blur; a new crease or a moved lip does not look like a blur of the input
@@ -794,6 +800,7 @@ impl ResidualShaper {
         {
             *lost = d - f;
         }
+        self.gate_lost_fine_by_energy(base, fine)?;
         if self.options.detail != Detail::Full {
             return Ok(());
         }
@@ -839,6 +846,46 @@ impl ResidualShaper {
             for c in 0..3 {
                 let k = c * n + i;
                 self.lost_blur[k] = c0 * (b0[k] - b[k]) + c1 * (b1[k] - b[k]);
+            }
+        }
+        Ok(())
+    }
+}
+
+impl ResidualShaper {
+    /// Drops the change's finest band only where it takes the input's finest band away
+    /// (a blur, a fade towards a smooth mean face): where, over a Gaussian window, the
+    /// output's fine band holds less energy than the input's. Where it holds more (a
+    /// crease the input lacks, teeth) the model's detail stays.
+    fn gate_lost_fine_by_energy(&mut self, base: &[f32], fine: f32) -> Result<()> {
+        let (s, n) = (self.size, self.size * self.size);
+        let scale = s as f32 / 128.0;
+        let base_fine = &mut self.blurred_base[0];
+        blur_planes(base, base_fine, s, fine)?;
+        for (f, &b) in base_fine.iter_mut().zip(base) {
+            *f = b - *f;
+        }
+        let luma =
+            |v: &[f32], i: usize| LUMA[0] * v[i] + LUMA[1] * v[n + i] + LUMA[2] * v[2 * n + i];
+        for i in 0..n {
+            let (b, d) = (luma(base_fine, i), luma(&self.lost_fine, i));
+            self.products[0][i] = b * b;
+            self.products[1][i] = (b + d) * (b + d);
+        }
+        for k in 0..2 {
+            blur(
+                &self.products[k],
+                &mut self.windowed[k],
+                s,
+                WINDOW_SIGMA * scale,
+            )?;
+        }
+        let floor = (FIT_FLOOR / 255.0).powi(2);
+        for i in 0..n {
+            let gain = (self.windowed[1][i] + floor) / (self.windowed[0][i] + floor);
+            let lost = 1.0 - smoothstep(ENERGY_GATE, gain);
+            for ch in 0..3 {
+                self.lost_fine[ch * n + i] *= lost;
             }
         }
         Ok(())

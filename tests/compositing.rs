@@ -268,6 +268,56 @@ fn a_blur_only_flow_model_leaves_the_frame_within_one_grey_level_outside_the_mou
     assert!(worst <= 1, "changed by {worst} grey levels");
 }
 
+/// What a model adds that the input lacks (a thin frown crease between the brows, too
+/// faint to open the coarse gates) is carried with the default `detail`: only the part
+/// of the fine change that takes the input's own fine band away is dropped.
+#[test]
+fn a_new_fine_crease_outside_the_mouth_is_carried() {
+    let a = similarity(scale_for_face(125.0), 3.0, (300.0, 260.0));
+    let img = detailed(600, 520);
+    let [left, right, ..] = Template::lsrf(S).points;
+    let cx = ((left[0] + right[0]) / 2.0).round() as usize;
+    let (top, bottom) = ((left[1] - 14.0) as usize, (left[1] - 2.0) as usize);
+    let on_crease = |i: usize| i % S == cx && (top..=bottom).contains(&(i / S));
+    let n = S * S;
+    let model = |crop: &[f32]| {
+        let mut out = crop.to_vec();
+        for i in (0..n).filter(|&i| on_crease(i)) {
+            for c in 0..3 {
+                out[c * n + i] -= 0.1;
+            }
+        }
+        out
+    };
+    // The crease's darkening, summed over the frame pixels on it (its fine band: the sum
+    // over a wider strip would keep a blurred crease's darkening too).
+    let near_crease = |x: usize, y: usize| {
+        let p = crop_pos(&a, x, y);
+        (p.x - cx as f32).abs() <= 0.5 && p.y >= top as f32 && p.y <= bottom as f32
+    };
+    let darkening = |out: &RgbImage| {
+        let mut sum = 0.0;
+        for y in 0..img.height {
+            for x in (0..img.width).filter(|&x| near_crease(x, y)) {
+                let (p, q) = (img.pixel(x, y), out.pixel(x, y));
+                sum += (0..3).map(|c| p[c] as f64 - q[c] as f64).sum::<f64>();
+            }
+        }
+        sum
+    };
+    let kept = darkening(&composite(&img, &a, CompositeOptions::default(), model));
+    let plain = darkening(&composite(&img, &a, CompositeOptions::PLAIN, model));
+    eprintln!("crease darkening: default {kept:.0}, plain {plain:.0}");
+    assert!(
+        plain > 150.0,
+        "the crease should show when plain ({plain:.0})"
+    );
+    assert!(
+        kept > 0.85 * plain,
+        "the default kept {kept:.0} of the crease's {plain:.0}"
+    );
+}
+
 /// A large coarse change (a dark opened mouth) is carried with the model's own detail.
 #[test]
 fn a_large_change_is_carried_whole() {

@@ -23,7 +23,8 @@
 //!
 //! Options: `--expressions a,b` (happy,sad,angry,surprised), `--london-count N` (20,
 //! as `eval`), `--detail off|fine|full` and `--keep-colour BOOL` for "after" (fine,
-//! true). "Before" is the plain residual with no yaw fade.
+//! true), `--face-px N` to scale each photo so its face is about N px wide (small and
+//! large faces). "Before" is the plain residual with no yaw fade.
 
 use std::path::PathBuf;
 
@@ -49,6 +50,8 @@ struct Args {
     expressions: Vec<String>,
     detail: Detail,
     keep_colour: bool,
+    /// Resize each photo so that its face box is about this many pixels wide.
+    face_px: Option<f32>,
 }
 
 fn parse() -> Result<Args> {
@@ -62,6 +65,7 @@ fn parse() -> Result<Args> {
             .to_vec(),
         detail: Detail::Fine,
         keep_colour: true,
+        face_px: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -73,6 +77,7 @@ fn parse() -> Result<Args> {
             "--expressions" => a.expressions = value()?.split(',').map(String::from).collect(),
             "--detail" => a.detail = value()?.parse().map_err(anyhow::Error::msg)?,
             "--keep-colour" => a.keep_colour = value()?.parse()?,
+            "--face-px" => a.face_px = Some(value()?.parse()?),
             _ => a.models.push(arg.into()),
         }
     }
@@ -117,7 +122,14 @@ fn main() -> Result<()> {
             let (mut b, mut a, mut raw, mut inputs) =
                 (Vec::new(), Vec::new(), Vec::new(), Vec::new());
             for photo in &photos {
-                let input = RgbImage::load(photo)?;
+                let mut input = RgbImage::load(photo)?;
+                if let Some(px) = args.face_px {
+                    let Some(face) = before.detect(&input.clone().as_frame())?.into_iter().next()
+                    else {
+                        continue;
+                    };
+                    input = resized(&input, px / face.bbox.w)?;
+                }
                 let mut probe = input.clone();
                 let Some(face) = before.detect(&probe.as_frame())?.into_iter().next() else {
                     continue;
@@ -177,6 +189,25 @@ fn score(p: &mut FrameProcessor, input: &RgbImage, face: &Face, a: &Alignment) -
         chroma: colour::chroma_change(input, &out, colour::upper_face(rect))?,
         crop: planar(&out, a)?,
     })
+}
+
+/// `img` scaled by `factor` (area averages when shrinking, as a camera further away).
+fn resized(img: &RgbImage, factor: f32) -> Result<RgbImage> {
+    let mut out = opencv::core::Mat::default();
+    let interpolation = if factor < 1.0 {
+        opencv::imgproc::INTER_AREA
+    } else {
+        opencv::imgproc::INTER_CUBIC
+    };
+    opencv::imgproc::resize(
+        &img.to_bgr_mat()?,
+        &mut out,
+        opencv::core::Size::default(),
+        factor as f64,
+        factor as f64,
+        interpolation,
+    )?;
+    Ok(RgbImage::from_bgr_mat(&out)?)
 }
 
 /// The model's own output on the input's crop (what `eval` scores).
