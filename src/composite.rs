@@ -294,8 +294,7 @@ impl Compositor {
         });
         self.find_spans(&alignment.to_crop, roi);
         self.sample_changes(&alignment.to_crop, roi)?;
-        let sharp = self.shaper.options().detail == Detail::Full;
-        let moved = self.remap.sample(frame, sharp)?;
+        let moved = self.remap.sample(frame)?;
         write_changes(frame, moved, &self.spans, &self.changes, roi);
         Ok(())
     }
@@ -491,8 +490,7 @@ pub enum Detail {
     /// input ([`BLUR_BASES`]), and that blend is dropped wherever the coarse change is
     /// under [`MID_GATE`]. A model that only blurs leaves the face as it was. Sharper,
     /// but it also keeps the parts of an expression that consist in softening a
-    /// feature, and fer's expression scores drop by a few points. A flow model's frame
-    /// warp samples with Lanczos instead of bicubic (sharper, twice the cost).
+    /// feature, and fer's expression scores drop by a few points.
     Full,
 }
 

@@ -605,10 +605,12 @@ fn window_laplacian_variance(img: &RgbImage, (cx, cy): (usize, usize), r: usize)
     lap.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / lap.len() as f64
 }
 
-/// `detail = full` samples the moved frame with Lanczos: a fine texture moved by half a
-/// pixel keeps more of its Laplacian energy than with the default bicubic.
+/// The frame warp keeps a fine texture's sharpness where it moves by about half a pixel (any
+/// interpolation there averages neighbours: bicubic kept 0.39 of this texture's
+/// Laplacian variance): its fine band is sampled at the nearest pixel. With every
+/// `detail` setting, as the warp does not depend on it.
 #[test]
-fn full_detail_moves_fine_texture_with_less_loss_than_bicubic() {
+fn a_fine_texture_moved_by_half_a_pixel_keeps_its_sharpness() {
     let (w, h) = (360, 300);
     let mut source = RgbImage::new(w, h);
     for y in 0..h {
@@ -622,7 +624,9 @@ fn full_detail_moves_fine_texture_with_less_loss_than_bicubic() {
         }
     }
     let a = similarity(S, 2.0, 0.0, (180.0, 150.0));
-    let flow = constant_flow(S, 0.25, 0.25); // half a frame pixel at scale 2
+    // About half a frame pixel at scale 2 (exactly half would be a tie for the nearest
+    // pixel, which OpenCV breaks to even, every second column one way).
+    let flow = constant_flow(S, 0.22, 0.28);
     let moved = |detail: Detail| {
         let mut img = source.clone();
         let mut frame = img.as_frame();
@@ -636,21 +640,20 @@ fn full_detail_moves_fine_texture_with_less_loss_than_bicubic() {
             .unwrap()
             .apply_with_flow(&mut frame, &crop, &out, Some(&flow), &a, 1.0)
             .unwrap();
-        window_laplacian_variance(&img, (180, 150), 20)
+        (
+            img.data != source.data,
+            window_laplacian_variance(&img, (180, 150), 20),
+        )
     };
     let before = window_laplacian_variance(&source, (180, 150), 20);
-    let (cubic, lanczos) = (moved(Detail::Fine), moved(Detail::Full));
-    eprintln!(
-        "Laplacian variance kept: bicubic {:.3}, Lanczos {:.3}",
-        cubic / before,
-        lanczos / before
-    );
-    assert!(
-        cubic < 0.95 * before,
-        "the half-pixel move should soften: {cubic} vs {before}"
-    );
-    assert!(
-        lanczos > 1.1 * cubic,
-        "Lanczos {lanczos} vs bicubic {cubic}"
-    );
+    for detail in [Detail::Fine, Detail::Full, Detail::Off] {
+        let (changed, after) = moved(detail);
+        eprintln!("{detail:?}: Laplacian variance kept {:.3}", after / before);
+        assert!(changed, "{detail:?}: the texture should have moved");
+        assert!(
+            (0.95..=1.1).contains(&(after / before)),
+            "{detail:?}: kept {:.3} of the texture's Laplacian variance",
+            after / before
+        );
+    }
 }
