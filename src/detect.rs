@@ -338,8 +338,9 @@ struct BlazeFace {
     anchors: Vec<Anchor>,
     output_names: Vector<String>,
     resized: Mat,
-    /// The region shrunk by a whole factor, on the way to `resized`.
+    /// The region halved, and halved again, on the way to `resized`.
     shrunk: Mat,
+    halved: Mat,
     blob: Mat,
 }
 
@@ -392,6 +393,7 @@ impl BlazeFace {
             output_names,
             resized: Mat::default(),
             shrunk: Mat::default(),
+            halved: Mat::default(),
             blob,
         })
     }
@@ -405,9 +407,14 @@ impl BlazeFace {
     ) -> Result<Vec<Face>> {
         let region = region.unwrap_or(Rect::new(0, 0, frame.width() as i32, frame.height() as i32));
         // Area averaging is slow at a fractional ratio (0.8 ms for a 500 px square to
-        // 128) and fast at a whole one: shrink by the whole factor first (the region
-        // trimmed by under `whole` pixels to a multiple of it), then by the rest.
-        let whole = (region.width.max(region.height) / self.input_size as i32).max(1);
+        // 128) and, at a large whole one, reads every pixel in a scalar loop (0.7-0.9
+        // ms for 1280x720 to 128 or 256). Halving is vectorised: halve while the
+        // region is at least twice the input (the region trimmed by under `2^k` pixels
+        // to a multiple of it), then shrink by the rest.
+        let halvings = (region.width.max(region.height) / self.input_size as i32)
+            .max(1)
+            .ilog2();
+        let whole = 1 << halvings;
         let region = Rect::new(
             region.x,
             region.y,
@@ -423,9 +430,14 @@ impl BlazeFace {
         let rh = ((region.height as f32 * lb.scale).round() as i32).max(1);
         let full = frame.as_mat()?;
         let view = Mat::roi(&full, region)?;
-        if whole > 1 {
-            let (w, h) = (region.width / whole, region.height / whole);
+        if halvings > 0 {
+            let (mut w, mut h) = (region.width / 2, region.height / 2);
             area(&view, &mut self.shrunk, w, h)?;
+            for _ in 1..halvings {
+                (w, h) = (w / 2, h / 2);
+                area(&self.shrunk, &mut self.halved, w, h)?;
+                std::mem::swap(&mut self.shrunk, &mut self.halved);
+            }
             area(&self.shrunk, &mut self.resized, rw, rh)?;
         } else {
             area(&view, &mut self.resized, rw, rh)?;
