@@ -5,9 +5,10 @@
 
 mod common;
 
+use common::laplacian_variance;
 use opencv::core::{Mat, Size};
 use opencv::prelude::*;
-use reggan::align::{apply, crop_to_planar, invert, Alignment, Template};
+use reggan::align::{apply, crop_to_planar, Alignment, Template};
 use reggan::composite::{face_mask, mouth_region, CompositeOptions, Compositor, Detail};
 use reggan::detect::{BoxF, Face, Point};
 use reggan::pose::{yaw_strength, HeadPose, TEMPLATE_MM};
@@ -18,20 +19,9 @@ use reggan::{
 const S: usize = 128;
 
 /// A face whose crop -> frame map is `scale * rotation(degrees)`, with the crop centre
-/// at `centre` in the frame.
+/// at `centre` in the frame (a crop of S pixels).
 fn similarity(scale: f64, degrees: f64, centre: (f64, f64)) -> Alignment {
-    let (sin, cos) = degrees.to_radians().sin_cos();
-    let l = [[scale * cos, -scale * sin], [scale * sin, scale * cos]];
-    let c = S as f64 / 2.0;
-    let to_frame = [
-        [l[0][0], l[0][1], centre.0 - (l[0][0] * c + l[0][1] * c)],
-        [l[1][0], l[1][1], centre.1 - (l[1][0] * c + l[1][1] * c)],
-    ];
-    Alignment {
-        to_crop: invert(&to_frame).unwrap(),
-        to_frame,
-        size: S,
-    }
+    common::similarity(S, scale, degrees, centre)
 }
 
 /// The crop scale of a face `px` frame pixels wide: a face is about 2.4 eye distances
@@ -196,27 +186,6 @@ fn a_blur_only_model_leaves_the_frame_within_one_grey_level_outside_the_mouth() 
     }
 }
 
-/// Laplacian variance of the grey frame over the pixels `keep` selects.
-fn laplacian_variance(img: &RgbImage, keep: impl Fn(usize, usize) -> bool) -> f64 {
-    let grey = |x: usize, y: usize| {
-        let p = img.pixel(x, y);
-        0.299 * p[0] as f64 + 0.587 * p[1] as f64 + 0.114 * p[2] as f64
-    };
-    let mut v = Vec::new();
-    for y in 1..img.height - 1 {
-        for x in 1..img.width - 1 {
-            if keep(x, y) {
-                v.push(
-                    grey(x - 1, y) + grey(x + 1, y) + grey(x, y - 1) + grey(x, y + 1)
-                        - 4.0 * grey(x, y),
-                );
-            }
-        }
-    }
-    let mean = v.iter().sum::<f64>() / v.len() as f64;
-    v.iter().map(|l| (l - mean).powi(2)).sum::<f64>() / v.len() as f64
-}
-
 /// With the default `detail` (fine), a blurring model's loss of the finest band is
 /// undone: the face keeps nearly all of its sharpness (Laplacian variance, as `eval`
 /// measures it), where plain compositing loses most of it.
@@ -233,8 +202,10 @@ fn the_default_detail_keeps_the_sharpness_of_a_blurred_face() {
         let p = crop_pos(&a, x, y);
         sample(&mask, p) > 1.0 - 1e-3 && sample(&mouth, p) == 0.0
     };
-    let before = laplacian_variance(&img, face);
-    let ratio = |options| laplacian_variance(&composite(&img, &a, options, blur), face) / before;
+    let before = laplacian_variance(&img, common::luma, face);
+    let ratio = |options| {
+        laplacian_variance(&composite(&img, &a, options, blur), common::luma, face) / before
+    };
     let (fine, full, plain) = (
         ratio(CompositeOptions::default()),
         ratio(full()),

@@ -10,8 +10,11 @@
 
 mod common;
 
-use common::{constant_flow, manifest, temp_dir, write_model, FlowOutput};
-use reggan::align::{crop_to_planar, invert, Alignment};
+use common::{
+    channel_mean, constant_flow, laplacian_variance, linear, manifest, similarity, temp_dir,
+    write_model, FlowOutput,
+};
+use reggan::align::{crop_to_planar, Alignment};
 use reggan::composite::{face_mask, Compositor};
 use reggan::detect::{BoxF, Face, Point};
 use reggan::flow::FlowWarper;
@@ -189,27 +192,6 @@ fn neutral_is_a_target_of_models_that_list_it_only() {
 
 // ---------------------------------------------------------------------------------------
 // The runtime warp
-
-/// A face whose crop -> frame map is `scale * rotation(degrees)`, with the crop centre
-/// at `centre` in the frame.
-fn similarity(s: usize, scale: f64, degrees: f64, centre: (f64, f64)) -> Alignment {
-    let l = linear(scale, degrees);
-    let c = s as f64 / 2.0;
-    let to_frame = [
-        [l[0][0], l[0][1], centre.0 - (l[0][0] * c + l[0][1] * c)],
-        [l[1][0], l[1][1], centre.1 - (l[1][0] * c + l[1][1] * c)],
-    ];
-    Alignment {
-        to_crop: invert(&to_frame).unwrap(),
-        to_frame,
-        size: s,
-    }
-}
-
-fn linear(scale: f64, degrees: f64) -> [[f64; 2]; 2] {
-    let (sin, cos) = degrees.to_radians().sin_cos();
-    [[scale * cos, -scale * sin], [scale * sin, scale * cos]]
-}
 
 fn to_frame(a: &Alignment, (x, y): (f64, f64)) -> (f64, f64) {
     let m = a.to_frame;
@@ -586,23 +568,11 @@ fn the_graphs_grid_sample_matches_the_runtime_crop_warp() {
 // ---------------------------------------------------------------------------------------
 // Speed
 
-/// Laplacian variance of the grey values in a square window.
+/// Laplacian variance of the grey values (channel means) in a square window.
 fn window_laplacian_variance(img: &RgbImage, (cx, cy): (usize, usize), r: usize) -> f64 {
-    let grey = |x: usize, y: usize| {
-        let p = img.pixel(x, y);
-        (p[0] as f64 + p[1] as f64 + p[2] as f64) / 3.0
-    };
-    let mut lap = Vec::new();
-    for y in cy - r..cy + r {
-        for x in cx - r..cx + r {
-            lap.push(
-                grey(x - 1, y) + grey(x + 1, y) + grey(x, y - 1) + grey(x, y + 1)
-                    - 4.0 * grey(x, y),
-            );
-        }
-    }
-    let mean = lap.iter().sum::<f64>() / lap.len() as f64;
-    lap.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / lap.len() as f64
+    laplacian_variance(img, channel_mean, |x, y| {
+        (cx - r..cx + r).contains(&x) && (cy - r..cy + r).contains(&y)
+    })
 }
 
 /// The frame warp keeps a fine texture's sharpness where it moves by about half a pixel (any

@@ -4,10 +4,13 @@
 //! (`$REGGAN_TEST_IMAGE`, else `.deps/astronaut.png` from `scripts/setup.sh`); without
 //! them a test prints why and passes without checking anything.
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 use std::sync::{Arc, Mutex};
 
+use common::{reggan, run_pipeline, scratch};
 use gst::prelude::*;
 use reggan::{DetectorKind, FaceDetector, RgbImage, EXPRESSIONS};
 
@@ -36,8 +39,17 @@ fn skip(test: &str, why: String) {
     let _ = writeln!(std::io::stderr(), "SKIP {test}: {why}");
 }
 
-/// The model and photo, or `None` after saying which one is missing.
-fn fixtures(test: &str) -> Option<(PathBuf, PathBuf)> {
+/// What a test of `reggan apply` on the photo works with.
+struct Fixture {
+    model: PathBuf,
+    photo: PathBuf,
+    /// A fresh, empty directory of the test's own.
+    dir: PathBuf,
+}
+
+/// The model, the photo and a scratch directory named after `test`, or `None` after
+/// saying which of model and photo is missing.
+fn fixtures(test: &str) -> Option<Fixture> {
     let (model, photo) = (model_dir(), photo());
     if !model.join("model.json").is_file() {
         skip(
@@ -59,22 +71,19 @@ fn fixtures(test: &str) -> Option<(PathBuf, PathBuf)> {
         );
         return None;
     }
-    Some((model, photo))
+    Some(Fixture {
+        model,
+        photo,
+        dir: scratch(test),
+    })
 }
 
-/// A fresh, empty directory for one test.
-fn scratch(test: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("reggan-cli-{}-{test}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-fn reggan(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_reggan"))
-        .args(args)
-        .output()
-        .expect("the binary runs")
+/// `reggan apply INPUT EXTRA... --model MODEL -o OUT`.
+fn apply(input: &Path, extra: &[&str], model: &Path, out: &Path) -> Output {
+    let mut args = vec!["apply", path_str(input)];
+    args.extend_from_slice(extra);
+    args.extend(["--model", path_str(model), "-o", path_str(out)]);
+    reggan(&args)
 }
 
 fn path_str(p: &Path) -> &str {
@@ -101,22 +110,13 @@ fn mean_diff(a: &RgbImage, b: &RgbImage, x0: usize, y0: usize, w: usize, h: usiz
 /// `--detail` and `--keep-colour` are accepted and change the result.
 #[test]
 fn compositing_options_reach_the_processor() {
-    let Some((model, photo)) = fixtures("compositing_options_reach_the_processor") else {
+    let Some(fx) = fixtures("compositing_options_reach_the_processor") else {
         return;
     };
-    let dir = scratch("compositing-options");
+    let photo = &fx.photo;
     let run_with = |name: &str, extra: &[&str]| {
-        let out = dir.join(name);
-        let mut args = vec![
-            "apply",
-            path_str(&photo),
-            "--model",
-            path_str(&model),
-            "-o",
-            path_str(&out),
-        ];
-        args.extend_from_slice(extra);
-        let run = reggan(&args);
+        let out = fx.dir.join(name);
+        let run = apply(photo, extra, &fx.model, &out);
         assert!(run.status.success(), "{extra:?}: {}", stderr(&run));
         (
             String::from_utf8_lossy(&run.stdout).into_owned(),
@@ -125,13 +125,13 @@ fn compositing_options_reach_the_processor() {
     };
     let (said, turned) = run_with("turned.png", &["--max-yaw", "0"]);
     assert!(said.contains("turned past --max-yaw"), "stdout: {said}");
-    let before = RgbImage::load(&photo).unwrap();
+    let before = RgbImage::load(photo).unwrap();
     assert_eq!(turned, before, "a face past --max-yaw was changed");
     let (_, default) = run_with("default.png", &[]);
     let (_, plain) = run_with("plain.png", &["--detail", "off", "--keep-colour", "false"]);
     assert_ne!(default, before);
     assert_ne!(default, plain);
-    let bad = reggan(&["apply", path_str(&photo), "-o", "x.png", "--max-yaw", "120"]);
+    let bad = reggan(&["apply", path_str(photo), "-o", "x.png", "--max-yaw", "120"]);
     assert!(
         !bad.status.success() && stderr(&bad).contains("outside 0..90"),
         "{}",
@@ -141,21 +141,11 @@ fn compositing_options_reach_the_processor() {
 
 #[test]
 fn apply_changes_the_face_and_nothing_far_from_it() {
-    let Some((model, photo)) = fixtures("apply_changes_the_face_and_nothing_far_from_it") else {
+    let Some(fx) = fixtures("apply_changes_the_face_and_nothing_far_from_it") else {
         return;
     };
-    let dir = scratch("apply-image");
-    let out = dir.join("happy.png");
-    let run = reggan(&[
-        "apply",
-        path_str(&photo),
-        "-e",
-        "happy",
-        "--model",
-        path_str(&model),
-        "-o",
-        path_str(&out),
-    ]);
+    let out = fx.dir.join("happy.png");
+    let run = apply(&fx.photo, &["-e", "happy"], &fx.model, &out);
     assert!(run.status.success(), "apply failed: {}", stderr(&run));
     assert!(
         String::from_utf8_lossy(&run.stdout).contains("1 face"),
@@ -163,7 +153,7 @@ fn apply_changes_the_face_and_nothing_far_from_it() {
         String::from_utf8_lossy(&run.stdout)
     );
 
-    let before = RgbImage::load(&photo).unwrap();
+    let before = RgbImage::load(&fx.photo).unwrap();
     let after = RgbImage::load(&out).unwrap();
     assert_eq!((before.width, before.height), (after.width, after.height));
 
@@ -198,22 +188,13 @@ fn apply_changes_the_face_and_nothing_far_from_it() {
 
 #[test]
 fn side_by_side_puts_before_left_of_after() {
-    let Some((model, photo)) = fixtures("side_by_side_puts_before_left_of_after") else {
+    let Some(fx) = fixtures("side_by_side_puts_before_left_of_after") else {
         return;
     };
-    let dir = scratch("side-by-side");
-    let out = dir.join("sbs.png");
-    let run = reggan(&[
-        "apply",
-        path_str(&photo),
-        "--side-by-side",
-        "--model",
-        path_str(&model),
-        "-o",
-        path_str(&out),
-    ]);
+    let out = fx.dir.join("sbs.png");
+    let run = apply(&fx.photo, &["--side-by-side"], &fx.model, &out);
     assert!(run.status.success(), "apply failed: {}", stderr(&run));
-    let before = RgbImage::load(&photo).unwrap();
+    let before = RgbImage::load(&fx.photo).unwrap();
     let strip = RgbImage::load(&out).unwrap();
     assert_eq!(
         (strip.width, strip.height),
@@ -225,25 +206,16 @@ fn side_by_side_puts_before_left_of_after() {
 
 #[test]
 fn refuses_to_overwrite_the_input() {
-    let Some((model, photo)) = fixtures("refuses_to_overwrite_the_input") else {
+    let Some(fx) = fixtures("refuses_to_overwrite_the_input") else {
         return;
     };
-    let dir = scratch("overwrite");
-    let input = dir.join("in.png");
-    std::fs::copy(&photo, &input).unwrap();
+    let input = fx.dir.join("in.png");
+    std::fs::copy(&fx.photo, &input).unwrap();
     let original = std::fs::read(&input).unwrap();
     // The same file under another spelling, with --force: still refused.
-    let other_spelling = dir.join(".").join("in.png");
+    let other_spelling = fx.dir.join(".").join("in.png");
     for target in [&input, &other_spelling] {
-        let run = reggan(&[
-            "apply",
-            path_str(&input),
-            "--force",
-            "--model",
-            path_str(&model),
-            "-o",
-            path_str(target),
-        ]);
+        let run = apply(&input, &["--force"], &fx.model, target);
         assert!(!run.status.success(), "overwriting the input must fail");
         assert!(
             stderr(&run).contains("overwrite"),
@@ -260,60 +232,35 @@ fn refuses_to_overwrite_the_input() {
 
 #[test]
 fn refuses_an_existing_output_without_force() {
-    let Some((model, photo)) = fixtures("refuses_an_existing_output_without_force") else {
+    let Some(fx) = fixtures("refuses_an_existing_output_without_force") else {
         return;
     };
-    let dir = scratch("existing");
-    let out = dir.join("out.png");
+    let out = fx.dir.join("out.png");
     std::fs::write(&out, b"keep me").unwrap();
-    let run = reggan(&[
-        "apply",
-        path_str(&photo),
-        "--model",
-        path_str(&model),
-        "-o",
-        path_str(&out),
-    ]);
+    let run = apply(&fx.photo, &[], &fx.model, &out);
     assert!(!run.status.success());
     assert!(stderr(&run).contains("--force"), "stderr: {}", stderr(&run));
     assert_eq!(std::fs::read(&out).unwrap(), b"keep me");
 
-    let run = reggan(&[
-        "apply",
-        path_str(&photo),
-        "--force",
-        "--model",
-        path_str(&model),
-        "-o",
-        path_str(&out),
-    ]);
+    let run = apply(&fx.photo, &["--force"], &fx.model, &out);
     assert!(run.status.success(), "with --force: {}", stderr(&run));
     assert!(RgbImage::load(&out).is_ok());
 }
 
 #[test]
 fn unknown_expression_lists_the_available_ones() {
-    let Some((model, photo)) = fixtures("unknown_expression_lists_the_available_ones") else {
+    let Some(fx) = fixtures("unknown_expression_lists_the_available_ones") else {
         return;
     };
-    let dir = scratch("unknown-expression");
-    let run = reggan(&[
-        "apply",
-        path_str(&photo),
-        "-e",
-        "joyful",
-        "--model",
-        path_str(&model),
-        "-o",
-        path_str(&dir.join("o.png")),
-    ]);
+    let out = fx.dir.join("o.png");
+    let run = apply(&fx.photo, &["-e", "joyful"], &fx.model, &out);
     assert!(!run.status.success());
     let err = stderr(&run);
     assert!(err.contains("joyful"), "stderr: {err}");
     for name in EXPRESSIONS {
         assert!(err.contains(name), "'{name}' missing from: {err}");
     }
-    assert!(!dir.join("o.png").exists());
+    assert!(!out.exists());
 }
 
 #[test]
@@ -326,16 +273,9 @@ fn missing_model_is_named() {
         );
         return;
     }
-    let dir = scratch("missing-model");
+    let dir = scratch("missing_model_is_named");
     let missing = dir.join("no-such-model");
-    let run = reggan(&[
-        "apply",
-        path_str(&photo),
-        "--model",
-        path_str(&missing),
-        "-o",
-        path_str(&dir.join("o.png")),
-    ]);
+    let run = apply(&photo, &[], &missing, &dir.join("o.png"));
     assert!(!run.status.success());
     assert!(
         stderr(&run).contains(path_str(&missing)),
@@ -346,21 +286,13 @@ fn missing_model_is_named() {
 
 #[test]
 fn unreadable_input_is_named() {
-    let Some((model, _)) = fixtures("unreadable_input_is_named") else {
+    let Some(fx) = fixtures("unreadable_input_is_named") else {
         return;
     };
-    let dir = scratch("unreadable");
-    let junk = dir.join("junk.png");
+    let junk = fx.dir.join("junk.png");
     std::fs::write(&junk, b"not a png").unwrap();
-    for input in [junk, dir.join("absent.png")] {
-        let run = reggan(&[
-            "apply",
-            path_str(&input),
-            "--model",
-            path_str(&model),
-            "-o",
-            path_str(&dir.join("o.png")),
-        ]);
+    for input in [junk, fx.dir.join("absent.png")] {
+        let run = apply(&input, &[], &fx.model, &fx.dir.join("o.png"));
         assert!(!run.status.success());
         assert!(
             stderr(&run).contains(input.file_name().unwrap().to_str().unwrap()),
@@ -380,21 +312,6 @@ fn make_video(photo: &Path, path: &Path, frames: u32) {
     ))
     .unwrap();
     run_pipeline(&pipeline);
-}
-
-fn run_pipeline(pipeline: &gst::Element) {
-    pipeline.set_state(gst::State::Playing).unwrap();
-    let bus = pipeline.bus().unwrap();
-    let msg = bus
-        .timed_pop_filtered(
-            gst::ClockTime::from_seconds(120),
-            &[gst::MessageType::Eos, gst::MessageType::Error],
-        )
-        .expect("pipeline finishes in time");
-    pipeline.set_state(gst::State::Null).unwrap();
-    if let gst::MessageView::Error(err) = msg.view() {
-        panic!("pipeline error: {} ({:?})", err.error(), err.debug());
-    }
 }
 
 /// Decodes a video and returns (frames, width, height).
@@ -434,38 +351,20 @@ fn decode(path: &Path) -> (u64, i32, i32) {
 
 #[test]
 fn video_keeps_every_frame_and_the_size() {
-    let Some((model, photo)) = fixtures("video_keeps_every_frame_and_the_size") else {
+    let Some(fx) = fixtures("video_keeps_every_frame_and_the_size") else {
         return;
     };
     gst::init().unwrap();
-    let dir = scratch("video");
-    let input = dir.join("in.mp4");
-    let out = dir.join("out.mp4");
-    make_video(&photo, &input, 10);
-    let run = reggan(&[
-        "apply",
-        path_str(&input),
-        "-e",
-        "surprised",
-        "--model",
-        path_str(&model),
-        "-o",
-        path_str(&out),
-    ]);
+    let input = fx.dir.join("in.mp4");
+    let out = fx.dir.join("out.mp4");
+    make_video(&fx.photo, &input, 10);
+    let run = apply(&input, &["-e", "surprised"], &fx.model, &out);
     assert!(run.status.success(), "apply failed: {}", stderr(&run));
     assert!(String::from_utf8_lossy(&run.stdout).contains("10 frames"));
     assert_eq!(decode(&out), (10, 512, 512));
 
-    let sbs = dir.join("sbs.mp4");
-    let run = reggan(&[
-        "apply",
-        path_str(&input),
-        "--side-by-side",
-        "--model",
-        path_str(&model),
-        "-o",
-        path_str(&sbs),
-    ]);
+    let sbs = fx.dir.join("sbs.mp4");
+    let run = apply(&input, &["--side-by-side"], &fx.model, &sbs);
     assert!(
         run.status.success(),
         "side-by-side failed: {}",
@@ -476,10 +375,9 @@ fn video_keeps_every_frame_and_the_size() {
 
 #[test]
 fn bench_writes_every_stage() {
-    let Some((model, photo)) = fixtures("bench_writes_every_stage") else {
+    let Some(Fixture { model, photo, dir }) = fixtures("bench_writes_every_stage") else {
         return;
     };
-    let dir = scratch("bench");
     let json = dir.join("bench.json");
     let run = reggan(&[
         "bench",

@@ -5,23 +5,19 @@
 //! Clips are made here from the committed demo face (assets/) with GStreamer; tests
 //! print "SKIPPED: ..." when the model, the face or a GStreamer element is missing.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::{reggan, run_pipeline, scratch};
 use gst::prelude::*;
 use reggan::{DetectorKind, FaceDetector, RgbImage};
 
 const SIZE: usize = 320;
 const FPS: u32 = 25;
-
-fn reggan(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_reggan"))
-        .args(args)
-        .output()
-        .expect("reggan runs")
-}
 
 fn check(what: &str, out: &Output) -> String {
     assert!(
@@ -54,28 +50,6 @@ fn fixtures(test: &str) -> Option<PathBuf> {
             None
         }
         None => Some(face),
-    }
-}
-
-fn scratch(test: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("reggan-rec-{test}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-fn run_pipeline(pipeline: &gst::Element) {
-    pipeline.set_state(gst::State::Playing).unwrap();
-    let bus = pipeline.bus().unwrap();
-    let msg = bus
-        .timed_pop_filtered(
-            gst::ClockTime::from_seconds(120),
-            &[gst::MessageType::Eos, gst::MessageType::Error],
-        )
-        .expect("pipeline finishes in time");
-    pipeline.set_state(gst::State::Null).unwrap();
-    if let gst::MessageView::Error(err) = msg.view() {
-        panic!("pipeline error: {} ({:?})", err.error(), err.debug());
     }
 }
 

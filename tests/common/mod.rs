@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 
 use onnx_protobuf::tensor_proto::DataType;
 use onnx_protobuf::{GraphProto, Message, ModelProto, TensorProto, ValueInfoProto};
+use reggan::align::{invert, Alignment};
 use reggan::{default_model_dir, Manifest, RgbImage, Template};
 use reggan_onnxgraph::{attr_int, attr_str, node, push_gather, value_info_partial};
 
@@ -50,6 +51,61 @@ pub fn temp_dir(name: &str) -> PathBuf {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir
+}
+
+/// A face whose crop -> frame map is `scale * rotation(degrees)`, with the crop centre
+/// at `centre` in the frame.
+pub fn similarity(s: usize, scale: f64, degrees: f64, centre: (f64, f64)) -> Alignment {
+    let l = linear(scale, degrees);
+    let c = s as f64 / 2.0;
+    let to_frame = [
+        [l[0][0], l[0][1], centre.0 - (l[0][0] * c + l[0][1] * c)],
+        [l[1][0], l[1][1], centre.1 - (l[1][0] * c + l[1][1] * c)],
+    ];
+    Alignment {
+        to_crop: invert(&to_frame).unwrap(),
+        to_frame,
+        size: s,
+    }
+}
+
+/// `scale` times the rotation by `degrees`.
+pub fn linear(scale: f64, degrees: f64) -> [[f64; 2]; 2] {
+    let (sin, cos) = degrees.to_radians().sin_cos();
+    [[scale * cos, -scale * sin], [scale * sin, scale * cos]]
+}
+
+/// A pixel's grey value as BT.601 luma.
+pub fn luma(p: [u8; 3]) -> f64 {
+    0.299 * p[0] as f64 + 0.587 * p[1] as f64 + 0.114 * p[2] as f64
+}
+
+/// A pixel's grey value as the mean of its channels.
+pub fn channel_mean(p: [u8; 3]) -> f64 {
+    (p[0] as f64 + p[1] as f64 + p[2] as f64) / 3.0
+}
+
+/// Variance of the grey image's 4-neighbour Laplacian (`grey` of each pixel) over the
+/// pixels `keep` selects, the frame's outermost rows and columns left out.
+pub fn laplacian_variance(
+    img: &RgbImage,
+    grey: impl Fn([u8; 3]) -> f64,
+    keep: impl Fn(usize, usize) -> bool,
+) -> f64 {
+    let grey = |x: usize, y: usize| grey(img.pixel(x, y));
+    let mut lap = Vec::new();
+    for y in 1..img.height - 1 {
+        for x in 1..img.width - 1 {
+            if keep(x, y) {
+                lap.push(
+                    grey(x - 1, y) + grey(x + 1, y) + grey(x, y - 1) + grey(x, y + 1)
+                        - 4.0 * grey(x, y),
+                );
+            }
+        }
+    }
+    let mean = lap.iter().sum::<f64>() / lap.len() as f64;
+    lap.iter().map(|l| (l - mean).powi(2)).sum::<f64>() / lap.len() as f64
 }
 
 /// A model.json for an SxS model with these expressions and outputs.
