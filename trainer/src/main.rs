@@ -216,6 +216,10 @@ struct RegflowArgs {
     /// No appearance layer (the identity): the flow alone (an ablation).
     #[arg(long)]
     flow_only: bool,
+    /// The appearance layer's λ inside the mouth region, fixed (where the warp cannot
+    /// paint teeth); default: chosen on --ood-cache, else the face's λ.
+    #[arg(long)]
+    mouth_lambda: Option<f64>,
     /// A PNG of validation faces and their outputs for every target.
     #[arg(long)]
     preview: Option<PathBuf>,
@@ -356,6 +360,7 @@ fn regflow_cmd(args: RegflowArgs) -> Result<()> {
         colour_augment,
         ood_cache,
         flow_only,
+        mouth_lambda,
         preview,
     } = args;
     let flow_ks = match flow_k {
@@ -371,6 +376,7 @@ fn regflow_cmd(args: RegflowArgs) -> Result<()> {
             flow_ks,
             colour_augment,
             appearance: !flow_only,
+            mouth_lambda,
         },
     )?;
     fitted.save(&out)?;

@@ -529,6 +529,9 @@ pub struct RegFlowOptions {
     pub colour_augment: usize,
     /// Fit the appearance layer (false: it is the identity, the flow does everything).
     pub appearance: bool,
+    /// λ of the appearance layer inside the mouth region, fixed (None: chosen out of
+    /// distribution with `ood_cache`, else one λ everywhere).
+    pub mouth_lambda: Option<f64>,
 }
 
 fn progress(len: usize, what: &str) -> ProgressBar {
@@ -639,6 +642,7 @@ pub fn fit(cache: &Path, opts: &RegFlowOptions) -> Result<RegFlow> {
         }
         None => (None, None),
     };
+    let mouth_lambda = opts.mouth_lambda.or(mouth_lambda);
     let mouth = mouth_weights(&index.template);
     let t = Instant::now();
     let mut app_layers = Vec::new();
