@@ -781,11 +781,12 @@ impl ResidualShaper {
     }
 
     /// The part of the change that only takes the input's detail away: its finest band
-    /// where that smooths the input (`lost_fine`), and with [`Detail::Full`] the blend of blurs of the input that
-    /// best explains the rest of it over a Gaussian window (`lost_blur`). A model that
-    /// blurs by one of [`BLUR_BASES`] changes the bands above the finest by exactly
-    /// that blur; a new crease or a moved lip does not look like a blur of the input
-    /// and stays. The fit is on luma, by non-negative least squares.
+    /// where that smooths the input (`lost_fine`), and with [`Detail::Full`] the blend
+    /// of blurs of the input that best explains the rest of it over a Gaussian window
+    /// (`lost_blur`). A model that blurs by one of [`BLUR_BASES`] changes the bands
+    /// above the finest by exactly that blur; a new crease or a moved lip does not look
+    /// like a blur of the input and stays. The fit is on luma, by non-negative least
+    /// squares.
     fn find_lost_detail(&mut self, base: &[f32], fine: f32) -> Result<()> {
         let (s, n) = (self.size, self.size * self.size);
         let scale = s as f32 / 128.0;
@@ -848,9 +849,7 @@ impl ResidualShaper {
         }
         Ok(())
     }
-}
 
-impl ResidualShaper {
     /// Drops the change's finest band only where it takes the input's finest band away
     /// (a blur, a fade towards a smooth mean face): where, over a Gaussian window, the
     /// output's fine band holds less energy than the input's. Where it holds more (a

@@ -17,9 +17,8 @@
 //! - resample: the compositor samples that field (with the residual) at each frame
 //!   pixel's crop position, remaps the frame through `p + d_frame(p)` into a scratch
 //!   image ([`FrameRemap`]: coarse band bilinear, fine band nearest, edges
-//!   replicated), and copies back
-//!   only pixels whose change is not zero, so everything outside the mask stays
-//!   bit-identical and no pixel is read after it was written.
+//!   replicated), and copies back only pixels whose change is not zero, so everything
+//!   outside the mask stays bit-identical and no pixel is read after it was written.
 //!
 //! [`FlowWarper::warp_crop`] applies the full flow to the model's input crop, which is
 //! what a v2 model's `face_out` was computed on; the compositor takes the appearance

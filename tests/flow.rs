@@ -575,10 +575,10 @@ fn window_laplacian_variance(img: &RgbImage, (cx, cy): (usize, usize), r: usize)
     })
 }
 
-/// The frame warp keeps a fine texture's sharpness where it moves by about half a pixel (any
-/// interpolation there averages neighbours: bicubic kept 0.39 of this texture's
-/// Laplacian variance): its fine band is sampled at the nearest pixel. With every
-/// `detail` setting, as the warp does not depend on it.
+/// The frame warp keeps a fine texture's sharpness where it moves by about half a
+/// pixel (any interpolation there averages neighbours: bicubic kept 0.39 of this
+/// texture's Laplacian variance): its fine band is sampled at the nearest pixel. With
+/// every `detail` setting, as the warp does not depend on it.
 #[test]
 fn a_fine_texture_moved_by_half_a_pixel_keeps_its_sharpness() {
     let (w, h) = (360, 300);
