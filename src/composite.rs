@@ -9,8 +9,9 @@
 //!   the coarse change is large (mouth, teeth), or where it adds detail the input
 //!   lacks (a crease). A model that smooths the face leaves the frame's skin texture,
 //!   lashes and hair as they were;
-//! - colour: the luma change everywhere, the chroma change only where the luma change
-//!   is large, so irises, make-up and skin tone keep their colours;
+//! - colour: the luma change everywhere (as light: in proportion to each channel, and a
+//!   darkened highlight loses its white light first), the chroma change only where the
+//!   luma change is large, so irises, make-up and skin tone keep their colours;
 //! - rim: the model's tone drift along the mask's feathered rim (a plane, fitted
 //!   robustly) is taken out of the change, so no edge shows where the mask ends.
 //!
@@ -572,6 +573,9 @@ pub const MID_GATE: (f32, f32) = (2.0, 6.0);
 /// Coarse luma change over which the model's chroma change fades in (inside the mouth
 /// region).
 pub const COLOUR_GATE: (f32, f32) = (6.0, 18.0);
+/// Gaussian sigma (crop pixels of a 128 px crop) of the neighbourhood whose colour a
+/// pixel is compared with to find white light in it ([`white_light`]).
+const HIGHLIGHT_SIGMA: f32 = 8.0;
 /// Scale of the robust (Cauchy) weights of the rim's tone fit, grey levels.
 const RIM_ROBUST_SCALE: f32 = 3.0;
 const LUMA: [f32; 3] = [0.299, 0.587, 0.114];
@@ -735,7 +739,7 @@ impl ResidualShaper {
             }
         }
         if self.options.keep_colour {
-            self.keep_colours(base);
+            self.keep_colours(base)?;
         }
         Ok(&self.diff)
     }
@@ -760,8 +764,21 @@ impl ResidualShaper {
     /// The luma change, made the way light changes a colour (every channel in
     /// proportion to the pixel's own: a grey change would pale warm skin towards blue
     /// where it brightens), then the model's own colour change where it may pass.
-    fn keep_colours(&mut self, base: &[f32]) {
+    ///
+    /// A darkened highlight is the exception: a specular highlight is white light on
+    /// top of the skin's own colour, so taking it away takes away white light (the same
+    /// from every channel) and leaves the skin's colour; darkening it in proportion
+    /// would leave a grey patch. The white light in the pixel ([`white_light`]) is
+    /// taken away first, the rest of a darkening in proportion.
+    fn keep_colours(&mut self, base: &[f32]) -> Result<()> {
         let n = self.size * self.size;
+        let local = &mut self.blurred_base[2];
+        blur_planes(
+            base,
+            local,
+            self.size,
+            HIGHLIGHT_SIGMA * self.size as f32 / 128.0,
+        )?;
         let gate = in_units(COLOUR_GATE);
         let (dr, rest) = self.diff.split_at_mut(n);
         let (dg, db) = rest.split_at_mut(n);
@@ -771,13 +788,21 @@ impl ResidualShaper {
             let y = LUMA[0] * c[0] + LUMA[1] * c[1] + LUMA[2] * c[2];
             let px = [base[i], base[n + i], base[2 * n + i]];
             let base_y = LUMA[0] * px[0] + LUMA[1] * px[1] + LUMA[2] * px[2];
+            let around = [local[i], local[n + i], local[2 * n + i]];
+            // The share of a darkening that takes white light away.
+            let white = if y < 0.0 {
+                (white_light(px, around) / -y).min(1.0)
+            } else {
+                0.0
+            };
             let k = y / (base_y + DARK);
             for (v, p) in c.iter_mut().zip(px) {
-                let keep = k * (p + DARK);
+                let keep = (1.0 - white) * k * (p + DARK) + white * y;
                 *v = keep + w * (*v - keep);
             }
             [dr[i], dg[i], db[i]] = c;
         }
+        Ok(())
     }
 
     /// The part of the change that only takes the input's detail away: its finest band
@@ -887,6 +912,26 @@ impl ResidualShaper {
         }
         Ok(())
     }
+}
+
+/// The white light in a pixel `p` (RGB, [0, 1]) over the colour `around` it: `s` of
+/// the fit `p = a * around + s * (1, 1, 1)` (least squares over the three channels),
+/// 0 when the fit finds none. A specular highlight on skin is mostly white light; an
+/// iris, a lip or a shadow has none.
+fn white_light(p: [f32; 3], around: [f32; 3]) -> f32 {
+    let (sa2, sa) = (
+        around.iter().map(|a| a * a).sum::<f32>(),
+        around.iter().sum::<f32>(),
+    );
+    let (sap, sp) = (
+        around.iter().zip(p).map(|(a, p)| a * p).sum::<f32>(),
+        p.iter().sum::<f32>(),
+    );
+    let det = 3.0 * sa2 - sa * sa;
+    if det <= 1e-6 {
+        return 0.0; // a grey neighbourhood: white light cannot be told apart
+    }
+    ((sa2 * sp - sa * sap) / det).max(0.0)
 }
 
 /// Non-negative least squares of two unknowns from the normal equations `a c = r`: the

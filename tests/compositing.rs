@@ -336,6 +336,75 @@ fn ycbcr(p: [u8; 3]) -> [f64; 3] {
     [y, 0.564 * (b - y), 0.713 * (r - y)]
 }
 
+/// A model that takes a specular highlight off the cheek (white light on the skin)
+/// leaves the skin's own colour there with `keep_colour` on, not a grey patch: the
+/// darkening takes white light away instead of scaling the pale highlight's colour.
+#[test]
+fn a_removed_highlight_leaves_the_skin_colour_not_grey() {
+    let a = similarity(scale_for_face(250.0), 4.0, (300.0, 260.0));
+    let (skin, highlight) = ([180u8, 130, 105], [240u8, 190, 165]); // skin + white light
+    let centre = (30.0, 72.0); // the image-left cheek, outside the mouth's region
+    let on_highlight =
+        |p: Point| ((p.x - centre.0).powi(2) + (p.y - centre.1).powi(2)).sqrt() <= 6.0;
+    let mut img = RgbImage::new(600, 520);
+    for y in 0..img.height {
+        for x in 0..img.width {
+            let px = if on_highlight(crop_pos(&a, x, y)) {
+                highlight
+            } else {
+                skin
+            };
+            let i = (y * img.width + x) * 3;
+            img.data[i..i + 3].copy_from_slice(&px);
+        }
+    }
+    let n = S * S;
+    let model = |crop: &[f32]| {
+        let mut out = crop.to_vec();
+        for i in 0..n {
+            let p = Point {
+                x: (i % S) as f32,
+                y: (i / S) as f32,
+            };
+            if on_highlight(p) {
+                for c in 0..3 {
+                    out[c * n + i] = skin[c] as f32 / 255.0;
+                }
+            }
+        }
+        out
+    };
+    let kept = composite(&img, &a, CompositeOptions::default(), model);
+    // The highlight darkened to the skin's brightness in proportion to its own colour
+    // (what keeping colours did before): paler than the skin.
+    let [y_skin, cb_skin, cr_skin] = ycbcr(skin);
+    let [y_high, ..] = ycbcr(highlight);
+    let scaled = highlight.map(|v| (v as f64 * y_skin / y_high).round() as u8);
+    let [_, cb_scaled, cr_scaled] = ycbcr(scaled);
+    let (mut worst, mut pixels) = (0.0f64, 0);
+    for y in 0..img.height {
+        for x in 0..img.width {
+            let p = crop_pos(&a, x, y);
+            if ((p.x - centre.0).powi(2) + (p.y - centre.1).powi(2)).sqrt() > 4.0 {
+                continue;
+            }
+            pixels += 1;
+            let [_, cb, cr] = ycbcr(kept.pixel(x, y));
+            worst = worst.max((cb - cb_skin).abs().max((cr - cr_skin).abs()));
+        }
+    }
+    let scaled_off = (cb_scaled - cb_skin).abs().max((cr_scaled - cr_skin).abs());
+    eprintln!(
+        "{pixels} highlight pixels: chroma off the skin's by at most {worst:.1} (darkened in proportion: {scaled_off:.1})"
+    );
+    assert!(pixels > 50);
+    assert!(scaled_off > 8.0, "the test's highlight should be pale");
+    assert!(
+        worst < 0.35 * scaled_off,
+        "chroma off by {worst:.1} where proportional darkening is off by {scaled_off:.1}"
+    );
+}
+
 /// A model that turns a blue iris brown (same brightness) leaves its colour as it was
 /// with `keep_colour` on; plain compositing makes it brown.
 #[test]
