@@ -616,6 +616,11 @@ pub struct ResidualShaper {
     /// (S*S): where the model changed the face.
     small_gate: Vec<f32>,
     gate: Vec<f32>,
+    /// The input on the quarter grid, its colour around each point there (blurred by
+    /// [`HIGHLIGHT_SIGMA`]), and that on the crop's grid, 3 planes each.
+    small_base: Vec<f32>,
+    small_around: Vec<f32>,
+    around: Vec<f32>,
     /// The change blurred by [`FINE_SIGMA`], 3*S*S.
     above_fine: Vec<f32>,
     /// What the change takes away of the input's detail, 3*S*S: its finest band, and
@@ -648,6 +653,9 @@ impl ResidualShaper {
             small_diff: vec![0.0; 3 * small * small],
             coarse: vec![0.0; 3 * small * small],
             small_gate: vec![0.0; small * small],
+            small_base: vec![0.0; 3 * small * small],
+            small_around: vec![0.0; 3 * small * small],
+            around: planes(),
             gate: vec![0.0; n],
             above_fine: planes(),
             lost_fine: planes(),
@@ -771,14 +779,28 @@ impl ResidualShaper {
     /// would leave a grey patch. The white light in the pixel ([`white_light`]) is
     /// taken away first, the rest of a darkening in proportion.
     fn keep_colours(&mut self, base: &[f32]) -> Result<()> {
-        let n = self.size * self.size;
-        let local = &mut self.blurred_base[2];
+        let (s, n, m) = (self.size, self.size * self.size, self.small);
+        // A wide blur, so on the quarter grid (a fifth of the cost at full size).
+        for (b, q) in base
+            .chunks_exact(n)
+            .zip(self.small_base.chunks_exact_mut(m * m))
+        {
+            resize(b, s, q, m, imgproc::INTER_AREA)?;
+        }
+        let quarter = m as f32 / 128.0;
         blur_planes(
-            base,
-            local,
-            self.size,
-            HIGHLIGHT_SIGMA * self.size as f32 / 128.0,
+            &self.small_base,
+            &mut self.small_around,
+            m,
+            HIGHLIGHT_SIGMA * quarter,
         )?;
+        for (q, a) in self
+            .small_around
+            .chunks_exact(m * m)
+            .zip(self.around.chunks_exact_mut(n))
+        {
+            resize(q, m, a, s, imgproc::INTER_LINEAR)?;
+        }
         let gate = in_units(COLOUR_GATE);
         let (dr, rest) = self.diff.split_at_mut(n);
         let (dg, db) = rest.split_at_mut(n);
@@ -788,9 +810,10 @@ impl ResidualShaper {
             let y = LUMA[0] * c[0] + LUMA[1] * c[1] + LUMA[2] * c[2];
             let px = [base[i], base[n + i], base[2 * n + i]];
             let base_y = LUMA[0] * px[0] + LUMA[1] * px[1] + LUMA[2] * px[2];
-            let around = [local[i], local[n + i], local[2 * n + i]];
-            // The share of a darkening that takes white light away.
-            let white = if y < 0.0 {
+            // The share of a darkening that takes white light away (under a tenth of
+            // a grey level, how a change is shared out does not show).
+            let white = if y < -0.1 / 255.0 {
+                let around = [self.around[i], self.around[n + i], self.around[2 * n + i]];
                 (white_light(px, around) / -y).min(1.0)
             } else {
                 0.0
@@ -882,15 +905,15 @@ impl ResidualShaper {
     fn gate_lost_fine_by_energy(&mut self, base: &[f32], fine: f32) -> Result<()> {
         let (s, n) = (self.size, self.size * self.size);
         let scale = s as f32 / 128.0;
-        let base_fine = &mut self.blurred_base[0];
-        blur_planes(base, base_fine, s, fine)?;
-        for (f, &b) in base_fine.iter_mut().zip(base) {
-            *f = b - *f;
-        }
-        let luma =
-            |v: &[f32], i: usize| LUMA[0] * v[i] + LUMA[1] * v[n + i] + LUMA[2] * v[2 * n + i];
+        // On luma only: one blur instead of three.
+        let (luma_base, luma_blurred) = (&mut self.scratch, &mut self.windowed[2]);
+        luma_into(base, luma_base);
+        blur(luma_base, luma_blurred, s, fine)?;
         for i in 0..n {
-            let (b, d) = (luma(base_fine, i), luma(&self.lost_fine, i));
+            let b = luma_base[i] - luma_blurred[i];
+            let d = LUMA[0] * self.lost_fine[i]
+                + LUMA[1] * self.lost_fine[n + i]
+                + LUMA[2] * self.lost_fine[2 * n + i];
             self.products[0][i] = b * b;
             self.products[1][i] = (b + d) * (b + d);
         }
