@@ -336,6 +336,37 @@ fn ycbcr(p: [u8; 3]) -> [f64; 3] {
     [y, 0.564 * (b - y), 0.713 * (r - y)]
 }
 
+/// A 600x520 frame of `outside`, with `inside` where `inside_at` holds for the pixel's
+/// crop position under `a`.
+fn two_tone(
+    a: &Alignment,
+    inside_at: impl Fn(Point) -> bool,
+    inside: [u8; 3],
+    outside: [u8; 3],
+) -> RgbImage {
+    let mut img = RgbImage::new(600, 520);
+    for y in 0..img.height {
+        for x in 0..img.width {
+            let px = if inside_at(crop_pos(a, x, y)) {
+                inside
+            } else {
+                outside
+            };
+            let i = (y * img.width + x) * 3;
+            img.data[i..i + 3].copy_from_slice(&px);
+        }
+    }
+    img
+}
+
+/// The crop position of planar index `i`.
+fn crop_point(i: usize) -> Point {
+    Point {
+        x: (i % S) as f32,
+        y: (i / S) as f32,
+    }
+}
+
 /// A model that takes a specular highlight off the cheek (white light on the skin)
 /// leaves the skin's own colour there with `keep_colour` on, not a grey patch: the
 /// darkening takes white light away instead of scaling the pale highlight's colour.
@@ -346,27 +377,12 @@ fn a_removed_highlight_leaves_the_skin_colour_not_grey() {
     let centre = (30.0, 72.0); // the image-left cheek, outside the mouth's region
     let on_highlight =
         |p: Point| ((p.x - centre.0).powi(2) + (p.y - centre.1).powi(2)).sqrt() <= 6.0;
-    let mut img = RgbImage::new(600, 520);
-    for y in 0..img.height {
-        for x in 0..img.width {
-            let px = if on_highlight(crop_pos(&a, x, y)) {
-                highlight
-            } else {
-                skin
-            };
-            let i = (y * img.width + x) * 3;
-            img.data[i..i + 3].copy_from_slice(&px);
-        }
-    }
+    let img = two_tone(&a, on_highlight, highlight, skin);
     let n = S * S;
     let model = |crop: &[f32]| {
         let mut out = crop.to_vec();
         for i in 0..n {
-            let p = Point {
-                x: (i % S) as f32,
-                y: (i / S) as f32,
-            };
-            if on_highlight(p) {
+            if on_highlight(crop_point(i)) {
                 for c in 0..3 {
                     out[c * n + i] = skin[c] as f32 / 255.0;
                 }
@@ -413,19 +429,8 @@ fn a_recoloured_iris_keeps_its_chroma_with_keep_colour() {
     let eye = t.points[0];
     let a = similarity(scale_for_face(250.0), 7.0, (300.0, 260.0));
     // Skin, with a blue iris (radius 5 crop px) at the template's image-left eye.
-    let mut img = RgbImage::new(600, 520);
     let iris_at = |p: Point| ((p.x - eye[0]).powi(2) + (p.y - eye[1]).powi(2)).sqrt() <= 5.0;
-    for y in 0..img.height {
-        for x in 0..img.width {
-            let px = if iris_at(crop_pos(&a, x, y)) {
-                [70, 110, 170]
-            } else {
-                [205, 160, 140]
-            };
-            let i = (y * img.width + x) * 3;
-            img.data[i..i + 3].copy_from_slice(&px);
-        }
-    }
+    let img = two_tone(&a, iris_at, [70, 110, 170], [205, 160, 140]);
     // The model gives each iris pixel a brown's colour at the pixel's own brightness
     // (luma kept, chroma replaced).
     let brown = [0.55f32, 0.37, 0.22];
@@ -434,11 +439,7 @@ fn a_recoloured_iris_keeps_its_chroma_with_keep_colour() {
     let model = |crop: &[f32]| {
         let mut out = crop.to_vec();
         for i in 0..n {
-            let p = Point {
-                x: (i % S) as f32,
-                y: (i / S) as f32,
-            };
-            if iris_at(p) {
+            if iris_at(crop_point(i)) {
                 let y = luma([crop[i], crop[n + i], crop[2 * n + i]]);
                 for c in 0..3 {
                     out[c * n + i] = y + brown[c] - luma(brown);
