@@ -812,12 +812,10 @@ impl ResidualShaper {
             let base_y = LUMA[0] * px[0] + LUMA[1] * px[1] + LUMA[2] * px[2];
             // The share of a darkening that takes white light away (under a tenth of
             // a grey level, how a change is shared out does not show).
-            let white = if y < -0.1 / 255.0 {
-                let around = [self.around[i], self.around[n + i], self.around[2 * n + i]];
-                (white_light(px, around) / -y).min(1.0)
-            } else {
-                0.0
-            };
+            // Computed everywhere and selected, so that the loop has no branch.
+            let around = [self.around[i], self.around[n + i], self.around[2 * n + i]];
+            let share = (white_light(px, around) / -y).min(1.0);
+            let white = if y < -0.1 / 255.0 { share } else { 0.0 };
             let k = y / (base_y + DARK);
             for (v, p) in c.iter_mut().zip(px) {
                 let keep = (1.0 - white) * k * (p + DARK) + white * y;
@@ -951,10 +949,13 @@ fn white_light(p: [f32; 3], around: [f32; 3]) -> f32 {
         p.iter().sum::<f32>(),
     );
     let det = 3.0 * sa2 - sa * sa;
-    if det <= 1e-6 {
-        return 0.0; // a grey neighbourhood: white light cannot be told apart
+    let white = ((sa2 * sp - sa * sap) / det.max(1e-6)).max(0.0);
+    // In a grey neighbourhood white light cannot be told apart.
+    if det > 1e-6 {
+        white
+    } else {
+        0.0
     }
-    ((sa2 * sp - sa * sap) / det).max(0.0)
 }
 
 /// Non-negative least squares of two unknowns from the normal equations `a c = r`: the
