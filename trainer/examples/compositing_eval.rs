@@ -11,6 +11,8 @@
 //!   each output re-cropped with its input's alignment (so what is scored is what the
 //!   compositing made of the model's output); `crop` = the model's own output crop, as
 //!   `eval` scores it;
+//! - p(target): the classifier's mean probability of the target, which moves smoothly
+//!   where ECS flips with changes too small to see;
 //! - FSS: mean dlib face-recognition distance between the input's crop and the
 //!   composited face's (lower = more the same person).
 //!
@@ -24,7 +26,8 @@
 //! Options: `--expressions a,b` (happy,sad,angry,surprised), `--london-count N` (20,
 //! as `eval`), `--detail off|fine|full` and `--keep-colour BOOL` for "after" (fine,
 //! true), `--face-px N` to scale each photo so its face is about N px wide (small and
-//! large faces). "Before" is the plain residual with no yaw fade.
+//! large faces), `--intensity X` the edit's strength (1; 0-2, before and after).
+//! "Before" is the plain residual with no yaw fade.
 
 use std::path::PathBuf;
 
@@ -52,6 +55,8 @@ struct Args {
     keep_colour: bool,
     /// Resize each photo so that its face box is about this many pixels wide.
     face_px: Option<f32>,
+    /// The edit's strength, for before and after.
+    intensity: f32,
 }
 
 fn parse() -> Result<Args> {
@@ -66,6 +71,7 @@ fn parse() -> Result<Args> {
         detail: Detail::Fine,
         keep_colour: true,
         face_px: None,
+        intensity: 1.0,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -78,6 +84,7 @@ fn parse() -> Result<Args> {
             "--detail" => a.detail = value()?.parse().map_err(anyhow::Error::msg)?,
             "--keep-colour" => a.keep_colour = value()?.parse()?,
             "--face-px" => a.face_px = Some(value()?.parse()?),
+            "--intensity" => a.intensity = value()?.parse()?,
             _ => a.models.push(arg.into()),
         }
     }
@@ -98,8 +105,8 @@ fn main() -> Result<()> {
     let fer = Fer::load(&reggan_trainer::eval::fer::default_path())?;
     let mut dlib = FaceRecognizer::load(&fss::default_dir())?;
     println!("{} photos", photos.len());
-    println!("| model | expression | n | sharpness before / after | chroma before / after | ECS crop / before / after | FSS distance before / after |");
-    println!("|---|---|---|---|---|---|---|");
+    println!("| model | expression | n | sharpness before / after | chroma before / after | ECS crop / before / after | p(target) before / after | FSS distance before / after |");
+    println!("|---|---|---|---|---|---|---|---|");
     let (detail, keep_colour) = (args.detail, args.keep_colour);
     for model in &args.models {
         for expression in &args.expressions {
@@ -108,6 +115,7 @@ fn main() -> Result<()> {
                 device: Device::Cpu,
                 threads: 1,
                 max_faces: 1,
+                intensity: args.intensity,
                 detail: if after { detail } else { Detail::Off },
                 keep_colour: after && keep_colour,
                 max_yaw: if after { 35.0 } else { 90.0 },
@@ -145,13 +153,19 @@ fn main() -> Result<()> {
             let tensor = |crops: &[Vec<f32>]| {
                 Tensor::from_slice(&crops.concat()).reshape([crops.len() as i64, 3, s, s])
             };
-            let ecs = |crops: &[Vec<f32>]| -> Result<f64> {
+            // ECS (%), and the classifier's mean probability of the target (%): the
+            // share flips with changes too small to see, the probability moves smoothly.
+            let ecs = |crops: &[Vec<f32>]| -> Result<(f64, f64)> {
                 let (_, probs) = fer.classify(&tensor(crops))?;
                 let hits = probs
                     .argmax(-1, false)
                     .eq(label as i64)
                     .sum(tch::Kind::Int64);
-                Ok(100.0 * hits.int64_value(&[]) as f64 / crops.len() as f64)
+                let p = probs.select(1, label as i64).mean(tch::Kind::Double);
+                Ok((
+                    100.0 * hits.int64_value(&[]) as f64 / crops.len() as f64,
+                    100.0 * p.double_value(&[]),
+                ))
             };
             let crops = |v: &[Scored]| v.iter().map(|s| s.crop.clone()).collect::<Vec<_>>();
             let reference = dlib.embed(&tensor(&inputs))?.vectors;
@@ -162,18 +176,17 @@ fn main() -> Result<()> {
                     .double_value(&[]))
             };
             let (fss_before, fss_after) = (fss_distance(&b)?, fss_distance(&a)?);
+            let ((ecs_raw, _), (ecs_b, p_b), (ecs_a, p_a)) =
+                (ecs(&raw)?, ecs(&crops(&b))?, ecs(&crops(&a))?);
             let col = |v: &[Scored], f: fn(&Scored) -> f64| v.iter().map(f).collect::<Vec<_>>();
             println!(
-                "| {} | {expression} | {} | {:.3} / {:.3} | {:.3} / {:.3} | {:.1} / {:.1} / {:.1} | {fss_before:.3} / {fss_after:.3} |",
+                "| {} | {expression} | {} | {:.3} / {:.3} | {:.3} / {:.3} | {ecs_raw:.1} / {ecs_b:.1} / {ecs_a:.1} | {p_b:.1} / {p_a:.1} | {fss_before:.3} / {fss_after:.3} |",
                 model.display(),
                 a.len(),
                 median(&col(&b, |s| s.sharpness)),
                 median(&col(&a, |s| s.sharpness)),
                 mean(&col(&b, |s| s.chroma)),
                 mean(&col(&a, |s| s.chroma)),
-                ecs(&raw)?,
-                ecs(&crops(&b))?,
-                ecs(&crops(&a))?,
             );
         }
     }

@@ -220,6 +220,10 @@ struct RegflowArgs {
     /// paint teeth); default: chosen on --ood-cache, else the face's λ.
     #[arg(long)]
     mouth_lambda: Option<f64>,
+    /// The share (0-1) of the flow fit's weight on neutral sources, per performer and
+    /// target; default: every pair alike (neutral is one source expression of six).
+    #[arg(long, value_parser = share_in_unit_interval)]
+    neutral_share: Option<f64>,
     /// A PNG of validation faces and their outputs for every target.
     #[arg(long)]
     preview: Option<PathBuf>,
@@ -348,6 +352,13 @@ fn pack_cmd(
     Ok(())
 }
 
+fn share_in_unit_interval(s: &str) -> std::result::Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if (0.0..=1.0).contains(&v) => Ok(v),
+        _ => Err(format!("{s} is not a share between 0 and 1")),
+    }
+}
+
 fn regflow_cmd(args: RegflowArgs) -> Result<()> {
     use reggan_trainer::{regflow, regflow_export};
     let RegflowArgs {
@@ -361,6 +372,7 @@ fn regflow_cmd(args: RegflowArgs) -> Result<()> {
         ood_cache,
         flow_only,
         mouth_lambda,
+        neutral_share,
         preview,
     } = args;
     let flow_ks = match flow_k {
@@ -377,6 +389,7 @@ fn regflow_cmd(args: RegflowArgs) -> Result<()> {
             colour_augment,
             appearance: !flow_only,
             mouth_lambda,
+            neutral_share,
         },
     )?;
     fitted.save(&out)?;
@@ -452,5 +465,22 @@ fn main() -> Result<()> {
             preview,
         }),
         Command::Eval(args) => reggan_trainer::eval::run_cli(args),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::share_in_unit_interval;
+
+    #[test]
+    fn a_neutral_share_outside_zero_to_one_is_refused_by_name() {
+        assert_eq!(share_in_unit_interval("0.5"), Ok(0.5));
+        assert_eq!(share_in_unit_interval("1"), Ok(1.0));
+        for bad in ["1.5", "-0.1", "half"] {
+            assert_eq!(
+                share_in_unit_interval(bad),
+                Err(format!("{bad} is not a share between 0 and 1"))
+            );
+        }
     }
 }

@@ -290,12 +290,36 @@ impl FlowLayer {
     }
 }
 
-/// Normal equations of the flow layer for one target over people and their flows:
-/// AᵀA [G²,K,K], Aᵀt [G²,K,2], and the number of pairs.
+/// Each source's weight in one performer's pairs towards `target` (`labels`: the
+/// sources' expressions): 1, or with `neutral_share` the neutral sources together
+/// carry that share of the performer's weight and the other expressions the rest
+/// (the total stays the number of sources).
+fn source_weights(labels: &[String], target: &str, neutral_share: Option<f64>) -> Vec<f64> {
+    let n = labels.len() as f64;
+    let neutral = labels.iter().filter(|l| l.as_str() == "neutral").count() as f64;
+    match neutral_share {
+        Some(share) if target != "neutral" && neutral > 0.0 && neutral < n => labels
+            .iter()
+            .map(|l| {
+                if l == "neutral" {
+                    n * share / neutral
+                } else {
+                    n * (1.0 - share) / (n - neutral)
+                }
+            })
+            .collect(),
+        _ => vec![1.0; labels.len()],
+    }
+}
+
+/// Normal equations of the flow layer for one target over people and their flows,
+/// each source weighted by [`source_weights`]: AᵀA [G²,K,K], Aᵀt [G²,K,2], and the
+/// number of pairs.
 fn flow_normal_equations(
     people: &[(&Person, &PersonFlows)],
     target: &str,
     k: usize,
+    neutral_share: Option<f64>,
 ) -> (Tensor, Tensor, usize) {
     let kk = if k == 0 { 1 } else { (k * k + 1) as i64 };
     let g2 = GRID * GRID;
@@ -317,8 +341,14 @@ fn flow_normal_equations(
             .sum_dim_intlist(1, false, None) // [Ns,2,G,G]
             .permute([2, 3, 0, 1])
             .reshape([g2, -1, 2]);
-        ata += (&feats * nt as f64).bmm(&feats.transpose(1, 2));
-        atb += feats.bmm(&fsum);
+        let w = Tensor::from_slice(&source_weights(
+            &person.source_labels(target),
+            target,
+            neutral_share,
+        ));
+        let weighted = &feats * w.view([1, 1, -1]);
+        ata += (&weighted * nt as f64).bmm(&feats.transpose(1, 2));
+        atb += weighted.bmm(&fsum);
     }
     (ata, atb, pairs)
 }
@@ -398,6 +428,9 @@ pub struct RegFlowMeta {
     /// too); outside it, `appearance_lambda`. None: one λ everywhere.
     #[serde(default)]
     pub appearance_mouth_lambda: Option<f64>,
+    /// The flow fit's weight on neutral sources (None: every pair alike).
+    #[serde(default)]
+    pub neutral_share: Option<f64>,
     /// Validation squared endpoint error (px² per grid cell): [neutral src, other src].
     pub flow_val_epe2: BTreeMap<String, [f64; 2]>,
     pub zero_flow_val_epe2: BTreeMap<String, [f64; 2]>,
@@ -532,6 +565,9 @@ pub struct RegFlowOptions {
     /// λ of the appearance layer inside the mouth region, fixed (None: chosen out of
     /// distribution with `ood_cache`, else one λ everywhere).
     pub mouth_lambda: Option<f64>,
+    /// The share of the flow fit's weight on neutral sources, per performer and target
+    /// (None: every pair alike, so neutral is one source expression of six).
+    pub neutral_share: Option<f64>,
 }
 
 fn progress(len: usize, what: &str) -> ProgressBar {
@@ -600,7 +636,13 @@ pub fn fit(cache: &Path, opts: &RegFlowOptions) -> Result<RegFlow> {
 
     // 2. Flow layer: sweep k and λ.
     let t = Instant::now();
-    let sweep = flow_sweep(&train_set, &val_set, &targets, &opts.flow_ks);
+    let sweep = flow_sweep(
+        &train_set,
+        &val_set,
+        &targets,
+        &opts.flow_ks,
+        opts.neutral_share,
+    );
     println!("{}", sweep.table());
     let (ki, li) = sweep.choose();
     let flow_k = sweep.ks[ki];
@@ -610,7 +652,7 @@ pub fn fit(cache: &Path, opts: &RegFlowOptions) -> Result<RegFlow> {
     let (mut flow_val, mut zero_val, mut train_pairs) =
         (BTreeMap::new(), BTreeMap::new(), BTreeMap::new());
     for (e, &l) in targets.iter().zip(&li) {
-        let (ata, atb, pairs) = flow_normal_equations(&train_set, e, flow_k);
+        let (ata, atb, pairs) = flow_normal_equations(&train_set, e, flow_k, opts.neutral_share);
         let layer = solve_flow(&ata, &atb, sweep.lambdas[l], flow_k);
         let split = flow_sse(&val_set, e, |x| layer.grid_flow(x));
         let zsplit = flow_sse(&val_set, e, |x| {
@@ -745,6 +787,7 @@ pub fn fit(cache: &Path, opts: &RegFlowOptions) -> Result<RegFlow> {
             colour_augment: opts.colour_augment,
             ood_lambda,
             appearance_mouth_lambda: mouth_lambda.filter(|_| opts.appearance),
+            neutral_share: opts.neutral_share,
             flow_val_epe2: flow_val,
             zero_flow_val_epe2: zero_val,
             val_mse_identity: mse_id,
@@ -1054,13 +1097,14 @@ fn flow_sweep(
     val: &[(&Person, &PersonFlows)],
     targets: &[String],
     ks: &[usize],
+    neutral_share: Option<f64>,
 ) -> FlowSweep {
     let mut epe2 = Vec::new();
     for &k in ks {
         let per_target = targets
             .iter()
             .map(|e| {
-                let (ata, atb, _) = flow_normal_equations(train, e, k);
+                let (ata, atb, _) = flow_normal_equations(train, e, k, neutral_share);
                 let lambdas: &[f64] = if k == 0 { &[0.0] } else { &FLOW_LAMBDAS };
                 let row: Vec<f64> = lambdas
                     .iter()
@@ -1197,7 +1241,7 @@ mod tests {
             .collect();
         let set: Vec<(&Person, &PersonFlows)> = people.iter().zip(&flows).collect();
 
-        let (ata, atb, pairs) = flow_normal_equations(&set, "sad", 0);
+        let (ata, atb, pairs) = flow_normal_equations(&set, "sad", 0, None);
         assert_eq!(pairs, 6);
         let mean = solve_flow(&ata, &atb, 0.0, 0);
         // Independent: the average of law() over every source's luma.
@@ -1214,7 +1258,7 @@ mod tests {
         let got = mean.grid_flow(&people[0].crops["neutral"]);
         assert!((got.double_value(&[0, 0, 5, 5]) - expect_dx).abs() < 1e-4);
 
-        let (ata, atb, _) = flow_normal_equations(&set, "sad", 1);
+        let (ata, atb, _) = flow_normal_equations(&set, "sad", 1, None);
         let lin = solve_flow(&ata, &atb, 1e-9, 1);
         for l in [0.3, 0.6] {
             let face = Tensor::full([1, 3, 128, 128], l, (Kind::Float, tch::Device::Cpu));
@@ -1226,6 +1270,45 @@ mod tests {
         // Validation error of the exact law is zero; of zero flow, the mean square.
         let [a, b] = flow_sse(&set, "sad", |x| lin.grid_flow(x));
         assert!((a.0 + b.0) / (a.1 + b.1) < 1e-6);
+    }
+
+    #[test]
+    fn neutral_share_sets_the_neutral_sources_weight_in_the_mean_flow() {
+        let people: Vec<Person> = [0.2, 0.5, 0.7]
+            .iter()
+            .map(|&b| person("p", &[("neutral", b), ("happy", b + 0.2), ("sad", b - 0.1)]))
+            .collect();
+        let law = |l: f64| (4.0 * l - 1.0, -2.0 * l);
+        let flows: Vec<PersonFlows> = people
+            .iter()
+            .map(|p| PersonFlows::from([("sad".to_string(), flows_for(p, "sad", law))]))
+            .collect();
+        let set: Vec<(&Person, &PersonFlows)> = people.iter().zip(&flows).collect();
+        let luma = |p: &Person, e: &str| p.crops[e].mean(Kind::Double).double_value(&[]);
+        for share in [1.0, 0.5, 0.0] {
+            let (ata, atb, _) = flow_normal_equations(&set, "sad", 0, Some(share));
+            let mean = solve_flow(&ata, &atb, 0.0, 0);
+            // Independent: per performer, `share` of law() at the neutral crop and the
+            // rest at the other source (happy), averaged over performers.
+            let expect_dx = people
+                .iter()
+                .map(|p| {
+                    share * law(luma(p, "neutral")).0 + (1.0 - share) * law(luma(p, "happy")).0
+                })
+                .sum::<f64>()
+                / people.len() as f64;
+            let got = mean.grid_flow(&people[0].crops["neutral"]);
+            assert!(
+                (got.double_value(&[0, 0, 5, 5]) - expect_dx).abs() < 1e-4,
+                "share {share}: {} vs {expect_dx}",
+                got.double_value(&[0, 0, 5, 5])
+            );
+        }
+        // The neutral target has no neutral source to weight: every pair alike.
+        assert_eq!(
+            source_weights(&["happy".into(), "sad".into()], "neutral", Some(0.9)),
+            vec![1.0, 1.0]
+        );
     }
 
     #[test]

@@ -301,6 +301,7 @@ fn random_regflow(flow_k: usize, s: i64) -> reggan_trainer::regflow::RegFlow {
         colour_augment: 0,
         ood_lambda: None,
         appearance_mouth_lambda: None,
+        neutral_share: None,
         flow_val_epe2: t.iter().map(|x| (x.clone(), [0.0, 0.0])).collect(),
         zero_flow_val_epe2: t.iter().map(|x| (x.clone(), [0.0, 0.0])).collect(),
         val_mse_identity: per(0.0),
