@@ -13,6 +13,7 @@ use crate::align::{crop_to_planar, Alignment, Template};
 use crate::composite::{CompositeOptions, Compositor, Detail};
 use crate::detect::{DetectorBackend, DetectorKind, Face, FaceDetector, SearchPass};
 use crate::error::Result;
+use crate::flow::FlowWarper;
 use crate::frame::FrameMut;
 use crate::model::{Device, ExpressionModel};
 use crate::pose::{yaw_strength, HeadPose, DEFAULT_MAX_YAW};
@@ -228,6 +229,9 @@ pub struct FrameProcessor {
     expression_index: i64,
     transition: Option<Transition>,
     edits: EditSmoother,
+    /// A flow model's input crop warped by its flow, for the edit's low-pass (3*S*S).
+    crop_warper: FlowWarper,
+    warped_crop: Vec<f32>,
     /// The expression whose edits `edits` remembers (none during a cross-fade).
     smoothed_expression: Option<i64>,
 }
@@ -252,6 +256,7 @@ impl FrameProcessor {
         let expression_index = model.manifest().expression_index(&config.expression)? as i64;
         let template = model.manifest().template.clone();
         let compositor = Compositor::for_template(&template, config.composite_options())?;
+        let size = template.size;
         Ok(FrameProcessor {
             detector,
             tracker: FaceTracker::new(config.tracking),
@@ -264,6 +269,8 @@ impl FrameProcessor {
             expression_index,
             transition: None,
             edits: EditSmoother::default(),
+            crop_warper: FlowWarper::new(size)?,
+            warped_crop: vec![0.0; 3 * size * size],
             smoothed_expression: None,
         })
     }
@@ -479,8 +486,11 @@ impl FrameProcessor {
         self.edit_faces(frame, faces, tracks, mix, 0.0)
     }
 
-    /// Low-passes face `slot`'s edit (the model's change on its crop, and its flow)
-    /// over time, in place in `out`.
+    /// Low-passes face `slot`'s edit over time, in place in `out`: the model's change
+    /// on its crop, and a flow model's flow. A flow model's change is its appearance
+    /// residual on the crop warped by its flow (what the compositor carries back), not
+    /// `out - crop`: that difference holds the moved texture itself, which a low-pass
+    /// would smear from frame to frame.
     fn smooth_edit(
         &mut self,
         batch: &Array4<f32>,
@@ -495,23 +505,39 @@ impl FrameProcessor {
         let crop = crop.as_slice().expect("standard layout");
         let mut face = out.face.index_axis_mut(ndarray::Axis(0), slot);
         let face = face.as_slice_mut().expect("standard layout");
-        let mut change: Vec<f32> = face.iter().zip(crop).map(|(o, c)| o - c).collect();
-        let n = change.len();
-        if let Some(flow) = out.flow.as_ref() {
-            let flow = flow.index_axis(ndarray::Axis(0), slot);
-            change.extend_from_slice(flow.as_slice().expect("standard layout"));
+        let n = face.len();
+        let mut flow = out
+            .flow
+            .as_mut()
+            .map(|f| f.index_axis_mut(ndarray::Axis(0), slot));
+        let flow = flow
+            .as_mut()
+            .map(|f| f.as_slice_mut().expect("standard layout"));
+        // What the change is taken against: the crop, or the crop moved by the flow.
+        let base: &[f32] = match flow.as_deref() {
+            Some(flow) => {
+                self.crop_warper
+                    .warp_crop(crop, flow, &mut self.warped_crop)?;
+                &self.warped_crop
+            }
+            None => crop,
+        };
+        let moved = flow.is_some();
+        let mut change: Vec<f32> = face.iter().zip(base).map(|(o, b)| o - b).collect();
+        if let Some(flow) = flow.as_deref() {
+            change.extend_from_slice(flow);
         }
         if !self.edits.smooth(id, time, cutoff, crop, s, &mut change)? {
             return Ok(());
         }
-        for ((o, c), d) in face.iter_mut().zip(crop).zip(&change[..n]) {
-            *o = c + d;
+        if let Some(flow) = flow {
+            flow.copy_from_slice(&change[n..]);
+            self.crop_warper
+                .warp_crop(crop, flow, &mut self.warped_crop)?;
         }
-        if let Some(flow) = out.flow.as_mut() {
-            let mut flow = flow.index_axis_mut(ndarray::Axis(0), slot);
-            flow.as_slice_mut()
-                .expect("standard layout")
-                .copy_from_slice(&change[n..]);
+        let base: &[f32] = if moved { &self.warped_crop } else { crop };
+        for ((o, b), d) in face.iter_mut().zip(base).zip(&change[..n]) {
+            *o = b + d;
         }
         Ok(())
     }

@@ -465,3 +465,57 @@ fn edit_smoother_is_a_low_pass_that_moves_with_the_face() {
     assert!(!smoother.smooth(7, 0.12, 4.0, &still, s, &mut back).unwrap());
     assert_eq!(back, blob_edit(s, 32.0, 0.4));
 }
+
+/// A flow model whose appearance is the identity (`face_out` is the crop warped by its
+/// flow, the same every frame) gives the edit's low-pass nothing to smooth: a moving
+/// face must come out as with the low-pass off. Taking a flow model's change as
+/// `out - crop` (the moved texture itself) smeared the texture from frame to frame.
+#[test]
+fn a_flow_models_low_pass_leaves_a_moving_faces_moved_texture_as_it_is() {
+    let Some((_, photo)) = common::shipped_model_and_photo() else {
+        return;
+    };
+    let s = 128;
+    let dir = common::temp_dir("track-identity-flow-model");
+    common::write_model(
+        &dir,
+        &common::manifest(2, s, &["happy"], &["face_out", "flow"]),
+        &common::FlowOutput::PerExpression(vec![common::constant_flow(s, 2.0, -1.5)]),
+    );
+    let processor = |edit_cutoff| {
+        let config = ProcessorConfig {
+            expression: "happy".into(),
+            device: Device::Cpu,
+            tracking: TrackingOptions {
+                edit_cutoff,
+                ..TrackingOptions::default()
+            },
+            ..Default::default()
+        };
+        FrameProcessor::new(&dir, config).unwrap()
+    };
+    let (mut smoothed, mut raw) = (processor(Some(0.25)), processor(None));
+    let bgr = photo.to_bgr_mat().unwrap();
+    let (mut worst, mut total, mut count) = (0u8, 0u64, 0u64);
+    for i in 0..30 {
+        let (mut a, mut b) = (render(&bgr, &placement(i)), render(&bgr, &placement(i)));
+        let t = Duration::from_millis(33 * i as u64);
+        smoothed.process_video(&mut a.as_frame(), t).unwrap();
+        raw.process_video(&mut b.as_frame(), t).unwrap();
+        if i < 14 {
+            continue; // still, then the first moving frames: both settle
+        }
+        for (x, y) in a.data.iter().zip(&b.data) {
+            let d = x.abs_diff(*y);
+            worst = worst.max(d);
+            total += d as u64;
+            count += 1;
+        }
+    }
+    let mean = total as f64 / count as f64;
+    // At most a rounding apart (the old change, `out - crop`, gave 17 grey levels).
+    assert!(
+        worst <= 1,
+        "with the low-pass the moving face differs by up to {worst} grey levels (mean {mean:.4})"
+    );
+}
