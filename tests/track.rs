@@ -496,15 +496,22 @@ fn a_flow_models_low_pass_leaves_a_moving_faces_moved_texture_as_it_is() {
     };
     let (mut smoothed, mut raw) = (processor(Some(0.25)), processor(None));
     let bgr = photo.to_bgr_mat().unwrap();
-    let (mut worst, mut total, mut count) = (0u8, 0u64, 0u64);
+    let (mut worst, mut total, mut count, mut moved) = (0u8, 0u64, 0u64, 0usize);
     for i in 0..30 {
-        let (mut a, mut b) = (render(&bgr, &placement(i)), render(&bgr, &placement(i)));
+        let input = render(&bgr, &placement(i));
+        let (mut a, mut b) = (input.clone(), input.clone());
         let t = Duration::from_millis(33 * i as u64);
         smoothed.process_video(&mut a.as_frame(), t).unwrap();
         raw.process_video(&mut b.as_frame(), t).unwrap();
         if i < 14 {
             continue; // still, then the first moving frames: both settle
         }
+        moved += a
+            .data
+            .iter()
+            .zip(&input.data)
+            .filter(|(o, i)| o.abs_diff(**i) > 8)
+            .count();
         for (x, y) in a.data.iter().zip(&b.data) {
             let d = x.abs_diff(*y);
             worst = worst.max(d);
@@ -512,6 +519,11 @@ fn a_flow_models_low_pass_leaves_a_moving_faces_moved_texture_as_it_is() {
             count += 1;
         }
     }
+    // The flow moved the face's pixels: thousands of values a frame changed.
+    assert!(
+        moved > 16 * 3000,
+        "the flow model changed only {moved} values"
+    );
     let mean = total as f64 / count as f64;
     // At most a rounding apart (the old change, `out - crop`, gave 17 grey levels).
     assert!(
