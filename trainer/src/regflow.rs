@@ -1227,18 +1227,38 @@ mod tests {
         Tensor::stack(&rows, 0)
     }
 
-    #[test]
-    fn mean_flow_is_the_pair_average_and_k1_recovers_a_linear_law() {
+    /// Flow to sad depends linearly on the source's luma: dx = 4 l - 1, dy = -2 l.
+    fn linear_law(l: f64) -> (f64, f64) {
+        (4.0 * l - 1.0, -2.0 * l)
+    }
+
+    /// Three performers (neutral at luma b, happy at b + `happy_offset`, sad at b - 0.1)
+    /// and their flows to sad by [`linear_law`].
+    fn people_with_linear_flows(happy_offset: f64) -> (Vec<Person>, Vec<PersonFlows>) {
         let people: Vec<Person> = [0.2, 0.5, 0.7]
             .iter()
-            .map(|&b| person("p", &[("neutral", b), ("happy", b + 0.1), ("sad", b - 0.1)]))
+            .map(|&b| {
+                person(
+                    "p",
+                    &[
+                        ("neutral", b),
+                        ("happy", b + happy_offset),
+                        ("sad", b - 0.1),
+                    ],
+                )
+            })
             .collect();
-        // Flow to sad depends linearly on the source's luma: dx = 4 l - 1, dy = -2 l.
-        let law = |l: f64| (4.0 * l - 1.0, -2.0 * l);
-        let flows: Vec<PersonFlows> = people
+        let flows = people
             .iter()
-            .map(|p| PersonFlows::from([("sad".to_string(), flows_for(p, "sad", law))]))
+            .map(|p| PersonFlows::from([("sad".to_string(), flows_for(p, "sad", linear_law))]))
             .collect();
+        (people, flows)
+    }
+
+    #[test]
+    fn mean_flow_is_the_pair_average_and_k1_recovers_a_linear_law() {
+        let (people, flows) = people_with_linear_flows(0.1);
+        let law = linear_law;
         let set: Vec<(&Person, &PersonFlows)> = people.iter().zip(&flows).collect();
 
         let (ata, atb, pairs) = flow_normal_equations(&set, "sad", 0, None);
@@ -1274,15 +1294,8 @@ mod tests {
 
     #[test]
     fn neutral_share_sets_the_neutral_sources_weight_in_the_mean_flow() {
-        let people: Vec<Person> = [0.2, 0.5, 0.7]
-            .iter()
-            .map(|&b| person("p", &[("neutral", b), ("happy", b + 0.2), ("sad", b - 0.1)]))
-            .collect();
-        let law = |l: f64| (4.0 * l - 1.0, -2.0 * l);
-        let flows: Vec<PersonFlows> = people
-            .iter()
-            .map(|p| PersonFlows::from([("sad".to_string(), flows_for(p, "sad", law))]))
-            .collect();
+        let (people, flows) = people_with_linear_flows(0.2);
+        let law = linear_law;
         let set: Vec<(&Person, &PersonFlows)> = people.iter().zip(&flows).collect();
         let luma = |p: &Person, e: &str| p.crops[e].mean(Kind::Double).double_value(&[]);
         for share in [1.0, 0.5, 0.0] {
