@@ -249,9 +249,49 @@ impl Compositor {
         match flow {
             None => self.add_face_residual(frame, crop, out, alignment, intensity, roi),
             Some(flow) => {
-                self.move_and_add_residual(frame, crop, out, flow, alignment, intensity, roi)
+                let mut warped = std::mem::take(&mut self.warped_crop);
+                let moved = self.flow.warp_crop(crop, flow, &mut warped).and_then(|()| {
+                    self.move_and_add_residual(frame, &warped, out, flow, alignment, intensity, roi)
+                });
+                self.warped_crop = warped;
+                moved
             }
         }
+    }
+
+    /// [`apply_with_flow`](Self::apply_with_flow) for a flow model's face whose crop the
+    /// caller has already warped by `flow` (`warped_crop`, 3*S*S values, as
+    /// [`crate::flow::FlowWarper::warp_crop`] makes it): the video low-pass needs that
+    /// warp anyway, and a second one would cost about 0.2 ms a face.
+    pub fn apply_moved(
+        &mut self,
+        frame: &mut FrameMut,
+        warped_crop: &[f32],
+        out: &[f32],
+        flow: &[f32],
+        alignment: &Alignment,
+        intensity: f32,
+    ) -> Result<()> {
+        if intensity == 0.0 {
+            return Ok(());
+        }
+        let n = self.size * self.size;
+        if warped_crop.len() != 3 * n || out.len() != 3 * n || flow.len() != 2 * n {
+            return Err(Error::Frame(format!(
+                "warped crop, model output and flow of {}, {} and {} values for a {s}x{s} face (need {}, {} and {})",
+                warped_crop.len(),
+                out.len(),
+                flow.len(),
+                3 * n,
+                3 * n,
+                2 * n,
+                s = self.size
+            )));
+        }
+        let Some(roi) = frame_roi(frame, alignment, self.support) else {
+            return Ok(());
+        };
+        self.move_and_add_residual(frame, warped_crop, out, flow, alignment, intensity, roi)
     }
 
     /// A face-only model: `frame += warp(mask * intensity * (out - crop))`.
@@ -270,22 +310,22 @@ impl Compositor {
         add_residual(frame, &self.warped, roi)
     }
 
-    /// A flow model: move the face's pixels, then add the appearance residual.
+    /// A flow model: move the face's pixels, then add the appearance residual `out -
+    /// warped_crop` (the crop warped by `flow`).
     #[allow(clippy::too_many_arguments)]
     fn move_and_add_residual(
         &mut self,
         frame: &mut FrameMut,
-        crop: &[f32],
+        warped_crop: &[f32],
         out: &[f32],
         flow: &[f32],
         alignment: &Alignment,
         intensity: f32,
         roi: Roi,
     ) -> Result<()> {
-        self.flow.warp_crop(crop, flow, &mut self.warped_crop)?;
         let diff = self
             .shaper
-            .shape(&self.warped_crop, out, frame_scale(alignment))?;
+            .shape(warped_crop, out, frame_scale(alignment))?;
         self.change.fill(&ChangeInputs {
             mask: &self.mask,
             flow,

@@ -12,6 +12,7 @@
 //! apps. No GStreamer, no LibTorch here.
 
 pub mod align;
+pub mod blazeface_graph;
 pub mod composite;
 pub mod detect;
 pub mod error;

@@ -229,9 +229,11 @@ pub struct FrameProcessor {
     expression_index: i64,
     transition: Option<Transition>,
     edits: EditSmoother,
-    /// A flow model's input crop warped by its flow, for the edit's low-pass (3*S*S).
+    /// Each face's input crop warped by a flow model's flow (3*S*S each, by batch
+    /// slot): the edit's low-pass takes the change against it, and the compositor
+    /// reuses it.
     crop_warper: FlowWarper,
-    warped_crop: Vec<f32>,
+    warped_crops: Vec<Vec<f32>>,
     /// The expression whose edits `edits` remembers (none during a cross-fade).
     smoothed_expression: Option<i64>,
 }
@@ -270,7 +272,7 @@ impl FrameProcessor {
             transition: None,
             edits: EditSmoother::default(),
             crop_warper: FlowWarper::new(size)?,
-            warped_crop: vec![0.0; 3 * size * size],
+            warped_crops: Vec::new(),
             smoothed_expression: None,
         })
     }
@@ -491,6 +493,8 @@ impl FrameProcessor {
     /// residual on the crop warped by its flow (what the compositor carries back), not
     /// `out - crop`: that difference holds the moved texture itself, which a low-pass
     /// would smear from frame to frame.
+    /// Low-passes the edit of the face in batch `slot` (track `id`). Returns true when
+    /// `warped_crops[slot]` then holds its crop warped by its (final) flow.
     fn smooth_edit(
         &mut self,
         batch: &Array4<f32>,
@@ -499,8 +503,12 @@ impl FrameProcessor {
         id: u64,
         time: f64,
         cutoff: f32,
-    ) -> Result<()> {
+    ) -> Result<bool> {
         let s = self.template.size;
+        if self.warped_crops.len() <= slot {
+            self.warped_crops.resize(slot + 1, vec![0.0; 3 * s * s]);
+        }
+        let warped = &mut self.warped_crops[slot];
         let crop = batch.index_axis(ndarray::Axis(0), slot);
         let crop = crop.as_slice().expect("standard layout");
         let mut face = out.face.index_axis_mut(ndarray::Axis(0), slot);
@@ -516,9 +524,8 @@ impl FrameProcessor {
         // What the change is taken against: the crop, or the crop moved by the flow.
         let base: &[f32] = match flow.as_deref() {
             Some(flow) => {
-                self.crop_warper
-                    .warp_crop(crop, flow, &mut self.warped_crop)?;
-                &self.warped_crop
+                self.crop_warper.warp_crop(crop, flow, warped)?;
+                warped
             }
             None => crop,
         };
@@ -528,18 +535,17 @@ impl FrameProcessor {
             change.extend_from_slice(flow);
         }
         if !self.edits.smooth(id, time, cutoff, crop, s, &mut change)? {
-            return Ok(());
+            return Ok(moved);
         }
         if let Some(flow) = flow {
             flow.copy_from_slice(&change[n..]);
-            self.crop_warper
-                .warp_crop(crop, flow, &mut self.warped_crop)?;
+            self.crop_warper.warp_crop(crop, flow, warped)?;
         }
-        let base: &[f32] = if moved { &self.warped_crop } else { crop };
+        let base: &[f32] = if moved { warped } else { crop };
         for ((o, b), d) in face.iter_mut().zip(base).zip(&change[..n]) {
             *o = b + d;
         }
-        Ok(())
+        Ok(moved)
     }
 
     /// Align -> model -> composite; `tracks` gives each face's presence (scaling its
@@ -640,12 +646,14 @@ impl FrameProcessor {
             }
             self.smoothed_expression = settled;
         }
+        // Slots whose crop the low-pass already warped by their flow.
+        let mut warped = vec![false; n];
         if let (Some(cutoff), Some(_)) =
             (self.config.tracking.edit_cutoff, self.smoothed_expression)
         {
             for (slot, &i) in edited.iter().enumerate() {
                 if let (_, Some(id)) = tracks[i] {
-                    self.smooth_edit(&batch, &mut out, slot, id, time, cutoff)?;
+                    warped[slot] = self.smooth_edit(&batch, &mut out, slot, id, time, cutoff)?;
                 }
             }
         }
@@ -660,15 +668,31 @@ impl FrameProcessor {
                 .flow
                 .as_ref()
                 .map(|f| f.index_axis(ndarray::Axis(0), slot));
-            self.compositor.apply_with_flow(
-                frame,
-                crop.as_slice().expect("standard layout"),
+            let flow = flow
+                .as_ref()
+                .map(|f| f.as_slice().expect("standard layout"));
+            let (result, strength) = (
                 result.as_slice().expect("standard layout"),
-                flow.as_ref()
-                    .map(|f| f.as_slice().expect("standard layout")),
-                &alignments[i],
                 intensity * edits[i].strength,
-            )?;
+            );
+            match flow {
+                Some(flow) if warped[slot] => self.compositor.apply_moved(
+                    frame,
+                    &self.warped_crops[slot],
+                    result,
+                    flow,
+                    &alignments[i],
+                    strength,
+                )?,
+                _ => self.compositor.apply_with_flow(
+                    frame,
+                    crop.as_slice().expect("standard layout"),
+                    result,
+                    flow,
+                    &alignments[i],
+                    strength,
+                )?,
+            }
         }
         report.timings.composite = t.elapsed();
         report.faces = faces;

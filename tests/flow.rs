@@ -344,6 +344,56 @@ impl Case {
 }
 
 #[test]
+fn a_crop_warped_by_the_caller_composites_as_the_compositors_own_warp() {
+    // The video low-pass hands over the crop it warped; the frame must come out as
+    // when the compositor warps the crop itself.
+    let case = Case::new();
+    let mut img = textured(220, 180);
+    let crop = planar_crop(&img.as_frame(), &case.a);
+    let moved = warped(&crop, &case.flow, S);
+    let out: Vec<f32> = moved.iter().map(|v| (v + 0.1).min(1.0)).collect();
+    let (mut own, mut handed) = (img.clone(), img.clone());
+    let mut compositor = Compositor::new(S).unwrap();
+    compositor
+        .apply_with_flow(
+            &mut own.as_frame(),
+            &crop,
+            &out,
+            Some(&case.flow),
+            &case.a,
+            0.8,
+        )
+        .unwrap();
+    compositor
+        .apply_moved(
+            &mut handed.as_frame(),
+            &moved,
+            &out,
+            &case.flow,
+            &case.a,
+            0.8,
+        )
+        .unwrap();
+    assert!(own.data != img.data, "the case changes the frame");
+    assert!(
+        own.data == handed.data,
+        "the handed-over warp changed the result"
+    );
+    let err = compositor
+        .apply_moved(
+            &mut handed.as_frame(),
+            &moved[1..],
+            &out,
+            &case.flow,
+            &case.a,
+            0.8,
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("warped crop, model output and flow"), "{err}");
+}
+
+#[test]
 fn intensity_zero_is_bit_identical_with_a_flow() {
     let mut img = textured(220, 180);
     let before = img.clone();
