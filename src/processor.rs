@@ -411,6 +411,7 @@ impl FrameProcessor {
             }
             (pass, false) => self.search(frame, t, pass)?,
         };
+        self.tracker.remember(frame)?;
         self.frames_since_detection = self.frames_since_detection.wrapping_add(1);
         let detect = t0.elapsed();
         let target = self.target();

@@ -201,6 +201,9 @@ struct Track {
     /// Corners optical flow follows on it, where they are in the last frame (found
     /// again when too few are left).
     corners: Vec<Point>,
+    /// Its neighbourhood in the last frame, for optical flow (none until
+    /// [`FaceTracker::remember`] saw it).
+    patch: Option<FlowPatch>,
     /// Face width when first found: the filters work in these units.
     scale: f32,
     /// Geometry when first found: the filters work on offsets from it (a still face
@@ -213,8 +216,8 @@ struct Track {
 pub struct FaceTracker {
     pub options: TrackingOptions,
     tracks: Vec<Track>,
-    grey: Mat,
-    previous_grey: Mat,
+    /// Size of the last frame (a new size forgets every face).
+    frame_size: Option<Size>,
     /// Frames seen since the last reset.
     frames: u64,
     /// Frames carried by optical flow alone since the detector last looked.
@@ -227,8 +230,7 @@ impl FaceTracker {
         FaceTracker {
             options,
             tracks: Vec::new(),
-            grey: Mat::default(),
-            previous_grey: Mat::default(),
+            frame_size: None,
             frames: 0,
             carried: 0,
             next_id: 0,
@@ -238,7 +240,7 @@ impl FaceTracker {
     /// Forgets every face (new stream, seek, new frame size).
     pub fn reset(&mut self) {
         self.tracks.clear();
-        self.previous_grey = Mat::default();
+        self.frame_size = None;
         self.frames = 0;
         self.carried = 0;
     }
@@ -283,26 +285,48 @@ impl FaceTracker {
         if !self.options.optical_flow {
             return Ok(());
         }
-        grey_of(frame, &mut self.grey)?;
-        let same_size = self.previous_grey.size()? == self.grey.size()?;
-        if same_size && !self.previous_grey.empty() {
-            for track in &mut self.tracks {
-                let motion = similarity_flow(
-                    &self.previous_grey,
-                    &self.grey,
-                    &track.face,
-                    &mut track.corners,
-                )?;
-                track.flow_ok = motion.is_some();
-                if let Some(m) = motion.filter(|m| *m != IDENTITY) {
-                    move_track(track, &m);
-                }
-            }
-        } else {
+        let size = Size::new(frame.width() as i32, frame.height() as i32);
+        if self.frame_size.replace(size).is_some_and(|s| s != size) {
             // A new frame size: nothing from before applies.
             self.tracks.clear();
         }
-        std::mem::swap(&mut self.grey, &mut self.previous_grey);
+        for track in &mut self.tracks {
+            // Only the face's own neighbourhood is read (no grey copy of the whole
+            // frame), in the same place as in the last frame.
+            let Some(last) = track.patch.take() else {
+                continue;
+            };
+            let now = last.same_place_in(frame)?;
+            let motion = similarity_flow(&last, &now, &track.face, &mut track.corners)?;
+            track.flow_ok = motion.is_some();
+            if let Some(m) = motion.filter(|m| *m != IDENTITY) {
+                move_track(track, &m);
+            }
+            track.patch = Some(now);
+        }
+        Ok(())
+    }
+
+    /// Keeps each followed face's neighbourhood in `frame` (the frame just searched,
+    /// before any edit) for the next [`predict`](Self::predict): the patch from
+    /// `predict` while the face stays well inside it, a new one where the face moved
+    /// towards its edge, changed scale, or was just found.
+    pub fn remember(&mut self, frame: &FrameMut) -> Result<()> {
+        if !self.options.optical_flow {
+            return Ok(());
+        }
+        let size = Size::new(frame.width() as i32, frame.height() as i32);
+        self.frame_size = Some(size);
+        for track in &mut self.tracks {
+            let (region, factor) = flow_region(&track.face.bbox, size);
+            let fits = track
+                .patch
+                .as_ref()
+                .is_some_and(|p| p.factor == factor && p.holds(&track.face.bbox, size));
+            if !fits {
+                track.patch = Some(FlowPatch::of(frame, region, factor)?);
+            }
+        }
         Ok(())
     }
 
@@ -391,6 +415,7 @@ impl FaceTracker {
                 presence: if first_frame { 1.0 } else { step },
                 flow_ok: true,
                 corners: Vec::new(),
+                patch: None,
                 scale: face.bbox.w.max(1.0),
                 origin: face_values(&face),
             };
@@ -487,11 +512,47 @@ fn move_track(track: &mut Track, m: &[f32; 6]) {
     }
 }
 
-/// Grey copy of the frame (OpenCV's BT.601 weights).
-pub fn grey_of(frame: &FrameMut, out: &mut Mat) -> Result<()> {
-    let code = frame.layout().to_grey_code();
-    imgproc::cvt_color_def(&frame.as_mat()?, out, code)?;
-    Ok(())
+/// A face's neighbourhood in one frame, as optical flow reads it: `region` of the
+/// frame (sides a multiple of `factor`) in grey (OpenCV's BT.601 weights), shrunk by
+/// `factor`.
+#[derive(Debug, Clone)]
+struct FlowPatch {
+    region: Rect,
+    factor: i32,
+    grey: Mat,
+}
+
+impl FlowPatch {
+    fn of(frame: &FrameMut, region: Rect, factor: i32) -> Result<Self> {
+        let mut grey = Mat::default();
+        let code = frame.layout().to_grey_code();
+        imgproc::cvt_color_def(&Mat::roi(&frame.as_mat()?, region)?, &mut grey, code)?;
+        Ok(FlowPatch {
+            region,
+            factor,
+            grey: shrunk(grey, factor)?,
+        })
+    }
+
+    /// The same region of another frame.
+    fn same_place_in(&self, frame: &FrameMut) -> Result<Self> {
+        Self::of(frame, self.region, self.factor)
+    }
+
+    /// True while the face `b` with half its width of margin on every side (what
+    /// optical flow may need to follow it to the next frame) lies inside the region,
+    /// where the frame allows.
+    fn holds(&self, b: &BoxF, frame: Size) -> bool {
+        let m = b.w.max(b.h) / 2.0;
+        let r = &self.region;
+        let (x0, y0) = ((b.x - m).max(0.0), (b.y - m).max(0.0));
+        let x1 = (b.x + b.w + m).min(frame.width as f32);
+        let y1 = (b.y + b.h + m).min(frame.height as f32);
+        x0 >= r.x as f32
+            && y0 >= r.y as f32
+            && x1 <= (r.x + r.width) as f32
+            && y1 <= (r.y + r.height) as f32
+    }
 }
 
 /// Points optical flow follows on a face: its four alignment keypoints and up to 40
@@ -567,18 +628,13 @@ fn flow_region(b: &BoxF, size: Size) -> (Rect, i32) {
     (Rect::new(x0, y0, trim(w), trim(h)), factor)
 }
 
-/// `region` of `grey` (sides a multiple of `factor`, a power of 2), shrunk by `factor`:
-/// halved again and again, each time by bilinear sampling at the centre of each 2x2
-/// block, which is their exact mean (a quarter of the cost of area averaging).
-fn shrunk(grey: &Mat, region: Rect, factor: i32) -> Result<Mat> {
-    let view = Mat::roi(grey, region)?;
-    if factor == 1 {
-        return Ok(view.try_clone()?);
-    }
-    let (mut w, mut h) = (region.width, region.height);
-    let mut out = Mat::default();
-    halve(&view, &mut out, &mut w, &mut h)?;
-    let mut f = factor / 2;
+/// `grey` (sides a multiple of `factor`, a power of 2) shrunk by `factor`: halved
+/// again and again, each time by bilinear sampling at the centre of each 2x2 block,
+/// which is their exact mean (a quarter of the cost of area averaging).
+fn shrunk(grey: Mat, factor: i32) -> Result<Mat> {
+    let (mut w, mut h) = (grey.cols(), grey.rows());
+    let mut out = grey;
+    let mut f = factor;
     while f > 1 {
         let mut next = Mat::default();
         halve(&out, &mut next, &mut w, &mut h)?;
@@ -604,16 +660,16 @@ fn halve(
 /// or None when too few points were followed to trust it. `corners` (frame pixels) are
 /// the corners followed into `previous`, and become those followed into `current`.
 ///
-/// Optical flow runs on the face's neighbourhood only, not the whole frame (its image
-/// pyramids were most of its cost: 2 ms for a 1280x720 frame), and on a shrunk copy
-/// when the face is large.
+/// Optical flow runs on the face's neighbourhood only (`FlowPatch`), not the whole
+/// frame (its image pyramids were most of its cost: 2 ms for a 1280x720 frame), and on
+/// a shrunk copy when the face is large.
 fn similarity_flow(
-    previous: &Mat,
-    current: &Mat,
+    previous: &FlowPatch,
+    current: &FlowPatch,
     face: &Face,
     corners: &mut Vec<Point>,
 ) -> Result<Option<[f32; 6]>> {
-    let (region, factor) = flow_region(&face.bbox, previous.size()?);
+    let (region, factor) = (previous.region, previous.factor);
     let (ox, oy, f) = (region.x as f32, region.y as f32, factor as f32);
     let to_local = |p: Point| Point {
         x: (p.x - ox) / f,
@@ -630,10 +686,7 @@ fn similarity_flow(
         w: bbox.w / f,
         h: bbox.h / f,
     };
-    let (previous, current) = (
-        shrunk(previous, region, factor)?,
-        shrunk(current, region, factor)?,
-    );
+    let (previous, current) = (&previous.grey, &current.grey);
     let inside = |p: &&Point| {
         p.x >= bbox.x && p.y >= bbox.y && p.x < bbox.x + bbox.w && p.y < bbox.y + bbox.h
     };
