@@ -697,7 +697,7 @@ fn similarity_flow(
         .collect();
     corners.clear();
     let keypoints = face.alignment_points().map(to_local);
-    let from = points_to_follow(&previous, keypoints, &local_box, &followed)?;
+    let from = points_to_follow(previous, keypoints, &local_box, &followed)?;
     if from.len() < 6 {
         return Ok(None);
     }
