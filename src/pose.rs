@@ -6,7 +6,7 @@
 //! mouth centre, ears) under scaled orthographic projection: for each candidate yaw and
 //! pitch the best 2-D similarity (roll, scale, shift) is solved in closed form, and the
 //! yaw/pitch with the smallest weighted error wins (a coarse grid, then finer ones
-//! around the best: no local minima to get stuck in, ~20 µs a face).
+//! around the best: no local minima to get stuck in).
 //! [`yaw_strength`] turns the yaw into the share of the edit the face gets.
 
 use crate::detect::Point;
@@ -55,30 +55,40 @@ impl HeadPose {
     pub fn estimate_with(keypoints: &[Point; 6], template: &[[f32; 3]; 6]) -> HeadPose {
         let p = keypoints.map(|k| [k.x as f64, k.y as f64]);
         let t = template.map(|v| v.map(|c| c as f64));
-        let consider = |best: &mut (f64, f64, f64, f64), yaw: f64, pitch: f64| {
-            let fit = fit_similarity(&p, &project(&t, yaw, pitch));
+        // An angle with its sine and cosine, worked out once per grid line rather than
+        // once per candidate (the trigonometry was most of the search's cost).
+        let angle = |deg: f64| (deg, deg.to_radians().sin_cos());
+        let consider = |best: &mut (f64, f64, f64, f64), yaw: Angle, pitch: Angle| {
+            let fit = fit_similarity(&p, &project(&t, yaw.1, pitch.1));
             if fit.error < best.0 {
-                *best = (fit.error, yaw, pitch, fit.roll);
+                *best = (fit.error, yaw.0, pitch.0, fit.roll);
+            }
+        };
+        let search = |best: &mut (f64, f64, f64, f64), yaws: &[Angle], pitches: &[Angle]| {
+            for &yaw in yaws {
+                for &pitch in pitches {
+                    consider(best, yaw, pitch);
+                }
             }
         };
         // (error, yaw, pitch, roll): a 5-degree grid, then 1 and 0.2 degrees around
         // the best.
         let mut best = (f64::MAX, 0.0, 0.0, 0.0);
         let (yr, pr) = (YAW_RANGE as f64, PITCH_RANGE as f64);
-        for i in 0..=(2.0 * yr / 5.0) as i32 {
-            for j in 0..=(2.0 * pr / 5.0) as i32 {
-                consider(&mut best, -yr + 5.0 * i as f64, -pr + 5.0 * j as f64);
-            }
-        }
+        let grid = |range: f64| -> Vec<Angle> {
+            (0..=(2.0 * range / 5.0) as i32)
+                .map(|i| angle(-range + 5.0 * i as f64))
+                .collect()
+        };
+        search(&mut best, &grid(yr), &grid(pr));
         for (step, reach) in [(1.0, 5), (0.2, 5)] {
-            let (y0, p0) = (best.1, best.2);
-            for i in -reach..=reach {
-                for j in -reach..=reach {
-                    let yaw = (y0 + i as f64 * step).clamp(-yr, yr);
-                    let pitch = (p0 + j as f64 * step).clamp(-pr, pr);
-                    consider(&mut best, yaw, pitch);
-                }
-            }
+            let around = |centre: f64, range: f64| -> Vec<Angle> {
+                (-reach..=reach)
+                    .map(|i| angle((centre + i as f64 * step).clamp(-range, range)))
+                    .collect()
+            };
+            let (yaws, pitches) = (around(best.1, yr), around(best.2, pr));
+            search(&mut best, &yaws, &pitches);
         }
         if best.0 == f64::MAX {
             return HeadPose::default();
@@ -130,11 +140,13 @@ fn smoothstep(e0: f32, e1: f32, x: f32) -> f32 {
     t * t * (3.0 - 2.0 * t)
 }
 
+/// Degrees, and the (sine, cosine) of the angle.
+type Angle = (f64, (f64, f64));
+
 /// The template rotated by yaw (about the vertical axis), then pitch (about the
-/// horizontal one), projected orthographically onto the image plane.
-fn project(t: &[[f64; 3]; 6], yaw: f64, pitch: f64) -> [[f64; 2]; 6] {
-    let (sy, cy) = yaw.to_radians().sin_cos();
-    let (sp, cp) = pitch.to_radians().sin_cos();
+/// horizontal one), projected orthographically onto the image plane; each angle given
+/// by its (sine, cosine).
+fn project(t: &[[f64; 3]; 6], (sy, cy): (f64, f64), (sp, cp): (f64, f64)) -> [[f64; 2]; 6] {
     t.map(|[x, y, z]| {
         // Yaw: the nose (z > 0) moves to +x for yaw > 0.
         let (x1, z1) = (x * cy + z * sy, -x * sy + z * cy);
