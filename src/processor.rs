@@ -535,7 +535,10 @@ impl FrameProcessor {
         if let Some(flow) = flow.as_deref() {
             change.extend_from_slice(flow);
         }
-        if !self.edits.smooth(id, time, cutoff, crop, s, &mut change)? {
+        // The appearance change lives on `base`, so the last one is carried along
+        // `base`'s own motion (for a flow model the warped crop's: at the mouth the
+        // crop's motion at x is not the warped crop's, which shows the crop at x + flow).
+        if !self.edits.smooth(id, time, cutoff, base, s, &mut change)? {
             return Ok(moved);
         }
         if let Some(flow) = flow {
