@@ -230,19 +230,7 @@ impl Compositor {
         if intensity == 0.0 {
             return Ok(());
         }
-        let n = self.size * self.size;
-        if crop.len() != 3 * n || out.len() != 3 * n || flow.is_some_and(|f| f.len() != 2 * n) {
-            return Err(Error::Frame(format!(
-                "crop, model output and flow of {}, {} and {} values for a {s}x{s} face (need {}, {} and {})",
-                crop.len(),
-                out.len(),
-                flow.map_or(0, <[f32]>::len),
-                3 * n,
-                3 * n,
-                2 * n,
-                s = self.size
-            )));
-        }
+        self.check_lengths("crop", crop, out, flow)?;
         let Some(roi) = frame_roi(frame, alignment, self.support) else {
             return Ok(());
         };
@@ -275,23 +263,36 @@ impl Compositor {
         if intensity == 0.0 {
             return Ok(());
         }
+        self.check_lengths("warped crop", warped_crop, out, Some(flow))?;
+        let Some(roi) = frame_roi(frame, alignment, self.support) else {
+            return Ok(());
+        };
+        self.move_and_add_residual(frame, warped_crop, out, flow, alignment, intensity, roi)
+    }
+
+    /// An error naming the lengths unless `base` (the crop, called `what`) and `out` hold
+    /// 3*S*S values and `flow`, if any, 2*S*S.
+    fn check_lengths(
+        &self,
+        what: &str,
+        base: &[f32],
+        out: &[f32],
+        flow: Option<&[f32]>,
+    ) -> Result<()> {
         let n = self.size * self.size;
-        if warped_crop.len() != 3 * n || out.len() != 3 * n || flow.len() != 2 * n {
+        if base.len() != 3 * n || out.len() != 3 * n || flow.is_some_and(|f| f.len() != 2 * n) {
             return Err(Error::Frame(format!(
-                "warped crop, model output and flow of {}, {} and {} values for a {s}x{s} face (need {}, {} and {})",
-                warped_crop.len(),
+                "{what}, model output and flow of {}, {} and {} values for a {s}x{s} face (need {}, {} and {})",
+                base.len(),
                 out.len(),
-                flow.len(),
+                flow.map_or(0, <[f32]>::len),
                 3 * n,
                 3 * n,
                 2 * n,
                 s = self.size
             )));
         }
-        let Some(roi) = frame_roi(frame, alignment, self.support) else {
-            return Ok(());
-        };
-        self.move_and_add_residual(frame, warped_crop, out, flow, alignment, intensity, roi)
+        Ok(())
     }
 
     /// A face-only model: `frame += warp(mask * intensity * (out - crop))`.
