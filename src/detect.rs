@@ -105,13 +105,6 @@ pub struct Anchor {
 /// cell as many anchors as layers share that stride, times two (aspect ratio 1 plus the
 /// interpolated scale). Front model: strides 8,16,16,16 -> 16x16x2 + 8x8x6 = 896.
 pub fn ssd_anchors(input_size: usize, strides: &[usize]) -> Vec<Anchor> {
-    ssd_anchors_for(input_size, input_size, strides)
-}
-
-/// [`ssd_anchors`] for an input `width` x `height` (the free-size graphs of
-/// [`crate::blazeface_graph`]), in the order the network's heads emit them (rows, then
-/// columns, then the anchors of a cell).
-pub fn ssd_anchors_for(width: usize, height: usize, strides: &[usize]) -> Vec<Anchor> {
     let mut anchors = Vec::new();
     let mut layer = 0;
     while layer < strides.len() {
@@ -121,13 +114,13 @@ pub fn ssd_anchors_for(width: usize, height: usize, strides: &[usize]) -> Vec<An
             same += 1;
             layer += 1;
         }
-        let (columns, rows) = (width.div_ceil(stride), height.div_ceil(stride));
-        for y in 0..rows {
-            for x in 0..columns {
+        let cells = input_size.div_ceil(stride);
+        for y in 0..cells {
+            for x in 0..cells {
                 for _ in 0..2 * same {
                     anchors.push(Anchor {
-                        cx: (x as f32 + 0.5) / columns as f32,
-                        cy: (y as f32 + 0.5) / rows as f32,
+                        cx: (x as f32 + 0.5) / cells as f32,
+                        cy: (y as f32 + 0.5) / cells as f32,
                     });
                 }
             }
@@ -141,17 +134,17 @@ pub fn sigmoid(x: f32) -> f32 {
     1.0 / (1.0 + (-x.clamp(-100.0, 100.0)).exp())
 }
 
-/// Decodes one anchor's 16 regressor values (input pixels) into a face in normalised
-/// input coordinates, for an input `width` x `height`.
-pub fn decode_anchor(raw: &[f32], anchor: &Anchor, width: f32, height: f32, score: f32) -> Face {
-    let cx = raw[0] / width + anchor.cx;
-    let cy = raw[1] / height + anchor.cy;
-    let w = raw[2] / width;
-    let h = raw[3] / height;
+/// Decodes one anchor's 16 regressor values into a face in normalised input coordinates.
+pub fn decode_anchor(raw: &[f32], anchor: &Anchor, input_size: f32, score: f32) -> Face {
+    let s = input_size;
+    let cx = raw[0] / s + anchor.cx;
+    let cy = raw[1] / s + anchor.cy;
+    let w = raw[2] / s;
+    let h = raw[3] / s;
     let mut keypoints = [Point::default(); 6];
     for (k, kp) in keypoints.iter_mut().enumerate() {
-        kp.x = raw[4 + 2 * k] / width + anchor.cx;
-        kp.y = raw[5 + 2 * k] / height + anchor.cy;
+        kp.x = raw[4 + 2 * k] / s + anchor.cx;
+        kp.y = raw[5 + 2 * k] / s + anchor.cy;
     }
     Face {
         bbox: BoxF {
@@ -206,55 +199,32 @@ pub fn weighted_nms(mut faces: Vec<Face>, iou_threshold: f32) -> Vec<Face> {
     out
 }
 
-/// How a frame was fitted into the network input (aspect kept, centred, padded).
+/// How a frame was fitted into the square network input (aspect kept, centred, padded).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Letterbox {
     pub scale: f32,
     pub pad_x: f32,
     pub pad_y: f32,
-    pub input_width: usize,
-    pub input_height: usize,
+    pub input_size: usize,
 }
 
 impl Letterbox {
-    /// Into a square input of `input_size`.
     pub fn new(width: usize, height: usize, input_size: usize) -> Self {
-        Self::into_input(width, height, input_size, input_size)
-    }
-
-    /// Into an input whose longer side is `long_side` and whose shorter side is the
-    /// frame's, scaled alike, rounded up to a multiple of `multiple`: a 16:9 frame into
-    /// 256x160 rather than 256x256, for a network that takes any such size.
-    pub fn fitted(width: usize, height: usize, long_side: usize, multiple: usize) -> Self {
-        let scale = long_side as f32 / width.max(height) as f32;
-        let side = |n: usize| {
-            let scaled = (n as f32 * scale).ceil() as usize;
-            scaled.div_ceil(multiple).max(1) * multiple
-        };
-        Self::into_input(
-            width,
-            height,
-            side(width).min(long_side),
-            side(height).min(long_side),
-        )
-    }
-
-    fn into_input(width: usize, height: usize, input_width: usize, input_height: usize) -> Self {
-        let scale = (input_width as f32 / width as f32).min(input_height as f32 / height as f32);
+        let scale = input_size as f32 / width.max(height) as f32;
         Letterbox {
             scale,
-            pad_x: (input_width as f32 - width as f32 * scale) / 2.0,
-            pad_y: (input_height as f32 - height as f32 * scale) / 2.0,
-            input_width,
-            input_height,
+            pad_x: (input_size as f32 - width as f32 * scale) / 2.0,
+            pad_y: (input_size as f32 - height as f32 * scale) / 2.0,
+            input_size,
         }
     }
 
     /// Normalised input coordinates -> frame pixels.
     pub fn to_frame(&self, p: Point) -> Point {
+        let s = self.input_size as f32;
         Point {
-            x: (p.x * self.input_width as f32 - self.pad_x) / self.scale,
-            y: (p.y * self.input_height as f32 - self.pad_y) / self.scale,
+            x: (p.x * s - self.pad_x) / self.scale,
+            y: (p.y * s - self.pad_y) / self.scale,
         }
     }
 
@@ -364,15 +334,7 @@ enum Network {
 
 struct BlazeFace {
     net: Network,
-    /// The side of the square input the network was published for.
     input_size: usize,
-    strides: Vec<usize>,
-    /// True when the network takes any input size whose sides are multiples of its
-    /// largest stride (ONNX Runtime, on the graph rewritten by
-    /// [`crate::blazeface_graph`]); OpenCV `dnn` keeps the published square.
-    free_size: bool,
-    /// The input of the last call (width, height) and its anchors.
-    input: (usize, usize),
     anchors: Vec<Anchor>,
     output_names: Vector<String>,
     resized: Mat,
@@ -395,10 +357,6 @@ impl BlazeFace {
                 reason: "file not found (run scripts/setup.sh)".into(),
             });
         }
-        let fail = |reason: String| Error::Detector {
-            path: path.into(),
-            reason,
-        };
         let net = match backend {
             DetectorBackend::OpenCvDnn => {
                 Network::Dnn(dnn::read_net_from_onnx(path).map_err(|e| Error::Detector {
@@ -407,15 +365,14 @@ impl BlazeFace {
                 })?)
             }
             DetectorBackend::OnnxRuntime { device, threads } => {
-                let published = std::fs::read(path).map_err(|e| fail(e.to_string()))?;
-                let graph = crate::blazeface_graph::with_free_input_size(&published)
-                    .map_err(|reason| fail(format!("cannot free its input size: {reason}")))?;
-                let (session, _) = build_session(path, Some(&graph), device, threads)
-                    .map_err(|e| fail(e.to_string()))?;
+                let (session, _) =
+                    build_session(path, device, threads).map_err(|e| Error::Detector {
+                        path: path.into(),
+                        reason: e.to_string(),
+                    })?;
                 Network::Ort(Box::new(session))
             }
         };
-        let free_size = matches!(net, Network::Ort(_));
         // Identity:0 / Identity_1:0 are the scores of the two anchor groups,
         // Identity_2:0 / Identity_3:0 their 16 regressor values.
         let output_names = Vector::<String>::from_iter([
@@ -432,9 +389,6 @@ impl BlazeFace {
         Ok(BlazeFace {
             net,
             input_size,
-            strides: strides.to_vec(),
-            free_size,
-            input: (input_size, input_size),
             anchors: ssd_anchors(input_size, strides),
             output_names,
             resized: Mat::default(),
@@ -451,7 +405,6 @@ impl BlazeFace {
         region: Option<Rect>,
         score_threshold: f32,
     ) -> Result<Vec<Face>> {
-        let whole_frame = region.is_none();
         let region = region.unwrap_or(Rect::new(0, 0, frame.width() as i32, frame.height() as i32));
         // Area averaging is slow at a fractional ratio (0.8 ms for a 500 px square to
         // 128) and, at a large whole one, reads every pixel in a scalar loop (0.7-0.9
@@ -468,18 +421,11 @@ impl BlazeFace {
             (region.width - region.width % whole).max(1),
             (region.height - region.height % whole).max(1),
         );
-        let (width, height) = (region.width as usize, region.height as usize);
-        // Only a whole-frame search is fitted to the frame's aspect (where the bands were
-        // 44 % of a 16:9 input): a search around a face keeps the published square, so
-        // the keypoints every face ends with are those OpenCV dnn gives (the trainer's
-        // aligner) even where the square around a face is cut by the frame's edge.
-        let lb = if self.free_size && whole_frame {
-            let multiple = self.strides.iter().copied().max().unwrap_or(1);
-            Letterbox::fitted(width, height, self.input_size, multiple)
-        } else {
-            Letterbox::new(width, height, self.input_size)
-        };
-        self.set_input(lb.input_width, lb.input_height)?;
+        let lb = Letterbox::new(
+            region.width as usize,
+            region.height as usize,
+            self.input_size,
+        );
         let rw = ((region.width as f32 * lb.scale).round() as i32).max(1);
         let rh = ((region.height as f32 * lb.scale).round() as i32).max(1);
         let full = frame.as_mat()?;
@@ -509,8 +455,7 @@ impl BlazeFace {
                     candidates.push(decode_anchor(
                         &regs[i * 16..i * 16 + 16],
                         anchor,
-                        lb.input_width as f32,
-                        lb.input_height as f32,
+                        self.input_size as f32,
                         score,
                     ));
                 }
@@ -522,20 +467,6 @@ impl BlazeFace {
             .iter()
             .map(|f| lb.face_to_frame(f).translated(ox, oy))
             .collect())
-    }
-
-    /// Sizes the blob and the anchors for an input `width` x `height`.
-    fn set_input(&mut self, width: usize, height: usize) -> Result<()> {
-        if self.input != (width, height) {
-            self.blob = Mat::new_nd_with_default(
-                &[1, height as i32, width as i32, 3],
-                CV_32F,
-                Scalar::all(0.0),
-            )?;
-            self.anchors = ssd_anchors_for(width, height, &self.strides);
-            self.input = (width, height);
-        }
-        Ok(())
     }
 
     /// The network on the blob: the scores of the two anchor groups, then their 16
@@ -553,9 +484,9 @@ impl BlazeFace {
                 Ok(out)
             }
             Network::Ort(session) => {
-                let (w, h) = self.input;
+                let n = self.input_size;
                 let blob = self.blob.data_typed::<f32>()?;
-                let view = ndarray::ArrayView4::from_shape((1, h, w, 3), blob)
+                let view = ndarray::ArrayView4::from_shape((1, n, n, 3), blob)
                     .map_err(|e| Error::Runtime(e.to_string()))?;
                 let input = ort::value::TensorRef::from_array_view(view).map_err(Error::runtime)?;
                 let outputs = session.run(ort::inputs![input]).map_err(Error::runtime)?;
@@ -567,13 +498,6 @@ impl BlazeFace {
                     let (_, data) = value.try_extract_tensor::<f32>().map_err(Error::runtime)?;
                     *o = data.to_vec();
                 }
-                let anchors = out[0].len() + out[1].len();
-                if anchors != self.anchors.len() {
-                    return Err(Error::Runtime(format!(
-                        "BlazeFace gave {anchors} anchors for a {w}x{h} input, not {}",
-                        self.anchors.len()
-                    )));
-                }
                 Ok(out)
             }
         }
@@ -581,7 +505,7 @@ impl BlazeFace {
 
     /// NHWC float RGB in [-1, 1], letterboxed with black (-1) padding.
     fn fill_blob(&mut self, frame: &FrameMut, lb: &Letterbox, rw: usize, rh: usize) -> Result<()> {
-        let (columns, rows) = self.input;
+        let n = self.input_size;
         let bpp = frame.layout().bytes_per_pixel();
         let [ro, go, bo] = frame.layout().rgb_offsets();
         let src = self.resized.data_bytes()?;
@@ -589,11 +513,11 @@ impl BlazeFace {
         let blob = self.blob.data_typed_mut::<f32>()?;
         blob.fill(-1.0);
         let (px, py) = (lb.pad_x.floor() as usize, lb.pad_y.floor() as usize);
-        for y in 0..rh.min(rows - py) {
+        for y in 0..rh.min(n - py) {
             let row = &src[y * step..];
-            for x in 0..rw.min(columns - px) {
+            for x in 0..rw.min(n - px) {
                 let p = &row[x * bpp..];
-                let o = ((y + py) * columns + x + px) * 3;
+                let o = ((y + py) * n + x + px) * 3;
                 blob[o] = p[ro] as f32 / 127.5 - 1.0;
                 blob[o + 1] = p[go] as f32 / 127.5 - 1.0;
                 blob[o + 2] = p[bo] as f32 / 127.5 - 1.0;

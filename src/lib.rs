@@ -12,7 +12,6 @@
 //! apps. No GStreamer, no LibTorch here.
 
 pub mod align;
-pub mod blazeface_graph;
 pub mod composite;
 pub mod detect;
 pub mod error;

@@ -268,7 +268,7 @@ impl ExpressionModel {
         if !onnx.is_file() {
             return Err(Error::model(&onnx, "file not found"));
         }
-        let (session, provider) = build_session(&onnx, None, device, threads)?;
+        let (session, provider) = build_session(&onnx, device, threads)?;
         let mut model = ExpressionModel {
             dir: dir.into(),
             manifest,
@@ -475,13 +475,10 @@ fn builder(threads: usize) -> Result<ort::session::builder::SessionBuilder> {
     b.with_intra_threads(threads.max(1)).map_err(Error::runtime)
 }
 
-/// Builds a session on the requested provider, from the file `onnx` or, when given, from
-/// `graph` (that file's graph rewritten; `onnx` then names it in errors). Provider
-/// registration that fails is an error for an explicit choice and a step down the list
-/// for `auto`.
+/// Builds a session on the requested provider. Provider registration that fails is an
+/// error for an explicit choice and a step down the list for `auto`.
 pub(crate) fn build_session(
     onnx: &Path,
-    graph: Option<&[u8]>,
     device: Device,
     threads: usize,
 ) -> Result<(Session, &'static str)> {
@@ -516,11 +513,7 @@ pub(crate) fn build_session(
             None => b,
         };
         let mut b = b;
-        let committed = match graph {
-            Some(bytes) => b.commit_from_memory(bytes),
-            None => b.commit_from_file(onnx),
-        };
-        match committed {
+        match b.commit_from_file(onnx) {
             Ok(s) => return Ok((s, name)),
             Err(e) if name == "CPU" => {
                 return Err(Error::model(

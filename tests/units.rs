@@ -4,7 +4,7 @@
 use reggan::align::{apply, invert, Alignment, Template};
 use reggan::composite::{face_mask, Compositor};
 use reggan::detect::{
-    decode_anchor, ssd_anchors, ssd_anchors_for, weighted_nms, Anchor, BoxF, Face, Letterbox, Point,
+    decode_anchor, ssd_anchors, weighted_nms, Anchor, BoxF, Face, Letterbox, Point,
 };
 use reggan::{FrameMut, PixelLayout, RgbImage};
 
@@ -67,61 +67,6 @@ fn front_and_back_anchor_layouts_match_mediapipe() {
 }
 
 #[test]
-fn anchors_of_a_wide_input_follow_its_rows_and_columns() {
-    // The back model on a 16:9 frame: 256x160, grids 16x10 (stride 16) and 8x5 (32).
-    let back = ssd_anchors_for(256, 160, &[16, 32, 32, 32]);
-    assert_eq!(back.len(), 16 * 10 * 2 + 8 * 5 * 6);
-    assert_eq!(
-        back[0],
-        Anchor {
-            cx: 0.5 / 16.0,
-            cy: 0.5 / 10.0
-        }
-    );
-    // The second row of the first grid starts after 16 cells of 2 anchors.
-    assert_eq!(
-        back[32],
-        Anchor {
-            cx: 0.5 / 16.0,
-            cy: 1.5 / 10.0
-        }
-    );
-    assert_eq!(
-        back[320],
-        Anchor {
-            cx: 0.5 / 8.0,
-            cy: 0.5 / 5.0
-        }
-    );
-    assert_eq!(
-        *back.last().unwrap(),
-        Anchor {
-            cx: 7.5 / 8.0,
-            cy: 4.5 / 5.0
-        }
-    );
-    // A square input gives MediaPipe's layout.
-    assert_eq!(
-        ssd_anchors_for(128, 128, &[8, 16, 16, 16]),
-        ssd_anchors(128, &[8, 16, 16, 16])
-    );
-}
-
-#[test]
-fn decoding_divides_by_each_side_of_a_wide_input() {
-    let anchor = Anchor { cx: 0.5, cy: 0.5 };
-    let mut raw = [0.0f32; 16];
-    raw[0] = 25.6; // +0.1 of 256 wide
-    raw[1] = 16.0; // +0.1 of 160 high
-    raw[2] = 51.2; // w 0.2
-    raw[3] = 32.0; // h 0.2
-    let f = decode_anchor(&raw, &anchor, 256.0, 160.0, 1.0);
-    let close = |a: f32, b: f32| (a - b).abs() < 1e-6;
-    assert!(close(f.bbox.w, 0.2) && close(f.bbox.h, 0.2), "{f:?}");
-    assert!(close(f.bbox.x, 0.5) && close(f.bbox.y, 0.5), "{f:?}");
-}
-
-#[test]
 fn decoding_offsets_are_relative_to_the_anchor_in_input_pixels() {
     let anchor = Anchor { cx: 0.25, cy: 0.5 };
     let mut raw = [0.0f32; 16];
@@ -131,7 +76,7 @@ fn decoding_offsets_are_relative_to_the_anchor_in_input_pixels() {
     raw[3] = 64.0; // h 0.5
     raw[4] = -12.8; // eye x: anchor - 0.1
     raw[5] = 0.0;
-    let f = decode_anchor(&raw, &anchor, 128.0, 128.0, 0.9);
+    let f = decode_anchor(&raw, &anchor, 128.0, 0.9);
     let close = |a: f32, b: f32| (a - b).abs() < 1e-6;
     assert!(close(f.bbox.w, 0.25) && close(f.bbox.h, 0.5));
     assert!(close(f.bbox.x, 0.35 - 0.125) && close(f.bbox.y, 0.45 - 0.25));
@@ -184,34 +129,6 @@ fn letterbox_maps_normalised_coordinates_back_to_frame_pixels() {
         y: 28.0 / 128.0,
     });
     assert!(top.x.abs() < 1e-3 && top.y.abs() < 1e-3);
-}
-
-#[test]
-fn a_fitted_letterbox_pads_only_to_the_stride_and_maps_back_to_frame_pixels() {
-    // 1280x720 into a 256-wide input: 144 rows of picture, 160 with the padding.
-    let lb = Letterbox::fitted(1280, 720, 256, 32);
-    assert_eq!((lb.input_width, lb.input_height), (256, 160));
-    assert!((lb.scale - 0.2).abs() < 1e-6 && lb.pad_x == 0.0 && (lb.pad_y - 8.0).abs() < 1e-4);
-    let p = lb.to_frame(Point { x: 0.5, y: 0.5 });
-    assert!(
-        (p.x - 640.0).abs() < 1e-3 && (p.y - 360.0).abs() < 1e-3,
-        "{p:?}"
-    );
-    let top_left = lb.to_frame(Point {
-        x: 0.0,
-        y: 8.0 / 160.0,
-    });
-    assert!(
-        top_left.x.abs() < 1e-3 && top_left.y.abs() < 1e-3,
-        "{top_left:?}"
-    );
-    // A tall frame, and a square one (the published square input).
-    let tall = Letterbox::fitted(480, 640, 128, 16);
-    assert_eq!((tall.input_width, tall.input_height), (96, 128));
-    assert_eq!(
-        Letterbox::fitted(500, 500, 128, 16),
-        Letterbox::new(500, 500, 128)
-    );
 }
 
 #[test]
