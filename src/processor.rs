@@ -493,9 +493,8 @@ impl FrameProcessor {
     /// on its crop, and a flow model's flow. A flow model's change is its appearance
     /// residual on the crop warped by its flow (what the compositor carries back), not
     /// `out - crop`: that difference holds the moved texture itself, which a low-pass
-    /// would smear from frame to frame.
-    /// Low-passes the edit of the face in batch `slot` (track `id`). Returns true when
-    /// `warped_crops[slot]` then holds its crop warped by its (final) flow.
+    /// would smear from frame to frame. Returns true when `warped_crops[slot]` then
+    /// holds the crop warped by the face's (final) flow, for the compositor.
     fn smooth_edit(
         &mut self,
         batch: &Array4<f32>,
