@@ -243,6 +243,8 @@ pub struct ExpressionModel {
     manifest: Manifest,
     session: Session,
     provider: &'static str,
+    /// The flow does not depend on the face (found at load, [`Self::flow_is_constant`]).
+    constant_flow: bool,
 }
 
 impl std::fmt::Debug for ExpressionModel {
@@ -274,8 +276,10 @@ impl ExpressionModel {
             manifest,
             session,
             provider,
+            constant_flow: false,
         };
         model.check_contract(&onnx)?;
+        model.constant_flow = model.probe_constant_flow()?;
         Ok(model)
     }
 
@@ -322,6 +326,36 @@ impl ExpressionModel {
             })?;
         }
         Ok(())
+    }
+
+    /// Whether two different faces get bit-identical flows for every expression: a
+    /// flow that does not depend on the face (RegFlow's mean flow). The video path then
+    /// has no flow to low-pass over time.
+    fn probe_constant_flow(&mut self) -> Result<bool> {
+        if !self.manifest.has_flow() {
+            return Ok(false);
+        }
+        let (s, e) = (self.manifest.crop_size, self.manifest.expressions.len());
+        // Grey faces, then a texture over every channel, each with every expression.
+        let faces = Array4::<f32>::from_shape_fn((2 * e, 3, s, s), |(i, c, y, x)| match i < e {
+            true => 0.5,
+            false => ((7 * x + 13 * y + 29 * c) % 64) as f32 / 63.0,
+        });
+        let codes: Vec<i64> = (0..2 * e as i64).map(|i| i % e as i64).collect();
+        let flow = self.run_with_flow(faces.view(), &codes)?.flow;
+        let flow = flow.expect("a model with a flow output gives one");
+        let (grey, textured) = flow.view().split_at(ndarray::Axis(0), e);
+        Ok(grey
+            .iter()
+            .zip(textured.iter())
+            .all(|(a, b)| a.to_bits() == b.to_bits()))
+    }
+
+    /// The flow output does not depend on the face (checked at load: two different
+    /// faces get bit-identical flows for every expression), so there is no flow to
+    /// low-pass over time. False for models without a flow.
+    pub fn flow_is_constant(&self) -> bool {
+        self.constant_flow
     }
 
     pub fn manifest(&self) -> &Manifest {

@@ -490,7 +490,8 @@ impl FrameProcessor {
     }
 
     /// Low-passes face `slot`'s edit over time, in place in `out`: the model's change
-    /// on its crop, and a flow model's flow. A flow model's change is its appearance
+    /// on its crop, and a flow model's flow unless it is the same for every face
+    /// ([`ExpressionModel::flow_is_constant`]). A flow model's change is its appearance
     /// residual on the crop warped by its flow (what the compositor carries back), not
     /// `out - crop`: that difference holds the moved texture itself, which a low-pass
     /// would smear from frame to frame. Returns true when `warped_crops[slot]` then
@@ -505,6 +506,9 @@ impl FrameProcessor {
         cutoff: f32,
     ) -> Result<bool> {
         let s = self.template.size;
+        // A flow that does not depend on the face is the same every frame: only the
+        // appearance change is low-passed, and the crop warped once is the final one.
+        let varying_flow = !self.model.flow_is_constant();
         if self.warped_crops.len() <= slot {
             self.warped_crops.resize(slot + 1, vec![0.0; 3 * s * s]);
         }
@@ -531,7 +535,7 @@ impl FrameProcessor {
         };
         let moved = flow.is_some();
         let mut change: Vec<f32> = face.iter().zip(base).map(|(o, b)| o - b).collect();
-        if let Some(flow) = flow.as_deref() {
+        if let Some(flow) = flow.as_deref().filter(|_| varying_flow) {
             change.extend_from_slice(flow);
         }
         // The appearance change lives on `base`, so the last one is carried along
@@ -540,7 +544,7 @@ impl FrameProcessor {
         if !self.edits.smooth(id, time, cutoff, base, s, &mut change)? {
             return Ok(moved);
         }
-        if let Some(flow) = flow {
+        if let Some(flow) = flow.filter(|_| varying_flow) {
             flow.copy_from_slice(&change[n..]);
             self.crop_warper.warp_crop(crop, flow, warped)?;
         }

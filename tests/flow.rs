@@ -99,6 +99,50 @@ fn v1_and_v2_models_load_and_only_v2_gives_a_flow() {
     }
 }
 
+/// The video path low-passes a flow only when it depends on the face; whether it does
+/// is found at load.
+#[test]
+fn a_flow_that_does_not_depend_on_the_face_is_found_constant_at_load() {
+    if !runtime_available() {
+        return;
+    }
+    let constant = temp_dir("constant-flow");
+    flow_model(&constant);
+    assert!(load(&constant).unwrap().flow_is_constant());
+
+    let from_face = temp_dir("face-flow");
+    write_model(
+        &from_face,
+        &manifest(2, S, &["happy"], &["face_out", "flow"]),
+        &FlowOutput::FromFace(3.0),
+    );
+    let mut model = load(&from_face).unwrap();
+    assert!(!model.flow_is_constant());
+    // The graph really follows the face: a red face of 0.5 flows 1.5 px in x.
+    let mut faces = ndarray::Array4::<f32>::zeros((1, 3, S, S));
+    faces.index_axis_mut(ndarray::Axis(1), 0).fill(0.5);
+    let flow = model
+        .run_with_flow(faces.view(), &[0])
+        .unwrap()
+        .flow
+        .unwrap();
+    assert!(flow
+        .index_axis(ndarray::Axis(1), 0)
+        .iter()
+        .all(|&v| v == 1.5));
+    assert!(flow
+        .index_axis(ndarray::Axis(1), 1)
+        .iter()
+        .all(|&v| v == 0.0));
+
+    let v1 = temp_dir("v1-constant");
+    write_model(&v1, &manifest(1, S, &["happy"], &[]), &FlowOutput::Absent);
+    assert!(!load(&v1).unwrap().flow_is_constant(), "no flow at all");
+    for dir in [constant, from_face, v1] {
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}
+
 #[test]
 fn a_v2_model_listing_flow_without_a_flow_output_fails_at_load_naming_the_file() {
     if !runtime_available() {

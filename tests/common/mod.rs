@@ -25,6 +25,9 @@ pub enum FlowOutput {
     PerExpression(Vec<Vec<f32>>),
     /// A flow of one channel instead of two: breaks the contract's [N,2,S,S].
     OneChannel,
+    /// A flow that depends on the face: its red and green planes times this many
+    /// pixels (`face_out`: the face warped by it, an identity appearance).
+    FromFace(f32),
 }
 
 /// The shipped default model and the test photo, or None (with a message) when
@@ -161,6 +164,41 @@ fn graph(s: usize, expressions: usize, flow: &FlowOutput) -> ModelProto {
             assert_eq!(flows.len(), expressions, "one flow per expression");
             push_flow_and_warp(&mut g, s, flows);
         }
+        FlowOutput::FromFace(gain) => {
+            g.initializer
+                .push(reggan_onnxgraph::int64s("RG_START", &[0]));
+            g.initializer.push(reggan_onnxgraph::int64s("RG_END", &[2]));
+            g.initializer
+                .push(reggan_onnxgraph::int64s("RG_AXIS", &[1]));
+            g.initializer
+                .push(reggan_onnxgraph::scalar_f32("GAIN", *gain));
+            g.node.push(node(
+                "Slice",
+                &["face", "RG_START", "RG_END", "RG_AXIS"],
+                "red_green",
+                vec![],
+            ));
+            g.node
+                .push(node("Mul", &["red_green", "GAIN"], "flow", vec![]));
+            // face_out: the face warped by that flow (an identity appearance), through
+            // GridSample's normalised positions of x + flow(x).
+            let base = sample_grid(s, &vec![0.0; 2 * s * s]);
+            g.initializer.push(floats("BASE", &[1, si, si, 2], &base));
+            g.initializer
+                .push(reggan_onnxgraph::scalar_f32("TO_GRID", 2.0 / s as f32));
+            g.node.push(node(
+                "Transpose",
+                &["flow"],
+                "flow_nhwc",
+                vec![reggan_onnxgraph::attr_ints("perm", &[0, 2, 3, 1])],
+            ));
+            g.node
+                .push(node("Mul", &["flow_nhwc", "TO_GRID"], "offsets", vec![]));
+            g.node
+                .push(node("Add", &["BASE", "offsets"], "grid", vec![]));
+            push_grid_sample(&mut g);
+            g.output.push(flow_value_info());
+        }
         FlowOutput::OneChannel => {
             g.node.push(node("Identity", &["face"], "face_out", vec![]));
             let zeros = vec![0.0; expressions * s * s];
@@ -184,6 +222,12 @@ fn push_flow_and_warp(g: &mut GraphProto, s: usize, flows: &[Vec<f32>]) {
     g.initializer.push(floats("GRIDS", &[e, si, si, 2], &grids));
     push_gather(g, "FLOWS", "flow");
     push_gather(g, "GRIDS", "grid");
+    push_grid_sample(g);
+    g.output.push(flow_value_info());
+}
+
+/// face_out = GridSample(face, grid), bilinear, edges replicated, pixel centres.
+fn push_grid_sample(g: &mut GraphProto) {
     g.node.push(node(
         "GridSample",
         &["face", "grid"],
@@ -194,7 +238,6 @@ fn push_flow_and_warp(g: &mut GraphProto, s: usize, flows: &[Vec<f32>]) {
             attr_int("align_corners", 0),
         ],
     ));
-    g.output.push(flow_value_info());
 }
 
 /// GridSample's normalised coordinates (align_corners = 0: pixel centres) of the
