@@ -9,11 +9,11 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use gst::prelude::*;
-use reggan::{FrameProcessor, RgbImage};
+use reggan::FrameProcessor;
 
 use crate::gstutil;
-use crate::images;
 use crate::options::{check_expression, ModelArgs};
+use crate::photo::Photo;
 
 const IMAGE_EXTENSIONS: &[&str] = &["png", "jpg", "jpeg", "bmp", "tif", "tiff", "webp"];
 const VIDEO_EXTENSIONS: &[&str] = &[
@@ -24,7 +24,8 @@ const VIDEO_OUTPUT_EXTENSIONS: &[&str] = &["mp4", "m4v", "mov", "mkv"];
 
 /// Apply an expression to images and videos.
 ///
-/// Images (png, jpg, ...) keep their format. Videos (mp4, mkv, webm, avi, mov, ...) are
+/// Images (png, jpg, ...) keep their format, channels (grey, alpha) and depth (16 bits);
+/// one in which no face changed is copied byte for byte. Videos (mp4, mkv, webm, avi, mov, ...) are
 /// decoded, changed frame by frame by the faceexpression GStreamer element and written
 /// as H.264 (mp4 unless OUT says .mkv/.mov), keeping their timestamps (frame rate) and
 /// their audio tracks as they are (not re-encoded). Every output is written under a
@@ -276,23 +277,18 @@ fn apply_image(
     output: &Path,
     side_by_side: bool,
 ) -> Result<String> {
-    // The core error already names the file; map it to text so its source is not repeated.
-    let before =
-        RgbImage::load(&job.input).map_err(|e| anyhow::anyhow!("cannot read image {e}"))?;
-    let mut after = before.clone();
+    let photo = Photo::load(&job.input)?;
+    let mut after = photo.rgb.clone();
     let start = Instant::now();
     let report = processor
         .process(&mut after.as_frame())
         .with_context(|| format!("processing {}", job.input.display()))?;
     let ms = start.elapsed().as_secs_f64() * 1e3;
-    let result = if side_by_side {
-        images::hconcat(&[&before, &after])
-    } else {
-        after
-    };
-    result
-        .save(output)
-        .with_context(|| format!("cannot write {}", output.display()))?;
+    match side_by_side {
+        true => photo.save_side_by_side(&after, output),
+        false => photo.save(&after, &job.input, output),
+    }
+    .with_context(|| format!("cannot write {}", output.display()))?;
     let turned = report.edits.iter().filter(|e| e.strength == 0.0).count();
     let mut faces = match report.faces.len() - turned {
         0 if turned == 0 => "no face found, written unchanged".to_string(),

@@ -7,6 +7,7 @@ mod demo;
 mod gstutil;
 mod images;
 mod options;
+mod photo;
 mod video;
 
 use std::process::ExitCode;

@@ -204,6 +204,156 @@ fn side_by_side_puts_before_left_of_after() {
     assert_eq!(strip.pixel(before.width + 10, 10), before.pixel(10, 10));
 }
 
+/// Reads an image file as it is (channels, depth, alpha).
+fn read_unchanged(path: &Path) -> opencv::core::Mat {
+    let m = opencv::imgcodecs::imread(path_str(path), opencv::imgcodecs::IMREAD_UNCHANGED).unwrap();
+    assert!(
+        !opencv::prelude::MatTraitConst::empty(&m),
+        "{} unreadable",
+        path.display()
+    );
+    m
+}
+
+fn write_image(path: &Path, image: &opencv::core::Mat) {
+    assert!(
+        opencv::imgcodecs::imwrite(path_str(path), image, &opencv::core::Vector::new()).unwrap()
+    );
+}
+
+/// A photo with alpha keeps it, a grey one stays grey, a 16-bit one keeps its 16 bits
+/// wherever the edit did not reach (and gets the edit's change, scaled, where it did),
+/// and a photo with no face is copied byte for byte. Each against `apply` on the plain
+/// 8-bit colour photo.
+#[test]
+fn apply_keeps_alpha_grey_and_16_bits_and_copies_a_photo_it_did_not_change() {
+    use opencv::core::{Mat, Vec3b, Vec3w, Vec4b, Vector};
+    use opencv::prelude::*;
+    let Some(fx) = fixtures("apply_keeps_alpha_grey_and_16_bits") else {
+        return;
+    };
+    let plain = fx.dir.join("plain.png");
+    let bgr = read_unchanged(&fx.photo);
+    let bgr = if bgr.channels() == 3 {
+        bgr
+    } else {
+        let mut c = Mat::default();
+        opencv::imgproc::cvt_color_def(&bgr, &mut c, opencv::imgproc::COLOR_BGRA2BGR).unwrap();
+        c
+    };
+    write_image(&plain, &bgr);
+    let edited_plain = fx.dir.join("plain-happy.png");
+    assert!(apply(&plain, &[], &fx.model, &edited_plain)
+        .status
+        .success());
+    let edited = read_unchanged(&edited_plain);
+    let (w, h) = (bgr.cols(), bgr.rows());
+
+    // Alpha: a gradient, kept exactly; the colour is the plain photo's edit.
+    let mut planes = Vector::<Mat>::new();
+    opencv::core::split(&bgr, &mut planes).unwrap();
+    let alpha = Mat::from_slice_2d(
+        &(0..h)
+            .map(|y| (0..w).map(|x| ((x + y) % 256) as u8).collect::<Vec<u8>>())
+            .collect::<Vec<_>>(),
+    )
+    .unwrap();
+    planes.push(alpha);
+    let mut bgra = Mat::default();
+    opencv::core::merge(&planes, &mut bgra).unwrap();
+    let (input, out) = (fx.dir.join("alpha.png"), fx.dir.join("alpha-happy.png"));
+    write_image(&input, &bgra);
+    let run = apply(&input, &[], &fx.model, &out);
+    assert!(run.status.success(), "apply failed: {}", stderr(&run));
+    let result = read_unchanged(&out);
+    assert_eq!(result.channels(), 4, "the alpha channel is kept");
+    for y in 0..h {
+        for x in 0..w {
+            let (p, e) = (
+                result.at_2d::<Vec4b>(y, x).unwrap(),
+                edited.at_2d::<Vec3b>(y, x).unwrap(),
+            );
+            assert_eq!(p[3], ((x + y) % 256) as u8, "alpha at ({x},{y})");
+            assert_eq!(
+                [p[0], p[1], p[2]],
+                [e[0], e[1], e[2]],
+                "colour at ({x},{y})"
+            );
+        }
+    }
+
+    // 16 bits: low bits under half an 8-bit step, so the processor sees the same photo.
+    let low = |x: i32, y: i32, v: u8| {
+        if v == 255 {
+            0
+        } else {
+            ((7 * x + 3 * y) % 129) as u16
+        }
+    };
+    let mut deep = Mat::new_rows_cols_with_default(h, w, opencv::core::CV_16UC3, 0.into()).unwrap();
+    for y in 0..h {
+        for x in 0..w {
+            let p = bgr.at_2d::<Vec3b>(y, x).unwrap();
+            *deep.at_2d_mut::<Vec3w>(y, x).unwrap() =
+                Vec3w::from(p.0.map(|v| v as u16 * 257 + low(x, y, v)));
+        }
+    }
+    let (input, out) = (fx.dir.join("deep.png"), fx.dir.join("deep-happy.png"));
+    write_image(&input, &deep);
+    assert!(apply(&input, &[], &fx.model, &out).status.success());
+    let result = read_unchanged(&out);
+    assert_eq!(result.depth(), opencv::core::CV_16U, "16 bits are kept");
+    let mut changed = 0;
+    for y in 0..h {
+        for x in 0..w {
+            let (r, d) = (
+                result.at_2d::<Vec3w>(y, x).unwrap(),
+                deep.at_2d::<Vec3w>(y, x).unwrap(),
+            );
+            let (e, b) = (
+                edited.at_2d::<Vec3b>(y, x).unwrap(),
+                bgr.at_2d::<Vec3b>(y, x).unwrap(),
+            );
+            for c in 0..3 {
+                let want = (d[c] as i32 + 257 * (e[c] as i32 - b[c] as i32)).clamp(0, 65535);
+                assert_eq!(r[c] as i32, want, "channel {c} at ({x},{y})");
+                changed += (e[c] != b[c]) as usize;
+            }
+        }
+    }
+    assert!(changed > 1000, "the edit reached only {changed} values");
+
+    // Grey stays one channel: the luma of the colour photo's edit.
+    let mut grey = Mat::default();
+    opencv::imgproc::cvt_color_def(&bgr, &mut grey, opencv::imgproc::COLOR_BGR2GRAY).unwrap();
+    let (input, out) = (fx.dir.join("grey.png"), fx.dir.join("grey-happy.png"));
+    write_image(&input, &grey);
+    assert!(apply(&input, &[], &fx.model, &out).status.success());
+    let result = read_unchanged(&out);
+    assert_eq!(result.channels(), 1, "a grey photo stays grey");
+    let mut diff = Mat::default();
+    opencv::core::absdiff(&result, &grey, &mut diff).unwrap();
+    let changed = opencv::core::count_non_zero(&diff).unwrap();
+    assert!(
+        changed > 1000,
+        "the grey face changed in {changed} pixels only"
+    );
+    assert_eq!(
+        *result.at_2d::<u8>(5, 5).unwrap(),
+        *grey.at_2d::<u8>(5, 5).unwrap()
+    );
+
+    // No face: the very bytes (a JPEG is not encoded a second time).
+    let blank =
+        Mat::new_rows_cols_with_default(120, 160, opencv::core::CV_8UC3, 90.into()).unwrap();
+    let (input, out) = (fx.dir.join("blank.jpg"), fx.dir.join("blank-happy.jpg"));
+    write_image(&input, &blank);
+    let run = apply(&input, &[], &fx.model, &out);
+    assert!(run.status.success(), "apply failed: {}", stderr(&run));
+    assert!(String::from_utf8_lossy(&run.stdout).contains("unchanged"));
+    assert_eq!(std::fs::read(&input).unwrap(), std::fs::read(&out).unwrap());
+}
+
 #[test]
 fn refuses_to_overwrite_the_input() {
     let Some(fx) = fixtures("refuses_to_overwrite_the_input") else {
