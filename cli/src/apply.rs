@@ -341,6 +341,7 @@ fn apply_video(
     if args.side_by_side {
         place_after_right_of_before(&pipeline)?;
     }
+    let padded = crate::video::pad_to_even_sides(&pipeline)?;
     let frames = gstutil::count_buffers(&fx.static_pad("src").expect("element has a src pad"));
 
     let name = job
@@ -360,8 +361,12 @@ fn apply_video(
     }
     let frames = frames.load(Ordering::Relaxed);
     let secs = start.elapsed().as_secs_f64();
+    let padded = match *padded.lock().expect("not poisoned") {
+        Some((w, h)) => format!(", an odd side padded with black to {w}x{h} for H.264"),
+        None => String::new(),
+    };
     Ok(format!(
-        "{} -> {}: {frames} frames in {secs:.1} s ({:.1} fps)",
+        "{} -> {}: {frames} frames in {secs:.1} s ({:.1} fps){padded}",
         job.input.display(),
         job.output.display(),
         frames as f64 / secs

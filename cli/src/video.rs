@@ -12,6 +12,7 @@
 //! rate (also a variable one) and the audio's place in time are kept.
 
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result};
 use gst::prelude::*;
@@ -27,7 +28,8 @@ pub fn description(output: &Path, side_by_side: bool) -> String {
     } else {
         "mp4mux"
     };
-    let encode = "videoconvert ! video/x-raw,format=I420 ! \
+    // `even`: H.264 in 4:2:0 needs even sides (`pad_to_even_sides`).
+    let encode = "videobox name=even ! videoconvert ! video/x-raw,format=I420 ! \
                   x264enc speed-preset=faster pass=qual quantizer=20 ! queue ! mux.";
     let decode = "queue name=vin ! decodebin ! videoconvert ! \
                   capsfilter name=rgb caps=video/x-raw,format=RGB";
@@ -42,6 +44,38 @@ pub fn description(output: &Path, side_by_side: bool) -> String {
         format!("{decode} ! faceexpression name=fx ! {encode}")
     };
     format!("filesrc name=src ! parsebin name=demux {video} {mux} name=mux ! filesink name=sink")
+}
+
+/// The size a video with an odd side was padded to, once its caps are known.
+pub type PaddedSize = Arc<Mutex<Option<(i32, i32)>>>;
+
+/// H.264 in 4:2:0 (what every player plays) codes whole 2x2 chroma blocks, so x264
+/// cannot take a frame with an odd side. Such a frame gets one black column (right)
+/// or row (bottom) added, set on `even` from the caps before they reach it: every
+/// pixel of the video is kept. Returns the padded size once known, for the report.
+pub fn pad_to_even_sides(pipeline: &gst::Pipeline) -> Result<PaddedSize> {
+    let even = gstutil::by_name(pipeline, "even")?;
+    let sink = even.static_pad("sink").expect("videobox has a sink pad");
+    let padded = Arc::new(Mutex::new(None));
+    let report = padded.clone();
+    sink.add_probe(gst::PadProbeType::EVENT_DOWNSTREAM, move |_, info| {
+        if let Some(gst::PadProbeData::Event(ref event)) = info.data {
+            if let gst::EventView::Caps(caps) = event.view() {
+                let size = caps.caps().structure(0).and_then(|s| {
+                    Some((s.get::<i32>("width").ok()?, s.get::<i32>("height").ok()?))
+                });
+                if let Some((w, h)) = size {
+                    // videobox adds a border for negative values.
+                    even.set_property("right", -(w % 2));
+                    even.set_property("bottom", -(h % 2));
+                    let odd = w % 2 == 1 || h % 2 == 1;
+                    *report.lock().expect("not poisoned") = odd.then_some((w + w % 2, h + h % 2));
+                }
+            }
+        }
+        gst::PadProbeReturn::Ok
+    });
+    Ok(padded)
 }
 
 /// Links parsebin's streams as they appear: the first video stream into the

@@ -499,6 +499,35 @@ fn decode(path: &Path) -> (u64, i32, i32) {
     seen
 }
 
+/// A video with odd sides (VP8 takes them, H.264 in 4:2:0 does not) comes out with one
+/// black column and row added, every frame, and says so.
+#[test]
+fn a_video_with_odd_sides_is_padded_to_even_ones() {
+    let Some(fx) = fixtures("a_video_with_odd_sides_is_padded_to_even_ones") else {
+        return;
+    };
+    gst::init().unwrap();
+    let input = fx.dir.join("odd.webm");
+    let pipeline = gst::parse::launch(&format!(
+        "filesrc location=\"{}\" ! pngdec ! imagefreeze num-buffers=6 ! video/x-raw,framerate=25/1 \
+         ! videoconvert ! videoscale ! video/x-raw,width=511,height=301 ! vp8enc ! webmmux \
+         ! filesink location=\"{}\"",
+        fx.photo.display(),
+        input.display()
+    ))
+    .unwrap();
+    run_pipeline(&pipeline);
+    let out = fx.dir.join("odd.mp4");
+    let run = apply(&input, &[], &fx.model, &out);
+    assert!(run.status.success(), "apply failed: {}", stderr(&run));
+    let said = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        said.contains("padded with black to 512x302"),
+        "stdout: {said}"
+    );
+    assert_eq!(decode(&out), (6, 512, 302));
+}
+
 #[test]
 fn video_keeps_every_frame_and_the_size() {
     let Some(fx) = fixtures("video_keeps_every_frame_and_the_size") else {
