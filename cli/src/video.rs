@@ -31,7 +31,9 @@ pub fn description(output: &Path, side_by_side: bool) -> String {
     // `even`: H.264 in 4:2:0 needs even sides (`pad_to_even_sides`).
     let encode = "videobox name=even ! videoconvert ! video/x-raw,format=I420 ! \
                   x264enc speed-preset=faster pass=qual quantizer=20 ! queue ! mux.";
-    let decode = "queue name=vin ! decodebin ! videoconvert ! \
+    // `videoflip`: a phone video stored sideways with a display rotation (which the
+    // muxer cannot write back) is turned upright, for the detector and for players.
+    let decode = "queue name=vin ! decodebin ! videoflip video-direction=auto ! videoconvert ! \
                   capsfilter name=rgb caps=video/x-raw,format=RGB";
     let video = if side_by_side {
         format!(

@@ -528,6 +528,95 @@ fn a_video_with_odd_sides_is_padded_to_even_ones() {
     assert_eq!(decode(&out), (6, 512, 302));
 }
 
+/// Gives an MP4's first track a display rotation of 90 degrees clockwise: the matrix
+/// of its track header (`tkhd`, version 0), as phones write it for portrait video.
+fn rotate_display_90(path: &Path) {
+    let mut bytes = std::fs::read(path).unwrap();
+    let at = bytes
+        .windows(4)
+        .position(|w| w == b"tkhd")
+        .expect("an MP4 track header");
+    assert_eq!(bytes[at + 4], 0, "tkhd version 0");
+    // 'tkhd', version and flags, five 32-bit fields, 8 reserved, layer, group, volume, 2.
+    let matrix = at + 4 + 4 + 20 + 8 + 8;
+    let rotate: [i32; 9] = [0, 1 << 16, 0, -(1 << 16), 0, 0, 0, 0, 1 << 30];
+    for (k, v) in rotate.iter().enumerate() {
+        bytes[matrix + 4 * k..matrix + 4 * k + 4].copy_from_slice(&v.to_be_bytes());
+    }
+    std::fs::write(path, bytes).unwrap();
+}
+
+/// The first frame of a video as RGB.
+fn first_frame(video: &Path, png: &Path) -> RgbImage {
+    let pipeline = gst::parse::launch(&format!(
+        "filesrc location=\"{}\" ! decodebin ! videoconvert ! video/x-raw,format=RGB \
+         ! pngenc snapshot=true ! filesink location=\"{}\"",
+        video.display(),
+        png.display()
+    ))
+    .unwrap();
+    run_pipeline(&pipeline);
+    RgbImage::load(png).unwrap()
+}
+
+/// A phone video stored sideways with a display rotation comes out upright, the way
+/// players show the input: the muxer cannot write the rotation back, and the detector
+/// wants upright faces.
+#[test]
+fn a_video_stored_sideways_with_a_rotation_comes_out_upright() {
+    let Some(fx) = fixtures("a_video_stored_sideways_with_a_rotation_comes_out_upright") else {
+        return;
+    };
+    gst::init().unwrap();
+    // The photo as a 512x384 landscape frame, stored turned 90 degrees left (384x512).
+    let input = fx.dir.join("sideways.mp4");
+    let pipeline = gst::parse::launch(&format!(
+        "filesrc location=\"{}\" ! pngdec ! imagefreeze num-buffers=6 ! video/x-raw,framerate=25/1 \
+         ! videoconvert ! videoscale ! video/x-raw,width=512,height=384 ! videoflip video-direction=90l \
+         ! videoconvert ! video/x-raw,format=I420 ! x264enc ! mp4mux ! filesink location=\"{}\"",
+        fx.photo.display(),
+        input.display()
+    ))
+    .unwrap();
+    run_pipeline(&pipeline);
+    assert_eq!(decode(&input).1, 384, "stored sideways");
+    rotate_display_90(&input);
+
+    let out = fx.dir.join("upright.mp4");
+    let run = apply(&input, &["-e", "surprised"], &fx.model, &out);
+    assert!(run.status.success(), "apply failed: {}", stderr(&run));
+    assert_eq!(decode(&out), (6, 512, 384));
+    let upright = images_resized(&RgbImage::load(&fx.photo).unwrap(), 512, 384);
+    let frame = first_frame(&out, &fx.dir.join("frame.png"));
+    // Away from the face the frame is the upright photo, up to two H.264 encodings.
+    let corner = mean_diff(&frame, &upright, 0, 0, 96, 96);
+    assert!(
+        corner < 8.0,
+        "the output's corner is {corner:.1} grey levels off the upright photo"
+    );
+}
+
+/// `image` scaled to `w` x `h` (OpenCV, area).
+fn images_resized(image: &RgbImage, w: usize, h: usize) -> RgbImage {
+    use opencv::prelude::*;
+    let mut copy = image.clone();
+    let mut out = opencv::core::Mat::default();
+    opencv::imgproc::resize(
+        &copy.as_frame().as_mat().unwrap(),
+        &mut out,
+        opencv::core::Size::new(w as i32, h as i32),
+        0.0,
+        0.0,
+        opencv::imgproc::INTER_AREA,
+    )
+    .unwrap();
+    RgbImage {
+        width: w,
+        height: h,
+        data: out.data_bytes().unwrap().to_vec(),
+    }
+}
+
 #[test]
 fn video_keeps_every_frame_and_the_size() {
     let Some(fx) = fixtures("video_keeps_every_frame_and_the_size") else {
