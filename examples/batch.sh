@@ -19,13 +19,14 @@ EXPRESSION="${3:-happy}"
 INTENSITY="${4:-1.0}"
 
 # faceexpression works in packed RGB-family formats, so videoconvert turns the decoder's
-# YUV into RGB before it and back to I420 for x264enc after it. videoflip turns a phone
+# YUV into BGRx before it (4-byte pixels convert faster than RGB's 3) and back to I420
+# for x264enc after it. videoflip turns a phone
 # video stored sideways with a display rotation upright (the detector wants upright
 # faces, and mp4mux cannot write the rotation back). -e sends EOS on Ctrl-C so the MP4
 # is still finalised.
 exec gst-launch-1.0 -e \
   filesrc location="$INPUT" ! decodebin ! queue ! videoflip video-direction=auto ! \
-  videoconvert ! video/x-raw,format=RGB ! \
+  videoconvert ! video/x-raw,format=BGRx ! \
   faceexpression expression="$EXPRESSION" intensity="$INTENSITY" ! \
   videoconvert ! video/x-raw,format=I420 ! \
   x264enc speed-preset=medium ! video/x-h264,profile=high ! \
