@@ -17,8 +17,9 @@ EXPRESSION="${1:-happy}"
 INTENSITY="${2:-1.0}"
 V4L2_DEVICE="${3:-/dev/video0}"
 
-# faceexpression works in packed RGB-family formats (RGB, BGR, RGBA, BGRA, RGBx, BGRx):
-# the videoconverts turn the camera's YUV into one of them and back for the display.
+# faceexpression takes I420, NV12 and packed RGB-family formats: the videoconverts turn
+# the camera's format (YUY2, or I420 from jpegdec) into one of them and back for the
+# display, passing through what needs no conversion.
 exec gst-launch-1.0 \
   v4l2src device="$V4L2_DEVICE" ! videoconvert ! \
   faceexpression expression="$EXPRESSION" intensity="$INTENSITY" ! \

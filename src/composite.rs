@@ -202,7 +202,8 @@ impl Compositor {
     }
 
     /// Adds the model's change to one face back into the frame. `crop` and `out` are
-    /// planar RGB in [0, 1] (3*S*S values each).
+    /// planar RGB in [0, 1] (3*S*S values each). Returns the frame rectangle the change
+    /// could reach (None: nothing written); no pixel outside it was written.
     pub fn apply(
         &mut self,
         frame: &mut FrameMut,
@@ -210,7 +211,7 @@ impl Compositor {
         out: &[f32],
         alignment: &Alignment,
         intensity: f32,
-    ) -> Result<()> {
+    ) -> Result<Option<Roi>> {
         self.apply_with_flow(frame, crop, out, None, alignment, intensity)
     }
 
@@ -226,13 +227,13 @@ impl Compositor {
         flow: Option<&[f32]>,
         alignment: &Alignment,
         intensity: f32,
-    ) -> Result<()> {
+    ) -> Result<Option<Roi>> {
         if intensity == 0.0 {
-            return Ok(());
+            return Ok(None);
         }
         self.check_lengths("crop", crop, out, flow)?;
         let Some(roi) = frame_roi(frame, alignment, self.support) else {
-            return Ok(());
+            return Ok(None);
         };
         match flow {
             None => self.add_face_residual(frame, crop, out, alignment, intensity, roi),
@@ -245,6 +246,7 @@ impl Compositor {
                 moved
             }
         }
+        .map(|()| Some(roi))
     }
 
     /// [`apply_with_flow`](Self::apply_with_flow) for a flow model's face whose crop the
@@ -259,15 +261,16 @@ impl Compositor {
         flow: &[f32],
         alignment: &Alignment,
         intensity: f32,
-    ) -> Result<()> {
+    ) -> Result<Option<Roi>> {
         if intensity == 0.0 {
-            return Ok(());
+            return Ok(None);
         }
         self.check_lengths("warped crop", warped_crop, out, Some(flow))?;
         let Some(roi) = frame_roi(frame, alignment, self.support) else {
-            return Ok(());
+            return Ok(None);
         };
-        self.move_and_add_residual(frame, warped_crop, out, flow, alignment, intensity, roi)
+        self.move_and_add_residual(frame, warped_crop, out, flow, alignment, intensity, roi)?;
+        Ok(Some(roi))
     }
 
     /// An error naming the lengths unless `base` (the crop, called `what`) and `out` hold
@@ -1230,7 +1233,7 @@ fn frame_scale(alignment: &Alignment) -> f32 {
 
 /// A rectangle of the frame: the part of it one face's change can reach.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Roi {
+pub struct Roi {
     pub x: usize,
     pub y: usize,
     pub w: usize,

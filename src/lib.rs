@@ -22,9 +22,10 @@ pub mod model;
 pub mod pose;
 pub mod processor;
 pub mod track;
+pub mod yuv;
 
 pub use align::{Alignment, Template};
-pub use composite::{CompositeOptions, Detail};
+pub use composite::{CompositeOptions, Detail, Roi};
 pub use detect::{DetectorBackend, DetectorKind, Face, FaceDetector};
 pub use error::{Error, Result};
 pub use frame::{FrameMut, PixelLayout, RgbImage};
@@ -34,6 +35,7 @@ pub use processor::{
     FaceEdit, FrameProcessor, FrameReport, ProcessorConfig, StageTimings, DEFAULT_TRANSITION,
 };
 pub use track::{FaceTracker, OneEuroFilter, OneEuroParams, TrackingOptions};
+pub use yuv::{Yuv420Bridge, Yuv420FrameMut, Yuv420Layout};
 
 /// The model shipped with the project (used when no model is given): `$REGGAN_MODEL`,
 /// the installed `models/mr`, the build tree's (search order: [`install`]).

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use ndarray::Array4;
 
 use crate::align::{crop_to_planar, Alignment, Template};
-use crate::composite::{CompositeOptions, Compositor, Detail};
+use crate::composite::{CompositeOptions, Compositor, Detail, Roi};
 use crate::detect::{DetectorBackend, DetectorKind, Face, FaceDetector, SearchPass};
 use crate::error::Result;
 use crate::flow::FlowWarper;
@@ -124,6 +124,10 @@ pub struct FrameReport {
     /// The intensity this frame's edit was made at: the configured one, or mid-ramp
     /// (`transition`) the ramp's (a face's share of it is its `strength`).
     pub intensity: f32,
+    /// The frame rectangles the edit may have written (one per edited face, possibly
+    /// overlapping); every pixel outside them is untouched. What a caller converting
+    /// the frame back to another format has to carry back ([`crate::yuv`]).
+    pub changed: Vec<Roi>,
     pub timings: StageTimings,
 }
 
@@ -682,7 +686,7 @@ impl FrameProcessor {
                 result.as_slice().expect("standard layout"),
                 intensity * edits[i].strength,
             );
-            match flow {
+            let changed = match flow {
                 Some(flow) if warped[slot] => self.compositor.apply_moved(
                     frame,
                     &self.warped_crops[slot],
@@ -699,7 +703,8 @@ impl FrameProcessor {
                     &alignments[i],
                     strength,
                 )?,
-            }
+            };
+            report.changed.extend(changed);
         }
         report.timings.composite = t.elapsed();
         report.faces = faces;

@@ -377,10 +377,10 @@ fn apply_video(
 /// as the decoded width is known, before the compositor picks its output size.
 fn place_after_right_of_before(pipeline: &gst::Pipeline) -> Result<()> {
     let compositor = gstutil::by_name(pipeline, "comp")?;
-    let packed_src = gstutil::by_name(pipeline, "packed")?
+    let decoded_src = gstutil::by_name(pipeline, "decoded")?
         .static_pad("src")
         .expect("capsfilter has a src pad");
-    packed_src.add_probe(gst::PadProbeType::EVENT_DOWNSTREAM, move |_, info| {
+    decoded_src.add_probe(gst::PadProbeType::EVENT_DOWNSTREAM, move |_, info| {
         if let Some(gst::PadProbeData::Event(ref event)) = info.data {
             if let gst::EventView::Caps(caps) = event.view() {
                 let width = caps

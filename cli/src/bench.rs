@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use gst::prelude::*;
+use opencv::prelude::*;
 use reggan::{FrameProcessor, RgbImage, StageTimings};
 use serde_json::json;
 
@@ -45,6 +46,10 @@ pub struct BenchArgs {
     /// models on every frame; the default is the element's)
     #[arg(long, default_value_t = reggan::processor::DEFAULT_DETECT_INTERVAL)]
     pub detect_interval: u32,
+    /// Pixel format fed to the element: rgb, or i420 (a decoder's or camera's, which
+    /// the element converts itself and writes back only at the faces)
+    #[arg(long, default_value = "rgb", value_parser = ["rgb", "i420"])]
+    pub format: String,
     /// Faces in the frame: 1, or 4 (the photo in a 2x2 mosaic)
     #[arg(long, default_value_t = 1, value_parser = parse_faces)]
     pub faces: usize,
@@ -109,12 +114,13 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let provider = processor.model().provider();
     let method = processor.model().manifest().method.clone();
     println!(
-        "reggan bench: model {} ({method}) on {provider}, {} thread(s), {} frames per row, {} face(s), detect-interval {}",
+        "reggan bench: model {} ({method}) on {provider}, {} thread(s), {} frames per row, {} face(s), detect-interval {}, element fed {}",
         args.model.model_dir().display(),
         args.threads,
         args.frames,
         args.faces,
-        args.detect_interval
+        args.detect_interval,
+        args.format.to_uppercase()
     );
     let photo = if args.faces == 4 {
         mosaic(&photo)?
@@ -219,10 +225,15 @@ struct ElementResult {
 /// the first and the last frame reaching the sink, so model loading is not included.
 fn bench_element(args: &BenchArgs, frame: &RgbImage) -> Result<ElementResult> {
     gstutil::init()?;
+    let data = match args.format.as_str() {
+        "i420" => to_i420(frame)?,
+        _ => frame.data.clone(),
+    };
     let pipeline = gstutil::launch(&format!(
-        "appsrc name=src format=time block=true max-bytes={} caps=video/x-raw,format=RGB,width={},height={},framerate=25/1 \
+        "appsrc name=src format=time block=true max-bytes={} caps=video/x-raw,format={},width={},height={},framerate=25/1 \
          ! faceexpression name=fx ! fakesink name=sink sync=false",
-        4 * frame.data.len(),
+        4 * data.len(),
+        args.format.to_uppercase(),
         frame.width,
         frame.height
     ))?;
@@ -234,10 +245,9 @@ fn bench_element(args: &BenchArgs, frame: &RgbImage) -> Result<ElementResult> {
         .downcast::<gst_app::AppSrc>()
         .expect("appsrc is an AppSrc");
     let total = (WARMUP + args.frames) as u64;
-    let data = frame.data.clone();
     // Frames come from a pool of reused buffers, as from a camera or a decoder: a fresh
     // allocation per frame would time the kernel's page faults, not the element.
-    let pool = frame_pool(frame.data.len())?;
+    let pool = frame_pool(data.len())?;
     let feeder = std::thread::spawn(move || {
         let frame_duration = gst::ClockTime::from_nseconds(40_000_000);
         for i in 0..total {
@@ -279,6 +289,21 @@ fn bench_element(args: &BenchArgs, frame: &RgbImage) -> Result<ElementResult> {
             arrivals.len()
         ),
     }
+}
+
+/// `frame` as I420 (OpenCV's BT.601 conversion; planes packed one after the other, as
+/// GStreamer lays out the bench's sizes, whose half widths are multiples of 4).
+fn to_i420(frame: &RgbImage) -> Result<Vec<u8>> {
+    let (w, h) = (frame.width, frame.height);
+    if w % 8 != 0 || h % 2 != 0 {
+        bail!("an I420 bench frame needs a width divisible by 8 and an even height, not {w}x{h}");
+    }
+    let rgb = opencv::core::Mat::new_rows_cols_with_data(h as i32, (w * 3) as i32, &frame.data)?
+        .reshape(3, h as i32)?
+        .try_clone()?;
+    let mut i420 = opencv::core::Mat::default();
+    opencv::imgproc::cvt_color_def(&rgb, &mut i420, opencv::imgproc::COLOR_RGB2YUV_I420)?;
+    Ok(i420.data_bytes()?.to_vec())
 }
 
 /// An active pool of buffers of `size` bytes (enough for the pipeline's queue).
@@ -352,7 +377,8 @@ fn to_json(args: &BenchArgs, provider: &str, method: &str, rows: &[Row]) -> serd
         .collect();
     json!({
         "model": args.model.model_dir(), "method": method, "provider": provider,
-        "threads": args.threads, "frames": args.frames, "faces": args.faces, "results": rows,
+        "threads": args.threads, "frames": args.frames, "faces": args.faces,
+        "detect_interval": args.detect_interval, "element_format": args.format, "results": rows,
     })
 }
 

@@ -306,6 +306,21 @@ impl TestFrame {
     }
 
     /// Checks that no padding or alpha/x byte differs from what was written.
+    /// Every byte that differs from `before` lies in `reached`, the rectangle the
+    /// compositor says its change could reach (what a YUV caller writes back).
+    fn check_changes_inside(&self, before: &[u8], reached: Option<reggan::Roi>) {
+        let bpp = self.layout.bytes_per_pixel();
+        for (i, (a, b)) in self.data.iter().zip(before).enumerate() {
+            if a == b {
+                continue;
+            }
+            let (x, y) = ((i % self.stride) / bpp, i / self.stride);
+            let inside =
+                reached.is_some_and(|r| x >= r.x && x < r.x + r.w && y >= r.y && y < r.y + r.h);
+            assert!(inside, "pixel ({x}, {y}) changed outside {reached:?}");
+        }
+    }
+
     fn check_untouched_bytes(&self) {
         let bpp = self.layout.bytes_per_pixel();
         for (i, &b) in self.data.iter().enumerate() {
@@ -419,8 +434,11 @@ pub fn composite(data: &[u8]) -> String {
     if intensity == 0.0 {
         assert!(tf.data == before, "intensity 0 changed the frame");
     }
+    if let Ok(reached) = &result {
+        tf.check_changes_inside(&before, *reached);
+    }
     match result {
-        Ok(()) => format!(
+        Ok(_) => format!(
             "ok flow={with_flow} changed={}",
             tf.data != before && intensity != 0.0
         ),

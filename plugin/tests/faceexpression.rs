@@ -9,6 +9,7 @@ mod common;
 
 use common::*;
 use gst::prelude::*;
+use gst_video::prelude::*;
 use reggan::RgbImage;
 
 /// Checks one processed astronaut frame: changed inside the face (and in its lower
@@ -129,6 +130,131 @@ fn odd_width_and_height_rgb_keeps_padding() {
         assert_eq!(
             off, 0,
             "{format:?}: {off} pixels differ from the core library's result"
+        );
+    }
+}
+
+/// `img` converted by GStreamer's own converter into `format` (GStreamer's strides).
+fn converted(
+    img: &RgbImage,
+    format: gst_video::VideoFormat,
+) -> (gst::Buffer, gst_video::VideoInfo) {
+    let (rgb, rgb_info) = to_buffer(img, gst_video::VideoFormat::Rgb);
+    let info = gst_video::VideoInfo::builder(format, img.width as u32, img.height as u32)
+        .build()
+        .unwrap();
+    let mut out = gst::Buffer::with_size(info.size()).unwrap();
+    {
+        let src = gst_video::VideoFrameRef::from_buffer_ref_readable(&rgb, &rgb_info).unwrap();
+        let mut dst =
+            gst_video::VideoFrameRef::from_buffer_ref_writable(out.get_mut().unwrap(), &info)
+                .unwrap();
+        gst_video::VideoConverter::new(&rgb_info, &info, None)
+            .unwrap()
+            .frame_ref(&src, &mut dst);
+    }
+    (out, info)
+}
+
+/// What the core library makes of a 4:2:0 buffer: `Yuv420Bridge` around a still
+/// picture's processing, on a copy.
+fn core_yuv420_reference(
+    model: &std::path::Path,
+    buffer: &gst::Buffer,
+    info: &gst_video::VideoInfo,
+) -> Vec<u8> {
+    let mut copy = buffer.copy_deep().unwrap();
+    {
+        let mut frame =
+            gst_video::VideoFrameRef::from_buffer_ref_writable(copy.get_mut().unwrap(), info)
+                .unwrap();
+        let strides: Vec<usize> = frame.plane_stride().iter().map(|&s| s as usize).collect();
+        let (w, h) = (info.width() as usize, info.height() as usize);
+        let format = frame.format();
+        let [p0, p1, p2, _] = frame.planes_data_mut();
+        let mut yuv = if format == gst_video::VideoFormat::I420 {
+            reggan::Yuv420FrameMut::i420(
+                [(p0, strides[0]), (p1, strides[1]), (p2, strides[2])],
+                w,
+                h,
+            )
+        } else {
+            reggan::Yuv420FrameMut::nv12([(p0, strides[0]), (p1, strides[1])], w, h)
+        }
+        .unwrap();
+        let config = reggan::ProcessorConfig {
+            expression: "happy".into(),
+            ..Default::default()
+        };
+        let mut p = reggan::FrameProcessor::new(model, config).unwrap();
+        let mut bridge = reggan::Yuv420Bridge::new();
+        let report = p.process(&mut bridge.unpack(&yuv).unwrap()).unwrap();
+        bridge.pack_changes(&mut yuv, &report.changed).unwrap();
+    }
+    bytes(&copy)
+}
+
+#[test]
+fn i420_and_nv12_frames_are_edited_in_place_at_the_face_only() {
+    let (Some(model), Some(img)) = (shipped_model(), astronaut()) else {
+        return;
+    };
+    // Odd sides (the astronaut: 641x481): GStreamer pads the rows (Y 644, U and V 324
+    // bytes for 641 pixels) and the chroma rounds up.
+    let (w, h) = ((img.width + 128) | 1, (img.height * 15 / 16) | 1);
+    let mut canvas = RgbImage::new(w, h);
+    canvas.data.fill(128);
+    for y in 0..h {
+        let src = &img.data[y * img.width * 3..(y + 1) * img.width * 3];
+        canvas.data[(y * w + 64) * 3..(y * w + 64 + img.width) * 3].copy_from_slice(src);
+    }
+    for format in [gst_video::VideoFormat::I420, gst_video::VideoFormat::Nv12] {
+        let (buffer, info) = converted(&canvas, format);
+        let expected = core_yuv420_reference(&model, &buffer, &info);
+        let mut harness = harness(
+            &[
+                ("model", &model.to_str().unwrap()),
+                ("expression", &gstreggan::Expression::Happy),
+            ],
+            &info,
+        );
+        let (before, out) = run_one(&mut harness, buffer);
+        let after = bytes(&out);
+        let rois = face_rois(&out);
+        assert_eq!(
+            rois.len(),
+            1,
+            "{format:?}: one face ROI expected, got {rois:?}"
+        );
+        assert!(
+            after == expected,
+            "{format:?}: differs from the core library's result"
+        );
+
+        // The luma changed inside the face, and nowhere more than half a face from it.
+        let stride = info.stride()[0] as usize;
+        let near = grow(rois[0], 0.5);
+        let changed: Vec<(usize, usize)> = (0..h * stride)
+            .filter(|&i| before[i] != after[i])
+            .map(|i| (i % stride, i / stride))
+            .collect();
+        assert!(
+            changed.len() > 500,
+            "{format:?}: only {} luma bytes changed",
+            changed.len()
+        );
+        let far: Vec<_> = changed
+            .iter()
+            .filter(|&&p| !inside(p, near))
+            .take(5)
+            .collect();
+        assert!(
+            far.is_empty(),
+            "{format:?}: luma changed far from the face: {far:?}"
+        );
+        assert!(
+            changed.iter().all(|&(x, _)| x < w),
+            "{format:?}: row padding written"
         );
     }
 }

@@ -55,13 +55,18 @@ const DEFAULT_DETAIL: Detail = Detail::Fine;
 const DEFAULT_KEEP_COLOUR: bool = true;
 const DEFAULT_MAX_YAW: f64 = reggan::pose::DEFAULT_MAX_YAW as f64;
 
-const FORMATS: [gst_video::VideoFormat; 6] = [
+/// Packed RGB formats go to the processor as they are; 4:2:0 ones (what decoders and
+/// cameras give) through `reggan::Yuv420Bridge`, which writes back only the faces,
+/// cheaper than a videoconvert on each side.
+const FORMATS: [gst_video::VideoFormat; 8] = [
     gst_video::VideoFormat::Rgb,
     gst_video::VideoFormat::Bgr,
     gst_video::VideoFormat::Rgba,
     gst_video::VideoFormat::Bgra,
     gst_video::VideoFormat::Rgbx,
     gst_video::VideoFormat::Bgrx,
+    gst_video::VideoFormat::I420,
+    gst_video::VideoFormat::Nv12,
 ];
 
 #[derive(Debug, Clone, PartialEq)]
@@ -147,6 +152,8 @@ struct State {
     frames: u64,
     /// Width and height of the negotiated frames (None before the first caps).
     frame_size: Option<(u32, u32)>,
+    /// Buffers for I420 and NV12 frames.
+    yuv: reggan::Yuv420Bridge,
 }
 
 #[derive(Default)]
@@ -202,6 +209,7 @@ impl FaceExpression {
             detect_interval: settings.detect_interval,
             frames: 0,
             frame_size: None,
+            yuv: reggan::Yuv420Bridge::new(),
         })
     }
 
@@ -523,6 +531,38 @@ fn pixel_layout(format: gst_video::VideoFormat) -> Option<reggan::PixelLayout> {
     })
 }
 
+/// One I420 or NV12 frame through the processor: converted to BGRx by the state's
+/// bridge, processed, and only the changed rectangles written back into the planes.
+fn process_yuv420(
+    state: &mut State,
+    frame: &mut gst_video::VideoFrameRef<&mut gst::BufferRef>,
+    time: std::time::Duration,
+) -> reggan::Result<reggan::FrameReport> {
+    let (width, height) = (frame.width() as usize, frame.height() as usize);
+    if width < 2 || height < 2 {
+        // No whole chroma block, so nothing to convert (and no face fits).
+        return Ok(reggan::FrameReport::default());
+    }
+    let format = frame.format();
+    let strides: Vec<usize> = frame.plane_stride().iter().map(|&s| s as usize).collect();
+    let [p0, p1, p2, _] = frame.planes_data_mut();
+    let mut yuv = if format == gst_video::VideoFormat::I420 {
+        reggan::Yuv420FrameMut::i420(
+            [(p0, strides[0]), (p1, strides[1]), (p2, strides[2])],
+            width,
+            height,
+        )?
+    } else {
+        reggan::Yuv420FrameMut::nv12([(p0, strides[0]), (p1, strides[1])], width, height)?
+    };
+    let report = {
+        let mut packed = state.yuv.unpack(&yuv)?;
+        state.processor.process_video(&mut packed, time)?
+    };
+    state.yuv.pack_changes(&mut yuv, &report.changed)?;
+    Ok(report)
+}
+
 /// A face box clipped to the frame, in whole pixels; None if nothing is left.
 fn clip_box(b: &reggan::detect::BoxF, width: u32, height: u32) -> Option<(u32, u32, u32, u32)> {
     let x0 = b.x.floor().clamp(0.0, width as f32) as u32;
@@ -573,14 +613,7 @@ impl VideoFilterImpl for FaceExpression {
             return Err(gst::FlowError::Error);
         }
 
-        let layout = pixel_layout(frame.format()).ok_or_else(|| {
-            gst::element_imp_error!(
-                self,
-                gst::CoreError::Negotiation,
-                ("Unsupported format {:?}", frame.format())
-            );
-            gst::FlowError::NotNegotiated
-        })?;
+        let format = frame.format();
         let (width, height) = (frame.width(), frame.height());
         // Transitions run in stream time: the buffer's timestamp, else a nominal 30 fps.
         let time = frame
@@ -588,22 +621,41 @@ impl VideoFilterImpl for FaceExpression {
             .pts()
             .map(std::time::Duration::from)
             .unwrap_or(UNTIMED_FRAME * state.frames as u32);
-        let stride = frame.plane_stride()[0] as usize;
-        let data = frame.plane_data_mut(0).map_err(|e| {
-            gst::element_imp_error!(self, gst::CoreError::Failed, ("Cannot map the frame: {e}"));
+        let report = match format {
+            gst_video::VideoFormat::I420 | gst_video::VideoFormat::Nv12 => {
+                process_yuv420(state, frame, time)
+            }
+            _ => {
+                let layout = pixel_layout(format).ok_or_else(|| {
+                    gst::element_imp_error!(
+                        self,
+                        gst::CoreError::Negotiation,
+                        ("Unsupported format {format:?}")
+                    );
+                    gst::FlowError::NotNegotiated
+                })?;
+                let stride = frame.plane_stride()[0] as usize;
+                let data = frame.plane_data_mut(0).map_err(|e| {
+                    gst::element_imp_error!(
+                        self,
+                        gst::CoreError::Failed,
+                        ("Cannot map the frame: {e}")
+                    );
+                    gst::FlowError::Error
+                })?;
+                reggan::FrameMut::new(data, width as usize, height as usize, stride, layout)
+                    .and_then(|mut f| state.processor.process_video(&mut f, time))
+            }
+        }
+        .map_err(|e| {
+            gst::element_imp_error!(
+                self,
+                gst::StreamError::Failed,
+                ("Processing a {width}x{height} {format:?} frame failed: {e}"),
+                ["{e:?}"]
+            );
             gst::FlowError::Error
         })?;
-        let report = reggan::FrameMut::new(data, width as usize, height as usize, stride, layout)
-            .and_then(|mut f| state.processor.process_video(&mut f, time))
-            .map_err(|e| {
-                gst::element_imp_error!(
-                    self,
-                    gst::StreamError::Failed,
-                    ("Processing a {width}x{height} {layout:?} frame failed: {e}"),
-                    ["{e:?}"]
-                );
-                gst::FlowError::Error
-            })?;
         state.frames += 1;
 
         let t = &report.timings;
