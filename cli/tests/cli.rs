@@ -696,6 +696,34 @@ fn bench_writes_every_stage() {
     let run = reggan(&["bench", "--faces", "3", "--model", path_str(&model)]);
     assert!(!run.status.success());
     assert!(stderr(&run).contains("1 or 4"), "{}", stderr(&run));
+    // The element fed I420, as a decoder would: it finds the face and runs in each size.
+    let run = reggan(&[
+        "bench",
+        "--frames",
+        "2",
+        "--format",
+        "i420",
+        "--image",
+        path_str(&photo),
+        "--model",
+        path_str(&model),
+        "--json",
+        path_str(&json),
+    ]);
+    assert!(
+        run.status.success(),
+        "bench --format i420 failed: {}",
+        stderr(&run)
+    );
+    let value: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(value["element_format"], "i420");
+    for row in value["results"].as_array().unwrap() {
+        assert!(row["element"]["fps"].as_f64().unwrap() > 0.0, "{row}");
+    }
+    let run = reggan(&["bench", "--format", "yuy2", "--model", path_str(&model)]);
+    assert!(!run.status.success());
+    assert!(stderr(&run).contains("i420"), "{}", stderr(&run));
 }
 
 /// The element's face-following options are `apply` options too, checked like them.
