@@ -158,7 +158,18 @@ fn plane_mat(data: &[u8], rows: usize, cols: usize, typ: i32, step: usize) -> Re
 
 /// The 4:2:0 <-> BGRx conversion around the processor, with buffers kept between
 /// frames. `unpack` a frame, process the packed view, then `pack_changes` with the
-/// report's `changed` rectangles.
+/// report's `changed` rectangles:
+///
+/// ```no_run
+/// # fn edit(processor: &mut reggan::FrameProcessor, bridge: &mut reggan::Yuv420Bridge,
+/// #         y: &mut [u8], uv: &mut [u8], t: std::time::Duration) -> reggan::Result<()> {
+/// // An NV12 frame of 1280x720 with unpadded rows, as a decoder hands it over.
+/// let mut frame = reggan::Yuv420FrameMut::nv12([(y, 1280), (uv, 1280)], 1280, 720)?;
+/// let report = processor.process_video(&mut bridge.unpack(&frame)?, t)?;
+/// bridge.pack_changes(&mut frame, &report.changed)?;
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Default)]
 pub struct Yuv420Bridge {
     /// The whole frame as BGRx (even part).
