@@ -260,6 +260,30 @@ fn i420_and_nv12_frames_are_edited_in_place_at_the_face_only() {
 }
 
 #[test]
+fn tiny_420_frames_pass_unchanged() {
+    let Some(model) = shipped_model() else {
+        return;
+    };
+    init();
+    // One pixel wide or high has no whole chroma block; 2x2 and 3x5 do.
+    for format in [gst_video::VideoFormat::I420, gst_video::VideoFormat::Nv12] {
+        for (w, h) in [(1, 1), (1, 7), (2, 2), (3, 5)] {
+            let info = gst_video::VideoInfo::builder(format, w, h).build().unwrap();
+            let mut buffer = gst::Buffer::with_size(info.size()).unwrap();
+            {
+                let mut map = buffer.get_mut().unwrap().map_writable().unwrap();
+                for (i, b) in map.iter_mut().enumerate() {
+                    *b = (i * 37 % 256) as u8;
+                }
+            }
+            let mut harness = harness(&[("model", &model.to_str().unwrap())], &info);
+            let (before, out) = run_one(&mut harness, buffer);
+            assert_eq!(before, bytes(&out), "{format:?} {w}x{h} changed");
+        }
+    }
+}
+
+#[test]
 fn frames_without_a_face_pass_bit_identical() {
     let Some(model) = shipped_model() else {
         return;
