@@ -35,7 +35,7 @@ pub use processor::{
     FaceEdit, FrameProcessor, FrameReport, ProcessorConfig, StageTimings, DEFAULT_TRANSITION,
 };
 pub use track::{FaceTracker, OneEuroFilter, OneEuroParams, TrackingOptions};
-pub use yuv::{Yuv420Bridge, Yuv420FrameMut, Yuv420Layout};
+pub use yuv::{Yuv420Bridge, Yuv420FrameMut, Yuv420Layout, Yuv420Range};
 
 /// The model shipped with the project (used when no model is given): `$REGGAN_MODEL`,
 /// the installed `models/mr`, the build tree's (search order: [`install`]).

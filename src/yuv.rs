@@ -12,9 +12,12 @@
 //! whose BGRx did not change is not written, so everything outside the edit stays
 //! bit-identical.
 //!
-//! Colours: OpenCV's conversion (BT.601, video range) both ways, whatever the stream's
-//! colorimetry says. The model sees BT.709 material with a slightly different tint (a
-//! few levels), and the change goes back through the exact inverse, so nothing drifts.
+//! Colours: OpenCV's conversion (BT.601, video range) both ways. A full-range frame
+//! (JPEG's, as `jpegdec` gives a webcam's MJPEG; [`Yuv420Range::Full`]) is first mapped
+//! to video range by a table, and its change scaled back to full range, so the model
+//! sees neither crushed blacks nor a stretched contrast. The BT.709 matrix of HD streams
+//! is not honoured: the model sees such material with a slightly different tint (a few
+//! levels), and the change goes back through the exact inverse, so nothing drifts.
 //! Odd sizes: the last column or row of an odd-sized frame is left out of the
 //! conversion (it has no whole 2x2 chroma block) and never changed.
 
@@ -35,6 +38,16 @@ pub enum Yuv420Layout {
     Nv12,
 }
 
+/// The sample range of a 4:2:0 frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Yuv420Range {
+    /// Y in 16..=235, U and V in 16..=240 (video, TV): what video codecs carry.
+    #[default]
+    Video,
+    /// All of 0..=255 (JPEG, and GStreamer's colorimetry `1:4:0:0`).
+    Full,
+}
+
 /// A mutable 4:2:0 frame: its planes, each with its own row stride.
 pub struct Yuv420FrameMut<'a> {
     luma: &'a mut [u8],
@@ -45,6 +58,7 @@ pub struct Yuv420FrameMut<'a> {
     width: usize,
     height: usize,
     layout: Yuv420Layout,
+    range: Yuv420Range,
 }
 
 impl<'a> Yuv420FrameMut<'a> {
@@ -59,6 +73,7 @@ impl<'a> Yuv420FrameMut<'a> {
             width,
             height,
             layout: Yuv420Layout::I420,
+            range: Yuv420Range::Video,
         };
         frame.check()?;
         Ok(frame)
@@ -75,6 +90,7 @@ impl<'a> Yuv420FrameMut<'a> {
             width,
             height,
             layout: Yuv420Layout::Nv12,
+            range: Yuv420Range::Video,
         };
         frame.check()?;
         Ok(frame)
@@ -88,6 +104,15 @@ impl<'a> Yuv420FrameMut<'a> {
     }
     pub fn layout(&self) -> Yuv420Layout {
         self.layout
+    }
+
+    /// The same frame with samples in `range` (video range unless said).
+    pub fn with_range(mut self, range: Yuv420Range) -> Self {
+        self.range = range;
+        self
+    }
+    pub fn range(&self) -> Yuv420Range {
+        self.range
     }
 
     /// The part made of whole 2x2 chroma blocks, the part the bridge converts.
@@ -178,6 +203,8 @@ pub struct Yuv420Bridge {
     uv: Mat,
     /// One changed rectangle converted afresh from the untouched planes.
     before: Mat,
+    /// A full-range frame's luma and chroma mapped to video range.
+    video_range: [Mat; 2],
 }
 
 impl Yuv420Bridge {
@@ -198,11 +225,12 @@ impl Yuv420Bridge {
         let luma = plane_mat(frame.luma, h, w, CV_8UC1, frame.luma_stride)?;
         self.interleave_chroma(frame)?;
         let chroma = self.chroma_plane(frame)?;
-        imgproc::cvt_color_two_plane(
+        to_bgra(
             &luma,
             &chroma,
+            frame.range,
+            &mut self.video_range,
             &mut self.packed,
-            imgproc::COLOR_YUV2BGRA_NV12,
         )?;
         let data = self.packed.data_bytes_mut()?;
         FrameMut::new(data, w, h, w * 4, PixelLayout::Bgrx)
@@ -274,11 +302,12 @@ impl Yuv420Bridge {
                 block.h as i32 / 2,
             ),
         )?;
-        imgproc::cvt_color_two_plane(
+        to_bgra(
             &luma,
             &chroma,
+            frame.range,
+            &mut self.video_range,
             &mut self.before,
-            imgproc::COLOR_YUV2BGRA_NV12,
         )?;
         debug_assert_eq!(self.before.typ(), CV_8UC4);
         Ok(())
@@ -292,6 +321,7 @@ impl Yuv420Bridge {
         let row_bytes = block.w * 4;
         let (ys, [s0, s1]) = (frame.luma_stride, frame.chroma_stride);
         let layout = frame.layout;
+        let [to_y, to_u, to_v] = inverse_rows(frame.range);
         let [c0, c1] = &mut frame.chroma;
         for by in (0..block.h).step_by(2) {
             let after_rows = [by, by + 1]
@@ -316,7 +346,7 @@ impl Yuv420Bridge {
                         // BGRx: blue first.
                         let d = [2, 1, 0].map(|c| a[c] as i32 - b[c] as i32);
                         let luma = &mut frame.luma[luma_row + x];
-                        *luma = add_fixed(*luma, dot(TO_Y, d), 16);
+                        *luma = add_fixed(*luma, dot(to_y, d), 16);
                         (0..3).for_each(|c| sum[c] += d[c]);
                     }
                 }
@@ -334,8 +364,8 @@ impl Yuv420Bridge {
                     }
                 };
                 // The block's mean change: the sum over its four pixels, two more bits.
-                *u = add_fixed(*u, dot(TO_U, sum), 18);
-                *v = add_fixed(*v, dot(TO_V, sum), 18);
+                *u = add_fixed(*u, dot(to_u, sum), 18);
+                *v = add_fixed(*v, dot(to_v, sum), 18);
             }
         }
         Ok(())
@@ -348,6 +378,47 @@ impl Yuv420Bridge {
 pub const TO_Y: [i32; 3] = [16840, 33058, 6405];
 pub const TO_U: [i32; 3] = [-9713, -19068, 28781];
 pub const TO_V: [i32; 3] = [28781, -24110, -4671];
+
+/// The rows for `range`: full-range samples span 255/219 (luma) and 255/224 (chroma)
+/// times the video-range steps.
+fn inverse_rows(range: Yuv420Range) -> [[i32; 3]; 3] {
+    let scale = |row: [i32; 3], f: f64| row.map(|c| (c as f64 * f).round() as i32);
+    match range {
+        Yuv420Range::Video => [TO_Y, TO_U, TO_V],
+        Yuv420Range::Full => [
+            scale(TO_Y, 255.0 / 219.0),
+            scale(TO_U, 255.0 / 224.0),
+            scale(TO_V, 255.0 / 224.0),
+        ],
+    }
+}
+
+/// `dst` = BGRA of NV12-ordered `luma` and `chroma` by OpenCV's video-range BT.601
+/// conversion; full-range samples are first mapped to video range (into `scratch`).
+fn to_bgra(
+    luma: &impl opencv::core::ToInputArray,
+    chroma: &impl opencv::core::ToInputArray,
+    range: Yuv420Range,
+    scratch: &mut [Mat; 2],
+    dst: &mut Mat,
+) -> Result<()> {
+    let code = imgproc::COLOR_YUV2BGRA_NV12;
+    if range == Yuv420Range::Video {
+        imgproc::cvt_color_two_plane(luma, chroma, dst, code)?;
+        return Ok(());
+    }
+    let table = |f: fn(f64) -> f64| -> Result<Mat> {
+        let values: Vec<u8> = (0..256).map(|v| f(v as f64).round() as u8).collect();
+        Ok(Mat::from_slice(&values)?.try_clone()?)
+    };
+    let luma_table = table(|y| 16.0 + y * 219.0 / 255.0)?;
+    let chroma_table = table(|c| 128.0 + (c - 128.0) * 224.0 / 255.0)?;
+    let [luma_video, chroma_video] = scratch;
+    opencv::core::lut(luma, &luma_table, luma_video)?;
+    opencv::core::lut(chroma, &chroma_table, chroma_video)?;
+    imgproc::cvt_color_two_plane(luma_video, chroma_video, dst, code)?;
+    Ok(())
+}
 
 fn dot(row: [i32; 3], d: [i32; 3]) -> i32 {
     row[0] * d[0] + row[1] * d[1] + row[2] * d[2]

@@ -10,7 +10,7 @@ use opencv::prelude::*;
 use reggan::yuv::disjoint_blocks;
 use reggan::{
     Device, FrameMut, FrameProcessor, PixelLayout, ProcessorConfig, RgbImage, Roi, Yuv420Bridge,
-    Yuv420FrameMut,
+    Yuv420FrameMut, Yuv420Range,
 };
 
 fn processor(model: &std::path::Path) -> FrameProcessor {
@@ -299,4 +299,100 @@ fn a_frame_the_processor_left_alone_is_not_written() {
     bridge.pack_changes(&mut frame, &[]).unwrap();
     assert_eq!(planes.y, original.y);
     assert_eq!((&planes.u, &planes.v), (&original.u, &original.v));
+}
+
+/// Full-range (JPEG, `jpegdec`'s) I420 of `rgb`, whose 2x2 blocks are of one colour,
+/// by the JFIF formulas; unpadded planes.
+fn jfif_i420(rgb: &RgbImage) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
+    let (w, h) = (rgb.width, rgb.height);
+    let to_u8 = |v: f64| v.round().clamp(0.0, 255.0) as u8;
+    let mut y = vec![0; w * h];
+    let (mut u, mut v) = (vec![0; w * h / 4], vec![0; w * h / 4]);
+    for py in 0..h {
+        for px in 0..w {
+            let [r, g, b] = rgb.pixel(px, py).map(f64::from);
+            y[py * w + px] = to_u8(0.299 * r + 0.587 * g + 0.114 * b);
+            let c = (py / 2) * (w / 2) + px / 2;
+            u[c] = to_u8(128.0 - 0.168736 * r - 0.331264 * g + 0.5 * b);
+            v[c] = to_u8(128.0 + 0.5 * r - 0.418688 * g - 0.081312 * b);
+        }
+    }
+    (y, u, v)
+}
+
+#[test]
+fn a_full_range_frame_is_read_and_written_in_full_range() {
+    let (w, h) = (16, 8);
+    let mut rgb = RgbImage::new(w, h);
+    for py in 0..h {
+        for px in 0..w {
+            let block = (py / 2) * (w / 2) + px / 2;
+            let colour = [
+                40 + block * 37 % 160,
+                40 + block * 53 % 160,
+                40 + block * 71 % 160,
+            ];
+            let i = (py * w + px) * 3;
+            for c in 0..3 {
+                rgb.data[i + c] = colour[c] as u8;
+            }
+        }
+    }
+    let (y0, u0, v0) = jfif_i420(&rgb);
+    let read_as = |range: Yuv420Range| {
+        let (mut y, mut u, mut v) = (y0.clone(), u0.clone(), v0.clone());
+        let frame = Yuv420FrameMut::i420([(&mut y, w), (&mut u, w / 2), (&mut v, w / 2)], w, h)
+            .unwrap()
+            .with_range(range);
+        let mut bridge = Yuv420Bridge::new();
+        let packed = bridge.unpack(&frame).unwrap();
+        let data = packed.data();
+        (0..w * h)
+            .flat_map(|i| [2, 1, 0].map(|c| data[i * 4 + c].abs_diff(rgb.data[i * 3 + 2 - c])))
+            .max()
+            .unwrap()
+    };
+    let (full, video) = (read_as(Yuv420Range::Full), read_as(Yuv420Range::Video));
+    eprintln!("largest error read as full range {full}, as video range {video}");
+    assert!(full <= 3, "full range read back off by {full}");
+    assert!(
+        video > 10,
+        "reading full range as video range should stretch it ({video})"
+    );
+
+    // A grey change of +10 goes back as +10 full-range luma steps and no chroma change.
+    let (mut y, mut u, mut v) = (y0.clone(), u0.clone(), v0.clone());
+    let mut frame = Yuv420FrameMut::i420([(&mut y, w), (&mut u, w / 2), (&mut v, w / 2)], w, h)
+        .unwrap()
+        .with_range(Yuv420Range::Full);
+    let mut bridge = Yuv420Bridge::new();
+    for (i, p) in bridge
+        .unpack(&frame)
+        .unwrap()
+        .data_mut()
+        .chunks_mut(4)
+        .enumerate()
+    {
+        if i % w < 8 {
+            p[..3].iter_mut().for_each(|c| *c += 10);
+        }
+    }
+    let left = Roi {
+        x: 0,
+        y: 0,
+        w: 8,
+        h,
+    };
+    bridge.pack_changes(&mut frame, &[left]).unwrap();
+    for (i, (after, before)) in y.iter().zip(&y0).enumerate() {
+        let want = if i % w < 8 { 10 } else { 0 };
+        assert_eq!(
+            *after as i32 - *before as i32,
+            want,
+            "luma at ({}, {})",
+            i % w,
+            i / w
+        );
+    }
+    assert_eq!((u, v), (u0, v0), "a grey change moved the chroma");
 }

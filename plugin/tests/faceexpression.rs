@@ -134,15 +134,22 @@ fn odd_width_and_height_rgb_keeps_padding() {
     }
 }
 
-/// `img` converted by GStreamer's own converter into `format` (GStreamer's strides).
+/// `img` converted by GStreamer's own converter into `format` (GStreamer's strides),
+/// full range (JPEG's colorimetry, as jpegdec gives) or GStreamer's default.
 fn converted(
     img: &RgbImage,
     format: gst_video::VideoFormat,
+    full_range: bool,
 ) -> (gst::Buffer, gst_video::VideoInfo) {
     let (rgb, rgb_info) = to_buffer(img, gst_video::VideoFormat::Rgb);
-    let info = gst_video::VideoInfo::builder(format, img.width as u32, img.height as u32)
-        .build()
-        .unwrap();
+    let jpeg = "1:4:0:0".parse::<gst_video::VideoColorimetry>().unwrap();
+    let info = gst_video::VideoInfo::builder(format, img.width as u32, img.height as u32);
+    let info = if full_range {
+        info.colorimetry(&jpeg)
+    } else {
+        info
+    };
+    let info = info.build().unwrap();
     let mut out = gst::Buffer::with_size(info.size()).unwrap();
     {
         let src = gst_video::VideoFrameRef::from_buffer_ref_readable(&rgb, &rgb_info).unwrap();
@@ -171,6 +178,11 @@ fn core_yuv420_reference(
         let strides: Vec<usize> = frame.plane_stride().iter().map(|&s| s as usize).collect();
         let (w, h) = (info.width() as usize, info.height() as usize);
         let format = frame.format();
+        let range = if info.colorimetry().range() == gst_video::VideoColorRange::Range0_255 {
+            reggan::Yuv420Range::Full
+        } else {
+            reggan::Yuv420Range::Video
+        };
         let [p0, p1, p2, _] = frame.planes_data_mut();
         let mut yuv = if format == gst_video::VideoFormat::I420 {
             reggan::Yuv420FrameMut::i420(
@@ -181,7 +193,8 @@ fn core_yuv420_reference(
         } else {
             reggan::Yuv420FrameMut::nv12([(p0, strides[0]), (p1, strides[1])], w, h)
         }
-        .unwrap();
+        .unwrap()
+        .with_range(range);
         let config = reggan::ProcessorConfig {
             expression: "happy".into(),
             ..Default::default()
@@ -208,8 +221,9 @@ fn i420_and_nv12_frames_are_edited_in_place_at_the_face_only() {
         let src = &img.data[y * img.width * 3..(y + 1) * img.width * 3];
         canvas.data[(y * w + 64) * 3..(y * w + 64 + img.width) * 3].copy_from_slice(src);
     }
-    for format in [gst_video::VideoFormat::I420, gst_video::VideoFormat::Nv12] {
-        let (buffer, info) = converted(&canvas, format);
+    use gst_video::VideoFormat::{Nv12, I420};
+    for (format, full_range) in [(I420, false), (Nv12, false), (I420, true)] {
+        let (buffer, info) = converted(&canvas, format, full_range);
         let expected = core_yuv420_reference(&model, &buffer, &info);
         let mut harness = harness(
             &[

@@ -544,6 +544,11 @@ fn process_yuv420(
         return Ok(reggan::FrameReport::default());
     }
     let format = frame.format();
+    // Full range: JPEG's, e.g. a webcam's MJPEG through jpegdec (colorimetry 1:4:0:0).
+    let range = match frame.info().colorimetry().range() {
+        gst_video::VideoColorRange::Range0_255 => reggan::Yuv420Range::Full,
+        _ => reggan::Yuv420Range::Video,
+    };
     let strides: Vec<usize> = frame.plane_stride().iter().map(|&s| s as usize).collect();
     let [p0, p1, p2, _] = frame.planes_data_mut();
     let mut yuv = if format == gst_video::VideoFormat::I420 {
@@ -554,7 +559,8 @@ fn process_yuv420(
         )?
     } else {
         reggan::Yuv420FrameMut::nv12([(p0, strides[0]), (p1, strides[1])], width, height)?
-    };
+    }
+    .with_range(range);
     let report = {
         let mut packed = state.yuv.unpack(&yuv)?;
         state.processor.process_video(&mut packed, time)?
