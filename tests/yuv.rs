@@ -333,9 +333,7 @@ fn a_full_range_frame_is_read_and_written_in_full_range() {
                 40 + block * 71 % 160,
             ];
             let i = (py * w + px) * 3;
-            for c in 0..3 {
-                rgb.data[i + c] = colour[c] as u8;
-            }
+            rgb.data[i..i + 3].copy_from_slice(&colour.map(|c| c as u8));
         }
     }
     let (y0, u0, v0) = jfif_i420(&rgb);
