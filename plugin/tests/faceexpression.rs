@@ -37,19 +37,7 @@ fn check_face_changed(
         in_face >= 50 && in_lower >= 20,
         "{what}: too little change in the face {roi:?}: {in_face} pixels, {in_lower} in its lower half"
     );
-    // The aligned crop reaches beyond the detector's box, so "far" means more than half
-    // a face away from it.
-    let near = grow(roi, 0.5);
-    let far: Vec<_> = d
-        .pixels
-        .iter()
-        .filter(|&&p| !inside(p, near))
-        .take(5)
-        .collect();
-    assert!(
-        far.is_empty(),
-        "{what}: pixels changed far from the face {roi:?}: {far:?}"
-    );
+    assert_none_far(&d.pixels, roi, &what);
 
     // Corners and a band across the bottom third are bit-identical (explicitly).
     let (w, h) = (info.width() as usize, info.height() as usize);
@@ -247,7 +235,6 @@ fn i420_and_nv12_frames_are_edited_in_place_at_the_face_only() {
 
         // The luma changed inside the face, and nowhere more than half a face from it.
         let stride = info.stride()[0] as usize;
-        let near = grow(rois[0], 0.5);
         let changed: Vec<(usize, usize)> = (0..h * stride)
             .filter(|&i| before[i] != after[i])
             .map(|i| (i % stride, i / stride))
@@ -257,15 +244,7 @@ fn i420_and_nv12_frames_are_edited_in_place_at_the_face_only() {
             "{format:?}: only {} luma bytes changed",
             changed.len()
         );
-        let far: Vec<_> = changed
-            .iter()
-            .filter(|&&p| !inside(p, near))
-            .take(5)
-            .collect();
-        assert!(
-            far.is_empty(),
-            "{format:?}: luma changed far from the face: {far:?}"
-        );
+        assert_none_far(&changed, rois[0], &format!("{format:?} luma"));
         assert!(
             changed.iter().all(|&(x, _)| x < w),
             "{format:?}: row padding written"

@@ -225,6 +225,21 @@ pub fn run_one(h: &mut gst_check::Harness, buffer: gst::Buffer) -> (Vec<u8>, gst
     (before, out)
 }
 
+/// Panics if any of `pixels` lies more than half a face from the face box `roi`: the
+/// aligned crop reaches beyond the detector's box, so "far" starts half a face away.
+pub fn assert_none_far(pixels: &[(usize, usize)], roi: (u32, u32, u32, u32), what: &str) {
+    let near = grow(roi, 0.5);
+    let far: Vec<_> = pixels
+        .iter()
+        .filter(|&&p| !inside(p, near))
+        .take(5)
+        .collect();
+    assert!(
+        far.is_empty(),
+        "{what}: pixels changed far from the face {roi:?}: {far:?}"
+    );
+}
+
 /// Grows a box by `f` times its size on every side, clipped at 0.
 pub fn grow(r: (u32, u32, u32, u32), f: f32) -> (usize, usize, usize, usize) {
     let (x, y, w, h) = (r.0 as f32, r.1 as f32, r.2 as f32, r.3 as f32);
