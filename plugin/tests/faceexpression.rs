@@ -122,35 +122,6 @@ fn odd_width_and_height_rgb_keeps_padding() {
     }
 }
 
-/// `img` converted by GStreamer's own converter into `format` (GStreamer's strides),
-/// full range (JPEG's colorimetry, as jpegdec gives) or GStreamer's default.
-fn converted(
-    img: &RgbImage,
-    format: gst_video::VideoFormat,
-    full_range: bool,
-) -> (gst::Buffer, gst_video::VideoInfo) {
-    let (rgb, rgb_info) = to_buffer(img, gst_video::VideoFormat::Rgb);
-    let jpeg = "1:4:0:0".parse::<gst_video::VideoColorimetry>().unwrap();
-    let info = gst_video::VideoInfo::builder(format, img.width as u32, img.height as u32);
-    let info = if full_range {
-        info.colorimetry(&jpeg)
-    } else {
-        info
-    };
-    let info = info.build().unwrap();
-    let mut out = gst::Buffer::with_size(info.size()).unwrap();
-    {
-        let src = gst_video::VideoFrameRef::from_buffer_ref_readable(&rgb, &rgb_info).unwrap();
-        let mut dst =
-            gst_video::VideoFrameRef::from_buffer_ref_writable(out.get_mut().unwrap(), &info)
-                .unwrap();
-        gst_video::VideoConverter::new(&rgb_info, &info, None)
-            .unwrap()
-            .frame_ref(&src, &mut dst);
-    }
-    (out, info)
-}
-
 /// What the core library makes of a 4:2:0 buffer: `Yuv420Bridge` around a still
 /// picture's processing, on a copy.
 fn core_yuv420_reference(
@@ -211,7 +182,7 @@ fn i420_and_nv12_frames_are_edited_in_place_at_the_face_only() {
     }
     use gst_video::VideoFormat::{Nv12, I420};
     for (format, full_range) in [(I420, false), (Nv12, false), (I420, true)] {
-        let (buffer, info) = converted(&canvas, format, full_range);
+        let (buffer, info) = to_yuv_buffer(&canvas, format, full_range);
         let expected = core_yuv420_reference(&model, &buffer, &info);
         let mut harness = harness(
             &[

@@ -191,6 +191,56 @@ fn caps_change_from_640x480_rgb_to_1280x720_bgrx_mid_stream() {
 }
 
 #[test]
+fn caps_change_from_640x480_i420_to_1280x720_nv12_mid_stream() {
+    let (Some(model), Some(img)) = (shipped_model(), astronaut()) else {
+        return;
+    };
+    use gst_video::VideoFormat::{Nv12, I420};
+    let (small, _) = two_scenes(&img);
+    let large = canvas(&img, 1280, 720, 600, 200);
+    let (small_frame, small_info) = to_yuv_buffer(&small, I420, false);
+    let mut h = harness(
+        &[
+            ("model", &model.to_str().unwrap()),
+            ("detect-interval", &RARE_SEARCH),
+        ],
+        &small_info,
+    );
+    let small_roi = one_face(&run_one(&mut h, small_frame).1, "640x480 I420");
+    // The same face as in RGB (a box within a pixel or two: the 4:2:0 chroma).
+    let (rgb_frame, rgb_info) = to_buffer(&small, gst_video::VideoFormat::Rgb);
+    let mut rgb = harness(&[("model", &model.to_str().unwrap())], &rgb_info);
+    let rgb_roi = one_face(&run_one(&mut rgb, rgb_frame).1, "640x480 RGB");
+    assert!(
+        same_face(small_roi, rgb_roi),
+        "{small_roi:?} vs {rgb_roi:?}"
+    );
+
+    // A new size and layout: the bridge's buffers follow and tracking starts afresh.
+    let (large_frame, large_info) = to_yuv_buffer(&large, Nv12, false);
+    h.set_src_caps(large_info.to_caps().unwrap());
+    let (before, out) = run_one(&mut h, large_frame);
+    let large_roi = one_face(&out, "after caps 1280x720 NV12");
+    assert!(
+        large_roi.0 >= 600 && large_roi.1 >= 200,
+        "ROI {large_roi:?} is not where the 1280x720 frame has the face"
+    );
+    assert_ne!(
+        before,
+        bytes(&out),
+        "the 1280x720 NV12 face was not changed"
+    );
+    let tracked = one_face(
+        &run_one(&mut h, to_yuv_buffer(&large, Nv12, false).0).1,
+        "tracked in 1280x720 NV12",
+    );
+    assert!(
+        same_face(tracked, large_roi),
+        "{tracked:?} vs {large_roi:?}"
+    );
+}
+
+#[test]
 fn a_format_change_of_the_same_size_keeps_tracking() {
     let (Some(model), Some(img)) = (shipped_model(), astronaut()) else {
         return;

@@ -117,6 +117,35 @@ pub fn to_buffer(
     (buffer, info)
 }
 
+/// `img` converted by GStreamer's own converter into `format` (GStreamer's strides),
+/// full range (JPEG's colorimetry, as jpegdec gives) or GStreamer's default.
+pub fn to_yuv_buffer(
+    img: &RgbImage,
+    format: gst_video::VideoFormat,
+    full_range: bool,
+) -> (gst::Buffer, gst_video::VideoInfo) {
+    let (rgb, rgb_info) = to_buffer(img, gst_video::VideoFormat::Rgb);
+    let jpeg = "1:4:0:0".parse::<gst_video::VideoColorimetry>().unwrap();
+    let info = gst_video::VideoInfo::builder(format, img.width as u32, img.height as u32);
+    let info = if full_range {
+        info.colorimetry(&jpeg)
+    } else {
+        info
+    };
+    let info = info.build().unwrap();
+    let mut out = gst::Buffer::with_size(info.size()).unwrap();
+    {
+        let src = gst_video::VideoFrameRef::from_buffer_ref_readable(&rgb, &rgb_info).unwrap();
+        let mut dst =
+            gst_video::VideoFrameRef::from_buffer_ref_writable(out.get_mut().unwrap(), &info)
+                .unwrap();
+        gst_video::VideoConverter::new(&rgb_info, &info, None)
+            .unwrap()
+            .frame_ref(&src, &mut dst);
+    }
+    (out, info)
+}
+
 /// The colour of a frame buffer back as a packed RGB image (honouring the stride).
 pub fn to_rgb(buffer: &gst::BufferRef, info: &gst_video::VideoInfo) -> RgbImage {
     let frame = gst_video::VideoFrameRef::from_buffer_ref_readable(buffer, info).unwrap();
