@@ -305,7 +305,6 @@ impl TestFrame {
         .expect("a valid frame")
     }
 
-    /// Checks that no padding or alpha/x byte differs from what was written.
     /// Every byte that differs from `before` lies in `reached`, the rectangle the
     /// compositor says its change could reach (what a YUV caller writes back).
     fn check_changes_inside(&self, before: &[u8], reached: Option<reggan::Roi>) {
@@ -321,6 +320,7 @@ impl TestFrame {
         }
     }
 
+    /// Checks that no padding or alpha/x byte differs from what was written.
     fn check_untouched_bytes(&self) {
         let bpp = self.layout.bytes_per_pixel();
         for (i, &b) in self.data.iter().enumerate() {
