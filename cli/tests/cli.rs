@@ -452,11 +452,22 @@ fn unreadable_input_is_named() {
     }
 }
 
-/// Ten frames of the astronaut as H.264 in MP4.
+/// `frames` frames of the astronaut as H.264 in MP4.
 fn make_video(photo: &Path, path: &Path, frames: u32) {
+    encode_photo(
+        photo,
+        frames,
+        "videoconvert ! video/x-raw,format=I420 ! x264enc ! mp4mux",
+        path,
+    );
+}
+
+/// `frames` frames of `photo` at 25 fps through `encode` (the elements from raw video
+/// to a muxed stream) into `path`.
+fn encode_photo(photo: &Path, frames: u32, encode: &str, path: &Path) {
     let pipeline = gst::parse::launch(&format!(
         "filesrc location=\"{}\" ! pngdec ! imagefreeze num-buffers={frames} ! video/x-raw,framerate=25/1 \
-         ! videoconvert ! video/x-raw,format=I420 ! x264enc ! mp4mux ! filesink location=\"{}\"",
+         ! {encode} ! filesink location=\"{}\"",
         photo.display(),
         path.display()
     ))
@@ -508,15 +519,12 @@ fn a_video_with_odd_sides_is_padded_to_even_ones() {
     };
     gst::init().unwrap();
     let input = fx.dir.join("odd.webm");
-    let pipeline = gst::parse::launch(&format!(
-        "filesrc location=\"{}\" ! pngdec ! imagefreeze num-buffers=6 ! video/x-raw,framerate=25/1 \
-         ! videoconvert ! videoscale ! video/x-raw,width=511,height=301 ! vp8enc ! webmmux \
-         ! filesink location=\"{}\"",
-        fx.photo.display(),
-        input.display()
-    ))
-    .unwrap();
-    run_pipeline(&pipeline);
+    encode_photo(
+        &fx.photo,
+        6,
+        "videoconvert ! videoscale ! video/x-raw,width=511,height=301 ! vp8enc ! webmmux",
+        &input,
+    );
     let out = fx.dir.join("odd.mp4");
     let run = apply(&input, &[], &fx.model, &out);
     assert!(run.status.success(), "apply failed: {}", stderr(&run));
@@ -570,15 +578,13 @@ fn a_video_stored_sideways_with_a_rotation_comes_out_upright() {
     gst::init().unwrap();
     // The photo as a 512x384 landscape frame, stored turned 90 degrees left (384x512).
     let input = fx.dir.join("sideways.mp4");
-    let pipeline = gst::parse::launch(&format!(
-        "filesrc location=\"{}\" ! pngdec ! imagefreeze num-buffers=6 ! video/x-raw,framerate=25/1 \
-         ! videoconvert ! videoscale ! video/x-raw,width=512,height=384 ! videoflip video-direction=90l \
-         ! videoconvert ! video/x-raw,format=I420 ! x264enc ! mp4mux ! filesink location=\"{}\"",
-        fx.photo.display(),
-        input.display()
-    ))
-    .unwrap();
-    run_pipeline(&pipeline);
+    encode_photo(
+        &fx.photo,
+        6,
+        "videoconvert ! videoscale ! video/x-raw,width=512,height=384 ! videoflip video-direction=90l \
+         ! videoconvert ! video/x-raw,format=I420 ! x264enc ! mp4mux",
+        &input,
+    );
     assert_eq!(decode(&input).1, 384, "stored sideways");
     rotate_display_90(&input);
 
