@@ -21,6 +21,7 @@ pub mod install;
 pub mod model;
 pub mod pose;
 pub mod processor;
+pub mod scene;
 pub mod track;
 pub mod yuv;
 

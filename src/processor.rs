@@ -17,6 +17,7 @@ use crate::flow::FlowWarper;
 use crate::frame::FrameMut;
 use crate::model::{Device, ExpressionModel};
 use crate::pose::{yaw_strength, HeadPose, DEFAULT_MAX_YAW};
+use crate::scene::{SceneSamples, STILL_SCENE_INTERVALS};
 use crate::track::{EditSmoother, FaceTracker, TrackedFace, TrackingOptions};
 
 /// What the processor should do; everything but the model and detector can change
@@ -128,6 +129,8 @@ pub struct FrameReport {
     /// overlapping); every pixel outside them is untouched. What a caller converting
     /// the frame back to another format has to carry back ([`crate::yuv`]).
     pub changed: Vec<Roi>,
+    /// Video: the whole-frame search for new faces that ran on this frame, if any.
+    pub whole_frame_search: Option<SearchPass>,
     pub timings: StageTimings,
 }
 
@@ -226,6 +229,12 @@ pub struct FrameProcessor {
     tracker: FaceTracker,
     detect_interval: u32,
     frames_since_detection: u32,
+    /// Frames of video processed since the last reset.
+    frames: u64,
+    /// The picture each whole-frame pass (front model, back model) last looked at and
+    /// the frame it did: a due pass waits while the picture stays the same
+    /// ([`crate::scene`]).
+    last_looked: [Option<(SceneSamples, u64)>; 2],
     model: ExpressionModel,
     template: Template,
     compositor: Compositor,
@@ -240,6 +249,15 @@ pub struct FrameProcessor {
     warped_crops: Vec<Vec<f32>>,
     /// The expression whose edits `edits` remembers (none during a cross-fade).
     smoothed_expression: Option<i64>,
+}
+
+/// The slots of [`FrameProcessor::last_looked`] a pass covers.
+fn pass_slots(pass: SearchPass) -> &'static [usize] {
+    match pass {
+        SearchPass::All => &[0, 1],
+        SearchPass::Large => &[0],
+        SearchPass::Small => &[1],
+    }
 }
 
 impl FrameProcessor {
@@ -268,6 +286,8 @@ impl FrameProcessor {
             tracker: FaceTracker::new(config.tracking),
             detect_interval: 1,
             frames_since_detection: 0,
+            frames: 0,
+            last_looked: [None, None],
             model,
             template,
             compositor,
@@ -338,7 +358,9 @@ impl FrameProcessor {
 
     /// Video: search the whole frame every `n` frames; in between, look for each tracked
     /// face only around where optical flow puts it (a face the tracker is unsure of
-    /// brings the full search forward; new faces appear within `n` frames).
+    /// brings the full search forward; new faces appear within `n` frames). With `n` of
+    /// 2 or more, a due search waits while the picture away from the followed faces stays
+    /// the same, for at most [`STILL_SCENE_INTERVALS`] intervals ([`crate::scene`]).
     pub fn set_detect_interval(&mut self, n: u32) {
         self.detect_interval = n.max(1);
     }
@@ -347,6 +369,8 @@ impl FrameProcessor {
     pub fn reset_tracking(&mut self) {
         self.tracker.reset();
         self.frames_since_detection = 0;
+        self.frames = 0;
+        self.last_looked = [None, None];
         self.transition = None;
         self.edits.clear();
     }
@@ -395,12 +419,16 @@ impl FrameProcessor {
             && self.config.tracking.optical_flow
             && self.detector.has_two_passes()
             && !self.tracker.is_empty();
-        let pass = match (phase, split) {
+        let due = match (phase, split) {
             (0, false) => Some(SearchPass::All),
             (0, true) => Some(SearchPass::Large),
             (p, true) if p == self.detect_interval / 2 => Some(SearchPass::Small),
             _ => None,
         };
+        // The picture now, taken at most once a frame (for a due pass or a forced one).
+        let mut scene = None;
+        let pass = due.filter(|&pass| self.pass_needed(pass, self.scene_now(frame, &mut scene)));
+        let mut searched = None;
         let tracked = match (pass, self.tracker.may_skip_search()) {
             (None, true) => self.tracker.carry(),
             // A full-frame pass due on a frame whose search around the followed faces
@@ -410,13 +438,22 @@ impl FrameProcessor {
                 let new =
                     self.detector
                         .detect_new(frame, self.config.min_face_size, &known, pass)?;
-                self.full_search_ran(pass);
+                searched = Some(pass);
                 self.tracker.carry_adding(new, t)
             }
-            (pass, false) => self.search(frame, t, pass)?,
+            (pass, false) => {
+                let (tracked, ran) = self.search(frame, t, pass)?;
+                searched = ran;
+                tracked
+            }
         };
+        if let Some(pass) = searched {
+            let now = self.scene_now(frame, &mut scene).clone();
+            self.full_search_ran(pass, now);
+        }
         self.tracker.remember(frame)?;
         self.frames_since_detection = self.frames_since_detection.wrapping_add(1);
+        self.frames += 1;
         let detect = t0.elapsed();
         let target = self.target();
         let duration = self.config.transition;
@@ -436,25 +473,60 @@ impl FrameProcessor {
             .unzip();
         let mut report = self.edit_faces(frame, faces, tracks, mix, t)?;
         report.timings.detect = detect;
+        report.whole_frame_search = searched;
         Ok(report)
     }
 
-    /// A full-frame search ran: the next is `detect_interval` frames after the start of
-    /// this one (its `Large` or `All` pass).
-    fn full_search_ran(&mut self, pass: SearchPass) {
+    /// `scene`, sampled from `frame` (with the followed faces where optical flow put
+    /// them) unless it already was on this frame.
+    fn scene_now<'a>(
+        &self,
+        frame: &FrameMut,
+        scene: &'a mut Option<SceneSamples>,
+    ) -> &'a SceneSamples {
+        scene.get_or_insert_with(|| {
+            let faces: Vec<_> = self.tracker.predicted().iter().map(|f| f.bbox).collect();
+            SceneSamples::of(frame, &faces)
+        })
+    }
+
+    /// Whether a due whole-frame pass runs: when the picture changed away from the
+    /// followed faces since the pass last looked (only there can a new face have come),
+    /// or it has not looked for [`STILL_SCENE_INTERVALS`] intervals; always with an
+    /// interval of 1 (a search on every frame, as asked).
+    fn pass_needed(&self, pass: SearchPass, now: &SceneSamples) -> bool {
+        if self.detect_interval < 2 {
+            return true;
+        }
+        let limit = u64::from(STILL_SCENE_INTERVALS * self.detect_interval);
+        pass_slots(pass)
+            .iter()
+            .any(|&k| match &self.last_looked[k] {
+                None => true,
+                Some((then, at)) => self.frames - at >= limit || now.changed_since(then),
+            })
+    }
+
+    /// A full-frame search ran on the picture `now`: the next is `detect_interval`
+    /// frames after the start of this one (its `Large` or `All` pass).
+    fn full_search_ran(&mut self, pass: SearchPass, now: SceneSamples) {
         if pass != SearchPass::Small {
             self.frames_since_detection = 0;
+        }
+        for &k in pass_slots(pass) {
+            self.last_looked[k] = Some((now.clone(), self.frames));
         }
     }
 
     /// Searches for this frame's faces and gives them to the tracker (time `t`); `pass`:
-    /// the full-frame search due on this frame, if any.
+    /// the full-frame search due on this frame, if any. Also returns the full-frame
+    /// search that ran (`pass`, or all models when a face was lost).
     fn search(
         &mut self,
         frame: &FrameMut,
         t: f64,
         pass: Option<SearchPass>,
-    ) -> Result<Vec<TrackedFace>> {
+    ) -> Result<(Vec<TrackedFace>, Option<SearchPass>)> {
         // Each tracked face is searched for around where optical flow put it, so its
         // keypoints always come from the same view of it (a still head gives the same
         // keypoints frame after frame). The whole frame is searched when a pass is due,
@@ -473,17 +545,17 @@ impl FrameProcessor {
         }
         let mut found = crate::detect::weighted_nms(found, 0.3);
         let unsure = !self.tracker.confident() || found.len() < self.tracker.len();
-        if let Some(pass) = if unsure { Some(SearchPass::All) } else { pass } {
+        let pass = if unsure { Some(SearchPass::All) } else { pass };
+        if let Some(pass) = pass {
             // Both BlazeFace models within every interval: the front one alone misses a
             // second person at a webcam's distance (a face a sixth of the frame wide),
             // and a new face must show within `detect_interval` frames.
-            self.full_search_ran(pass);
             let new = self
                 .detector
                 .detect_new(frame, self.config.min_face_size, &found, pass)?;
             found.extend(new);
         }
-        Ok(self.tracker.update(found, t))
+        Ok((self.tracker.update(found, t), pass))
     }
 
     /// Runs align -> model -> composite for faces found elsewhere (e.g. another tracker).

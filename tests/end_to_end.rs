@@ -289,6 +289,54 @@ fn with_a_detect_interval_faces_are_followed_between_full_searches() {
     );
 }
 
+#[test]
+fn a_still_picture_is_searched_whole_only_now_and_then_and_a_change_brings_the_search_back() {
+    let Some((model, original)) = common::shipped_model_and_photo() else {
+        return;
+    };
+    let mut p = processor(&model, "happy");
+    let interval = reggan::processor::DEFAULT_DETECT_INTERVAL as usize;
+    p.set_detect_interval(interval as u32);
+    let at = |i: usize| std::time::Duration::from_millis(40 * i as u64);
+    let still = scene(&original, 100, 40, true);
+    // Something moving at the frame's right edge, far from the face, from frame 40 on.
+    let frame_at = |i: usize| {
+        let mut frame = still.clone();
+        if i >= 40 {
+            for y in (i * 8) % 400..(i * 8) % 400 + 48 {
+                let o = (y * frame.width + 900) * 3;
+                frame.data[o..o + 48 * 3].fill(255);
+            }
+        }
+        frame
+    };
+    let mut searched = Vec::new();
+    for i in 0..60 {
+        let report = p.process_video(&mut frame_at(i).as_frame(), at(i)).unwrap();
+        assert_eq!(report.faces.len(), 1, "frame {i}");
+        if report.whole_frame_search.is_some() {
+            searched.push(i);
+        }
+    }
+    eprintln!("whole-frame searches on frames {searched:?}");
+    // The first frame; then nothing changed away from the face, so the front and the
+    // back model look again only after six intervals.
+    let wait = reggan::scene::STILL_SCENE_INTERVALS as usize * interval;
+    let first_moving = searched
+        .iter()
+        .position(|&i| i >= 40)
+        .expect("a search after the motion");
+    assert_eq!(&searched[..first_moving], [0, wait, wait + interval / 2]);
+    // Once something moves, every due pass runs again: the front model every interval
+    // and the back model half an interval after it.
+    let moving = &searched[first_moving..];
+    assert!(moving[0] < 40 + interval, "{searched:?}");
+    assert!(
+        moving.windows(2).all(|w| w[1] - w[0] <= interval),
+        "{searched:?}"
+    );
+}
+
 /// The astronaut's face region (about 160 px around the face) scaled to `side` pixels.
 fn face_tile(original: &RgbImage, side: usize) -> RgbImage {
     let (x0, y0, src) = (150.0, 50.0, 170.0);

@@ -53,6 +53,11 @@ pub struct BenchArgs {
     /// Faces in the frame: 1, or 4 (the photo in a 2x2 mosaic)
     #[arg(long, default_value_t = 1, value_parser = parse_faces)]
     pub faces: usize,
+    /// The picture around the faces: still (a webcam call), or moving (a block moves in
+    /// the frame's border every frame, as a moving camera or a busy background would, so
+    /// every due whole-frame search for new faces runs)
+    #[arg(long, default_value = "still", value_parser = ["still", "moving"])]
+    pub scene: String,
     #[command(flatten)]
     pub model: ModelArgs,
 }
@@ -98,6 +103,8 @@ struct CoreResult {
     total: Stat,
     fps: f64,
     faces: usize,
+    /// Share of the timed frames on which a whole-frame search ran.
+    searched: f64,
 }
 
 const STAGE_NAMES: [&str; 4] = ["detect", "align", "model", "composite"];
@@ -114,14 +121,16 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let provider = processor.model().provider();
     let method = processor.model().manifest().method.clone();
     println!(
-        "reggan bench: model {} ({method}) on {provider}, {} thread(s), {} frames per row, {} face(s), detect-interval {}, element fed {}",
+        "reggan bench: model {} ({method}) on {provider}, {} thread(s), {} frames per row, {} face(s), detect-interval {}, {} scene, element fed {}",
         args.model.model_dir().display(),
         args.threads,
         args.frames,
         args.faces,
         args.detect_interval,
+        args.scene,
         args.format.to_uppercase()
     );
+    let moving = args.scene == "moving";
     let photo = if args.faces == 4 {
         mosaic(&photo)?
     } else {
@@ -132,7 +141,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     for (w, h) in SIZES {
         let frame = images::letterbox(&photo, w, h)?;
         processor.reset_tracking();
-        let core = bench_core(&mut processor, &frame, args.frames)?;
+        let core = bench_core(&mut processor, &frame, args.frames, moving)?;
         if core.faces != args.faces {
             bail!(
                 "{} faces found in the {w}x{h} bench frame, not {}",
@@ -157,29 +166,39 @@ pub fn run(args: BenchArgs) -> Result<()> {
     Ok(())
 }
 
-/// The processor alone on fresh copies of one frame; copying is not timed.
+/// The processor alone on fresh copies of one frame (with a block moving in its
+/// border when `moving`); copying is not timed.
 fn bench_core(
     processor: &mut FrameProcessor,
     frame: &RgbImage,
     frames: usize,
+    moving: bool,
 ) -> Result<CoreResult> {
     let mut work = frame.clone();
     // The video path, as the element runs it: 25 frames a second of stream time.
     let at = |i: usize| Duration::from_millis(40 * i as u64);
-    for i in 0..WARMUP {
+    let fresh = |work: &mut RgbImage, i: usize| {
         work.data.copy_from_slice(&frame.data);
+        if moving {
+            paint_motion(&mut work.data, frame.width, frame.height, 3, i);
+        }
+    };
+    for i in 0..WARMUP {
+        fresh(&mut work, i);
         processor.process_video(&mut work.as_frame(), at(i))?;
     }
     let mut timings: Vec<StageTimings> = Vec::with_capacity(frames);
     let mut totals = Vec::with_capacity(frames);
     let mut faces = 0;
+    let mut searched = 0;
     for i in WARMUP..WARMUP + frames {
-        work.data.copy_from_slice(&frame.data);
+        fresh(&mut work, i);
         let start = Instant::now();
         let report = processor.process_video(&mut work.as_frame(), at(i))?;
         totals.push(start.elapsed());
         timings.push(report.timings);
         faces = faces.max(report.faces.len());
+        searched += usize::from(report.whole_frame_search.is_some());
     }
     let stage = |pick: fn(&StageTimings) -> Duration| {
         Stat::of(&timings.iter().map(pick).collect::<Vec<_>>())
@@ -195,7 +214,22 @@ fn bench_core(
         total: Stat::of(&totals),
         fps: frames as f64 / wall.as_secs_f64(),
         faces,
+        searched: searched as f64 / frames.max(1) as f64,
     })
+}
+
+/// Paints a 48 px white block into the frame's left border (the bench frame letterboxes
+/// the photo, so the border holds no face) at a height that changes with frame `i`.
+/// `data` is packed with `bytes_per_pixel` (3: RGB; 1: the luma plane that starts an
+/// I420 frame).
+fn paint_motion(data: &mut [u8], width: usize, height: usize, bytes_per_pixel: usize, i: usize) {
+    const SIDE: usize = 48;
+    let (x0, y0) = (8, (i * 16) % height.saturating_sub(SIDE).max(1));
+    let stride = width * bytes_per_pixel;
+    for y in y0..(y0 + SIDE).min(height) {
+        let row = &mut data[y * stride..(y + 1) * stride];
+        row[x0 * bytes_per_pixel..(x0 + SIDE).min(width) * bytes_per_pixel].fill(255);
+    }
 }
 
 /// The photo four times, in a 2x2 mosaic of the same size.
@@ -245,6 +279,9 @@ fn bench_element(args: &BenchArgs, frame: &RgbImage) -> Result<ElementResult> {
         .downcast::<gst_app::AppSrc>()
         .expect("appsrc is an AppSrc");
     let total = (WARMUP + args.frames) as u64;
+    let (moving, width, height) = (args.scene == "moving", frame.width, frame.height);
+    // I420's luma plane comes first, one byte a pixel.
+    let bytes_per_pixel = if args.format == "i420" { 1 } else { 3 };
     // Frames come from a pool of reused buffers, as from a camera or a decoder: a fresh
     // allocation per frame would time the kernel's page faults, not the element.
     let pool = frame_pool(data.len())?;
@@ -258,6 +295,9 @@ fn bench_element(args: &BenchArgs, frame: &RgbImage) -> Result<ElementResult> {
                 let buffer = buffer.get_mut().expect("a pooled buffer is writable");
                 if let Ok(mut map) = buffer.map_writable() {
                     map.copy_from_slice(&data);
+                    if moving {
+                        paint_motion(&mut map, width, height, bytes_per_pixel, i as usize);
+                    }
                 }
                 buffer.set_pts(frame_duration * i);
             }
@@ -336,7 +376,7 @@ fn print_table(rows: &[Row]) {
     for name in STAGE_NAMES.iter().chain(["total"].iter()) {
         header += &format!(" {:>17}", format!("{name} mean/p95"));
     }
-    header += &format!(" {:>8}", "fps");
+    header += &format!(" {:>8} {:>8}", "fps", "searched");
     println!("{header}");
     println!("{}", "-".repeat(header.len()));
     for ((w, h), core, element) in rows {
@@ -345,7 +385,7 @@ fn print_table(rows: &[Row]) {
         for stat in core.stages.iter().chain(std::iter::once(&core.total)) {
             line += &format!(" {:>17}", format!("{:.1}/{:.1} ms", stat.mean, stat.p95));
         }
-        println!("{line} {:>8.1}", core.fps);
+        println!("{line} {:>8.1} {:>7.0}%", core.fps, 100.0 * core.searched);
         if let Some(e) = element {
             // The element's stages run inside the pipeline; its frame interval is measured
             // at the sink.
@@ -370,7 +410,7 @@ fn to_json(args: &BenchArgs, provider: &str, method: &str, rows: &[Row]) -> serd
             stages.insert("total".into(), core.total.json());
             json!({
                 "width": w, "height": h,
-                "core": { "stages": stages, "fps": round2(core.fps) },
+                "core": { "stages": stages, "fps": round2(core.fps), "whole_frame_search_share": round2(core.searched) },
                 "element": element.map(|e| json!({ "fps": round2(e.fps), "interval": e.interval.json() })),
             })
         })
@@ -378,7 +418,8 @@ fn to_json(args: &BenchArgs, provider: &str, method: &str, rows: &[Row]) -> serd
     json!({
         "model": args.model.model_dir(), "method": method, "provider": provider,
         "threads": args.threads, "frames": args.frames, "faces": args.faces,
-        "detect_interval": args.detect_interval, "element_format": args.format, "results": rows,
+        "detect_interval": args.detect_interval, "scene": args.scene,
+        "element_format": args.format, "results": rows,
     })
 }
 

@@ -730,6 +730,41 @@ fn bench_writes_every_stage() {
     let run = reggan(&["bench", "--format", "yuy2", "--model", path_str(&model)]);
     assert!(!run.status.success());
     assert!(stderr(&run).contains("i420"), "{}", stderr(&run));
+    // A still picture waits for its whole-frame searches; with something moving in the
+    // frame's border every due one runs (two in every five frames).
+    let share = |scene: &str| {
+        let run = reggan(&[
+            "bench",
+            "--frames",
+            "12",
+            "--core-only",
+            "--scene",
+            scene,
+            "--image",
+            path_str(&photo),
+            "--model",
+            path_str(&model),
+            "--json",
+            path_str(&json),
+        ]);
+        assert!(
+            run.status.success(),
+            "bench --scene {scene}: {}",
+            stderr(&run)
+        );
+        let value: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+        assert_eq!(value["scene"], scene);
+        value["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|row| row["core"]["whole_frame_search_share"].as_f64().unwrap())
+            .collect::<Vec<_>>()
+    };
+    let (still, moving) = (share("still"), share("moving"));
+    assert!(still.iter().all(|&s| s == 0.0), "{still:?}");
+    assert!(moving.iter().all(|&s| s >= 0.3), "{moving:?}");
 }
 
 /// The element's face-following options are `apply` options too, checked like them.

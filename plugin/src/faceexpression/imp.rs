@@ -321,7 +321,7 @@ impl ObjectImpl for FaceExpression {
                     .build(),
                 glib::ParamSpecUInt::builder("detect-interval")
                     .nick("Detection interval")
-                    .blurb("Search the whole frame for new faces every N frames (and whenever a followed face is lost); in between, optical flow follows the faces (1: both detection models every frame)")
+                    .blurb("Search the whole frame for new faces every N frames (and whenever a followed face is lost; while the picture away from the faces stays still, every 6 N frames); in between, optical flow follows the faces (1: both detection models every frame)")
                     .minimum(1)
                     .maximum(300)
                     .default_value(DEFAULT_DETECT_INTERVAL)
