@@ -703,26 +703,17 @@ fn bench_writes_every_stage() {
     assert!(!run.status.success());
     assert!(stderr(&run).contains("1 or 4"), "{}", stderr(&run));
     // The element fed I420, as a decoder would: it finds the face and runs in each size.
-    let run = reggan(&[
-        "bench",
-        "--frames",
-        "2",
-        "--format",
-        "i420",
-        "--image",
-        path_str(&photo),
-        "--model",
-        path_str(&model),
-        "--json",
-        path_str(&json),
-    ]);
-    assert!(
-        run.status.success(),
-        "bench --format i420 failed: {}",
-        stderr(&run)
-    );
-    let value: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let bench = |args: &[&str]| {
+        let mut all = vec!["bench"];
+        all.extend_from_slice(args);
+        all.extend(["--image", path_str(&photo), "--model", path_str(&model)]);
+        all.extend(["--json", path_str(&json)]);
+        let run = reggan(&all);
+        assert!(run.status.success(), "{all:?} failed: {}", stderr(&run));
+        let text = std::fs::read_to_string(&json).unwrap();
+        serde_json::from_str::<serde_json::Value>(&text).unwrap()
+    };
+    let value = bench(&["--frames", "2", "--format", "i420"]);
     assert_eq!(value["element_format"], "i420");
     for row in value["results"].as_array().unwrap() {
         assert!(row["element"]["fps"].as_f64().unwrap() > 0.0, "{row}");
@@ -733,27 +724,7 @@ fn bench_writes_every_stage() {
     // A still picture waits for its whole-frame searches; with something moving in the
     // frame's border every due one runs (two in every five frames).
     let share = |scene: &str| {
-        let run = reggan(&[
-            "bench",
-            "--frames",
-            "12",
-            "--core-only",
-            "--scene",
-            scene,
-            "--image",
-            path_str(&photo),
-            "--model",
-            path_str(&model),
-            "--json",
-            path_str(&json),
-        ]);
-        assert!(
-            run.status.success(),
-            "bench --scene {scene}: {}",
-            stderr(&run)
-        );
-        let value: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+        let value = bench(&["--frames", "12", "--core-only", "--scene", scene]);
         assert_eq!(value["scene"], scene);
         value["results"]
             .as_array()
