@@ -236,40 +236,64 @@ impl Compositor {
             return Ok(None);
         };
         match flow {
-            None => self.add_face_residual(frame, crop, out, alignment, intensity, roi),
+            None => {
+                self.shaper.shape(crop, out, frame_scale(alignment))?;
+            }
             Some(flow) => {
-                let mut warped = std::mem::take(&mut self.warped_crop);
-                let moved = self.flow.warp_crop(crop, flow, &mut warped).and_then(|()| {
-                    self.move_and_add_residual(frame, &warped, out, flow, alignment, intensity, roi)
-                });
-                self.warped_crop = warped;
-                moved
+                self.flow.warp_crop(crop, flow, &mut self.warped_crop)?;
+                self.shaper
+                    .shape(&self.warped_crop, out, frame_scale(alignment))?;
             }
         }
-        .map(|()| Some(roi))
+        // The shaper's change, taken out of it for the call (the compositor's other
+        // buffers are written meanwhile).
+        let shaped = std::mem::take(&mut self.shaper.diff);
+        let added = self.add_at(frame, &shaped, flow, alignment, intensity, roi);
+        self.shaper.diff = shaped;
+        added.map(|()| Some(roi))
     }
 
-    /// [`apply_with_flow`](Self::apply_with_flow) for a flow model's face whose crop the
-    /// caller has already warped by `flow` (`warped_crop`, 3*S*S values, as
-    /// [`crate::flow::FlowWarper::warp_crop`] makes it): the video low-pass needs that
-    /// warp anyway, and a second one would cost about 0.2 ms a face.
-    pub fn apply_moved(
+    /// The change the compositor carries back for a model output `out` on `base` (the
+    /// face's crop, or a flow model's crop warped by its flow; planar RGB in [0, 1],
+    /// 3*S*S values each): the model's change with the face's own detail and colours
+    /// kept as the [`CompositeOptions`] say, unmasked, at intensity 1, planar RGB in
+    /// [0, 1] units. For [`add_shaped`](Self::add_shaped), after whatever the caller
+    /// does to it (the video low-pass smooths it over time).
+    pub fn shape(&mut self, base: &[f32], out: &[f32], alignment: &Alignment) -> Result<&[f32]> {
+        self.check_lengths("crop", base, out, None)?;
+        self.shaper.shape(base, out, frame_scale(alignment))
+    }
+
+    /// Adds a change made by [`shape`](Self::shape) (3*S*S values) of one face back
+    /// into the frame, moving a flow model's face by `intensity * mask * flow` first, as
+    /// [`apply_with_flow`](Self::apply_with_flow) does. Returns the frame rectangle the
+    /// change could reach (None: nothing written).
+    pub fn add_shaped(
         &mut self,
         frame: &mut FrameMut,
-        warped_crop: &[f32],
-        out: &[f32],
-        flow: &[f32],
+        shaped: &[f32],
+        flow: Option<&[f32]>,
         alignment: &Alignment,
         intensity: f32,
     ) -> Result<Option<Roi>> {
         if intensity == 0.0 {
             return Ok(None);
         }
-        self.check_lengths("warped crop", warped_crop, out, Some(flow))?;
+        let n = self.size * self.size;
+        if shaped.len() != 3 * n || flow.is_some_and(|f| f.len() != 2 * n) {
+            return Err(Error::Frame(format!(
+                "shaped change and flow of {} and {} values for a {s}x{s} face (need {} and {})",
+                shaped.len(),
+                flow.map_or(0, <[f32]>::len),
+                3 * n,
+                2 * n,
+                s = self.size
+            )));
+        }
         let Some(roi) = frame_roi(frame, alignment, self.support) else {
             return Ok(None);
         };
-        self.move_and_add_residual(frame, warped_crop, out, flow, alignment, intensity, roi)?;
+        self.add_at(frame, shaped, flow, alignment, intensity, roi)?;
         Ok(Some(roi))
     }
 
@@ -298,43 +322,28 @@ impl Compositor {
         Ok(())
     }
 
-    /// A face-only model: `frame += warp(mask * intensity * (out - crop))`.
-    fn add_face_residual(
+    /// Adds the shaped change to the face in `roi`: for a face-only model
+    /// `frame += warp(mask * intensity * shaped)`; for a flow model the face's pixels
+    /// first move by the flow, then the appearance change is added.
+    fn add_at(
         &mut self,
         frame: &mut FrameMut,
-        crop: &[f32],
-        out: &[f32],
+        shaped: &[f32],
+        flow: Option<&[f32]>,
         alignment: &Alignment,
         intensity: f32,
         roi: Roi,
     ) -> Result<()> {
-        let diff = self.shaper.shape(crop, out, frame_scale(alignment))?;
-        fill_residual(&mut self.residual, &self.mask, diff, intensity)?;
-        warp_to_roi(&self.residual, &mut self.warped, alignment, roi)?;
-        add_residual(frame, &self.warped, roi)
-    }
-
-    /// A flow model: move the face's pixels, then add the appearance residual `out -
-    /// warped_crop` (the crop warped by `flow`).
-    #[allow(clippy::too_many_arguments)]
-    fn move_and_add_residual(
-        &mut self,
-        frame: &mut FrameMut,
-        warped_crop: &[f32],
-        out: &[f32],
-        flow: &[f32],
-        alignment: &Alignment,
-        intensity: f32,
-        roi: Roi,
-    ) -> Result<()> {
-        let diff = self
-            .shaper
-            .shape(warped_crop, out, frame_scale(alignment))?;
+        let Some(flow) = flow else {
+            fill_residual(&mut self.residual, &self.mask, shaped, intensity)?;
+            warp_to_roi(&self.residual, &mut self.warped, alignment, roi)?;
+            return add_residual(frame, &self.warped, roi);
+        };
         self.change.fill(&ChangeInputs {
             mask: &self.mask,
             flow,
             linear: linear_part(&alignment.to_frame),
-            diff,
+            diff: shaped,
             intensity,
         });
         self.find_spans(&alignment.to_crop, roi);

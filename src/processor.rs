@@ -242,11 +242,14 @@ pub struct FrameProcessor {
     expression_index: i64,
     transition: Option<Transition>,
     edits: EditSmoother,
-    /// Each face's input crop warped by a flow model's flow (3*S*S each, by batch
-    /// slot): the edit's low-pass takes the change against it, and the compositor
-    /// reuses it.
+    /// The face's input crop warped by a flow model's flow (3*S*S): its appearance
+    /// change is taken against it.
     crop_warper: FlowWarper,
-    warped_crops: Vec<Vec<f32>>,
+    warped_crop: Vec<f32>,
+    /// The face's change as the compositor carries it back ([`Compositor::shape`],
+    /// 3*S*S), low-passed in video. Faces go through shaping, low-pass and compositing
+    /// one at a time, so that their buffers stay in the cache.
+    shaped: Vec<f32>,
     /// The expression whose edits `edits` remembers (none during a cross-fade).
     smoothed_expression: Option<i64>,
 }
@@ -296,7 +299,8 @@ impl FrameProcessor {
             transition: None,
             edits: EditSmoother::default(),
             crop_warper: FlowWarper::new(size)?,
-            warped_crops: Vec::new(),
+            warped_crop: vec![0.0; 3 * size * size],
+            shaped: vec![0.0; 3 * size * size],
             smoothed_expression: None,
         })
     }
@@ -565,13 +569,46 @@ impl FrameProcessor {
         self.edit_faces(frame, faces, tracks, mix, 0.0)
     }
 
-    /// Low-passes face `slot`'s edit over time, in place in `out`: the model's change
-    /// on its crop, and a flow model's flow unless it is the same for every face
-    /// ([`ExpressionModel::flow_is_constant`]). A flow model's change is its appearance
-    /// residual on the crop warped by its flow (what the compositor carries back), not
-    /// `out - crop`: that difference holds the moved texture itself, which a low-pass
-    /// would smear from frame to frame. Returns true when `warped_crops[slot]` then
-    /// holds the crop warped by the face's (final) flow, for the compositor.
+    /// Shapes face `slot`'s change for compositing ([`Compositor::shape`]) into
+    /// `self.shaped`, against its crop or, for a flow model, its crop warped by its
+    /// flow (left in `self.warped_crop`).
+    fn shape_edit(
+        &mut self,
+        batch: &Array4<f32>,
+        out: &crate::model::ModelOutput,
+        slot: usize,
+        alignment: &Alignment,
+    ) -> Result<()> {
+        let crop = batch.index_axis(ndarray::Axis(0), slot);
+        let crop = crop.as_slice().expect("standard layout");
+        let face = out.face.index_axis(ndarray::Axis(0), slot);
+        let face = face.as_slice().expect("standard layout");
+        let flow = out
+            .flow
+            .as_ref()
+            .map(|f| f.index_axis(ndarray::Axis(0), slot));
+        let base: &[f32] = match flow.as_ref() {
+            Some(flow) => {
+                let flow = flow.as_slice().expect("standard layout");
+                self.crop_warper
+                    .warp_crop(crop, flow, &mut self.warped_crop)?;
+                &self.warped_crop
+            }
+            None => crop,
+        };
+        let shaped = self.compositor.shape(base, face, alignment)?;
+        self.shaped.copy_from_slice(shaped);
+        Ok(())
+    }
+
+    /// Low-passes face `slot`'s shaped change (`self.shaped`) over time, in
+    /// place, and a flow model's flow in `out` unless it is the same for every face
+    /// ([`ExpressionModel::flow_is_constant`]). What is smoothed is what the frame
+    /// will show: the compositor's gates (detail, colour) open and close with each
+    /// frame's noise, and smoothing the model's raw output left that to flicker. A flow
+    /// model's change is its appearance on the crop warped by its flow, not `out -
+    /// crop`: that difference holds the moved texture itself, which a low-pass would
+    /// smear from frame to frame.
     fn smooth_edit(
         &mut self,
         batch: &Array4<f32>,
@@ -580,20 +617,10 @@ impl FrameProcessor {
         id: u64,
         time: f64,
         cutoff: f32,
-    ) -> Result<bool> {
+    ) -> Result<()> {
         let s = self.template.size;
-        // A flow that does not depend on the face is the same every frame: only the
-        // appearance change is low-passed, and the crop warped once is the final one.
-        let varying_flow = !self.model.flow_is_constant();
-        if self.warped_crops.len() <= slot {
-            self.warped_crops.resize(slot + 1, vec![0.0; 3 * s * s]);
-        }
-        let warped = &mut self.warped_crops[slot];
         let crop = batch.index_axis(ndarray::Axis(0), slot);
         let crop = crop.as_slice().expect("standard layout");
-        let mut face = out.face.index_axis_mut(ndarray::Axis(0), slot);
-        let face = face.as_slice_mut().expect("standard layout");
-        let n = face.len();
         let mut flow = out
             .flow
             .as_mut()
@@ -601,34 +628,29 @@ impl FrameProcessor {
         let flow = flow
             .as_mut()
             .map(|f| f.as_slice_mut().expect("standard layout"));
-        // What the change is taken against: the crop, or the crop moved by the flow.
-        let base: &[f32] = match flow.as_deref() {
-            Some(flow) => {
-                self.crop_warper.warp_crop(crop, flow, warped)?;
-                warped
-            }
-            None => crop,
+        // The change lives on the crop, or the crop moved by the flow: the last one is
+        // carried along that image's own motion (for a flow model the warped crop's:
+        // at the mouth the crop's motion at x is not the warped crop's, which shows
+        // the crop at x + flow).
+        let base: &[f32] = if flow.is_some() {
+            &self.warped_crop
+        } else {
+            crop
         };
-        let moved = flow.is_some();
-        let mut change: Vec<f32> = face.iter().zip(base).map(|(o, b)| o - b).collect();
-        if let Some(flow) = flow.as_deref().filter(|_| varying_flow) {
-            change.extend_from_slice(flow);
-        }
-        // The appearance change lives on `base`, so the last one is carried along
-        // `base`'s own motion (for a flow model the warped crop's: at the mouth the
-        // crop's motion at x is not the warped crop's, which shows the crop at x + flow).
-        if !self.edits.smooth(id, time, cutoff, base, s, &mut change)? {
-            return Ok(moved);
-        }
-        if let Some(flow) = flow.filter(|_| varying_flow) {
+        let shaped = &mut self.shaped;
+        let n = shaped.len();
+        // A flow that does not depend on the face is the same every frame: only the
+        // appearance change is low-passed.
+        let Some(flow) = flow.filter(|_| !self.model.flow_is_constant()) else {
+            self.edits.smooth(id, time, cutoff, base, s, shaped)?;
+            return Ok(());
+        };
+        let mut change = [shaped.as_slice(), flow].concat();
+        if self.edits.smooth(id, time, cutoff, base, s, &mut change)? {
+            shaped.copy_from_slice(&change[..n]);
             flow.copy_from_slice(&change[n..]);
-            self.crop_warper.warp_crop(crop, flow, warped)?;
         }
-        let base: &[f32] = if moved { warped } else { crop };
-        for ((o, b), d) in face.iter_mut().zip(base).zip(&change[..n]) {
-            *o = b + d;
-        }
-        Ok(moved)
+        Ok(())
     }
 
     /// Align -> model -> composite; `tracks` gives each face's presence (scaling its
@@ -729,24 +751,25 @@ impl FrameProcessor {
             }
             self.smoothed_expression = settled;
         }
-        // Slots whose crop the low-pass already warped by their flow.
-        let mut warped = vec![false; n];
-        if let (Some(cutoff), Some(_)) =
-            (self.config.tracking.edit_cutoff, self.smoothed_expression)
-        {
-            for (slot, &i) in edited.iter().enumerate() {
-                if let (_, Some(id)) = tracks[i] {
-                    warped[slot] = self.smooth_edit(&batch, &mut out, slot, id, time, cutoff)?;
-                }
-            }
-        }
-        report.timings.model = t.elapsed();
-
-        // Composite covers the flow warp of the frame too (both are per-face pixel work).
-        let t = Instant::now();
+        let low_pass = self
+            .config
+            .tracking
+            .edit_cutoff
+            .filter(|_| self.smoothed_expression.is_some());
+        // The model stage covers the edit's low-pass; compositing covers shaping the
+        // change and the flow warps (per-face pixel work).
+        let mut model_time = t.elapsed();
+        let mut composite_time = Duration::ZERO;
         for (slot, &i) in edited.iter().enumerate() {
-            let crop = batch.index_axis(ndarray::Axis(0), slot);
-            let result = out.face.index_axis(ndarray::Axis(0), slot);
+            let t = Instant::now();
+            self.shape_edit(&batch, &out, slot, &alignments[i])?;
+            composite_time += t.elapsed();
+            if let (Some(cutoff), (_, Some(id))) = (low_pass, tracks[i]) {
+                let t = Instant::now();
+                self.smooth_edit(&batch, &mut out, slot, id, time, cutoff)?;
+                model_time += t.elapsed();
+            }
+            let t = Instant::now();
             let flow = out
                 .flow
                 .as_ref()
@@ -754,31 +777,18 @@ impl FrameProcessor {
             let flow = flow
                 .as_ref()
                 .map(|f| f.as_slice().expect("standard layout"));
-            let (result, strength) = (
-                result.as_slice().expect("standard layout"),
+            let changed = self.compositor.add_shaped(
+                frame,
+                &self.shaped,
+                flow,
+                &alignments[i],
                 intensity * edits[i].strength,
-            );
-            let changed = match flow {
-                Some(flow) if warped[slot] => self.compositor.apply_moved(
-                    frame,
-                    &self.warped_crops[slot],
-                    result,
-                    flow,
-                    &alignments[i],
-                    strength,
-                )?,
-                _ => self.compositor.apply_with_flow(
-                    frame,
-                    crop.as_slice().expect("standard layout"),
-                    result,
-                    flow,
-                    &alignments[i],
-                    strength,
-                )?,
-            };
+            )?;
             report.changed.extend(changed);
+            composite_time += t.elapsed();
         }
-        report.timings.composite = t.elapsed();
+        report.timings.model = model_time;
+        report.timings.composite = composite_time;
         report.faces = faces;
         report.edits = edits;
         Ok(report)

@@ -160,13 +160,20 @@ impl Default for TrackingOptions {
             // low-pass, and 1.111 at both 2 and 3 with it; each look is 2 ms at 720p.
             search_interval: 3,
             // Chosen on the seven talking-head clips (`trainer/examples/tune_tracking.rs`,
-            // 90 frames each, models/mr): the mean warping-error ratio was 1.184 with
-            // no low-pass, 1.162 / 1.154 / 1.145 / 1.133 / 1.121 / 1.111 / 1.103 at 8 /
-            // 4 / 2 / 1 / 0.5 / 0.25 / 0.1 Hz. Below 0.25 Hz little is gained and an
-            // edit that changes without motion (a smile growing) lags longer. A plain
-            // low-pass, not moved with the face, made it worse (the edit has to follow
-            // the mouth).
-            edit_cutoff: Some(0.25),
+            // models/mr). 90 frames each, when the raw model output was smoothed: the
+            // mean warping-error ratio was 1.184 with no low-pass, 1.162 / 1.154 /
+            // 1.145 / 1.133 / 1.121 / 1.111 / 1.103 at 8 / 4 / 2 / 1 / 0.5 / 0.25 / 0.1
+            // Hz. Since the change is smoothed as the compositor shapes it (150 frames,
+            // d10 / d14 / d19, the worst three): 1.091 / 1.110 / 1.123 at 0.25 Hz,
+            // 1.084 / 1.102 / 1.105 at 0.15, 1.080 / 1.098 / 1.095 at 0.1, 1.077 /
+            // 1.093 / 1.086 at 0.05. 0.1 Hz is the highest with every clip under 1.10.
+            // The low-pass only holds what changes without the crop changing (the
+            // weight of the new edit rises to 1 where the crop moved, see
+            // `EDIT_MOTION_SIGMA`): a smile the person makes passes at once, while the
+            // model's answer to a slow change of light lags by about 1.6 s (the time
+            // constant). A plain low-pass, not moved with the face, made it worse (the
+            // edit has to follow the mouth).
+            edit_cutoff: Some(0.1),
         }
     }
 }

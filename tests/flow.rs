@@ -388,16 +388,28 @@ impl Case {
 }
 
 #[test]
-fn a_crop_warped_by_the_caller_composites_as_the_compositors_own_warp() {
-    // The video low-pass hands over the crop it warped; the frame must come out as
-    // when the compositor warps the crop itself.
+fn a_change_shaped_by_the_caller_composites_as_the_compositors_own() {
+    // The processor shapes each face's change itself (the video low-pass smooths what
+    // the frame will show), against the crop it warped by the flow; the frame must come
+    // out as when the compositor does both.
     let case = Case::new();
     let mut img = textured(220, 180);
     let crop = planar_crop(&img.as_frame(), &case.a);
     let moved = warped(&crop, &case.flow, S);
-    let out: Vec<f32> = moved.iter().map(|v| (v + 0.1).min(1.0)).collect();
+    // A brighter mouth half and a blurred rest, so that the shaping has work to do.
+    let out: Vec<f32> = moved
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            if (i % (S * S)) / S > S / 2 {
+                (v + 0.1).min(1.0)
+            } else {
+                v * 0.95
+            }
+        })
+        .collect();
     let (mut own, mut handed) = (img.clone(), img.clone());
-    let mut compositor = Compositor::new(S).unwrap();
+    let mut compositor = Compositor::with_options(S, CompositeOptions::default()).unwrap();
     compositor
         .apply_with_flow(
             &mut own.as_frame(),
@@ -408,12 +420,17 @@ fn a_crop_warped_by_the_caller_composites_as_the_compositors_own_warp() {
             0.8,
         )
         .unwrap();
+    let plain: Vec<f32> = out.iter().zip(&moved).map(|(o, m)| o - m).collect();
+    let shaped = compositor.shape(&moved, &out, &case.a).unwrap().to_vec();
+    assert!(
+        shaped.iter().zip(&plain).any(|(s, p)| (s - p).abs() > 1e-3),
+        "the default options shape the change"
+    );
     compositor
-        .apply_moved(
+        .add_shaped(
             &mut handed.as_frame(),
-            &moved,
-            &out,
-            &case.flow,
+            &shaped,
+            Some(&case.flow),
             &case.a,
             0.8,
         )
@@ -421,20 +438,24 @@ fn a_crop_warped_by_the_caller_composites_as_the_compositors_own_warp() {
     assert!(own.data != img.data, "the case changes the frame");
     assert!(
         own.data == handed.data,
-        "the handed-over warp changed the result"
+        "shaping by the caller changed the result"
     );
     let err = compositor
-        .apply_moved(
+        .shape(&moved[1..], &out, &case.a)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("crop, model output and flow"), "{err}");
+    let err = compositor
+        .add_shaped(
             &mut handed.as_frame(),
-            &moved[1..],
-            &out,
-            &case.flow,
+            &shaped[1..],
+            Some(&case.flow),
             &case.a,
             0.8,
         )
         .unwrap_err()
         .to_string();
-    assert!(err.contains("warped crop, model output and flow"), "{err}");
+    assert!(err.contains("shaped change and flow of 12287"), "{err}");
 }
 
 #[test]
