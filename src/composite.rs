@@ -23,6 +23,10 @@
 //! own detail and colour). Both are sampled at each frame pixel's crop position, only
 //! on the frame rows' spans that the mask can reach; the frame is remapped once into a
 //! scratch image, and each changed pixel is written and rounded once.
+//!
+//! [`Compositor::apply`] shapes and carries back in one call. The video path splits it
+//! ([`Compositor::shape`], then [`Compositor::add_shaped`]) so that the low-pass in
+//! between smooths the shaped change, what the frame will show.
 
 use opencv::core::{Mat, Scalar, Size, Vec2f, CV_32FC3};
 use opencv::imgproc;
