@@ -128,7 +128,8 @@ pub struct TrackingOptions {
     /// in between, optical flow alone carries them. 1: every frame (with one face).
     pub search_interval: u32,
     /// Cutoff (Hz) of a low-pass on each followed face's edit in its aligned crop (the
-    /// model's change and flow), moved with the face's own motion inside the crop
+    /// change as the compositor will carry it back, and a flow model's flow), moved
+    /// with the face's own motion inside the crop
     /// ([`EditSmoother`]), so the edit does not shimmer with every small change of the
     /// input; None: each frame's own edit.
     pub edit_cutoff: Option<f32>,
