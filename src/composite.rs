@@ -239,16 +239,7 @@ impl Compositor {
         let Some(roi) = frame_roi(frame, alignment, self.support) else {
             return Ok(None);
         };
-        match flow {
-            None => {
-                self.shaper.shape(crop, out, frame_scale(alignment))?;
-            }
-            Some(flow) => {
-                self.flow.warp_crop(crop, flow, &mut self.warped_crop)?;
-                self.shaper
-                    .shape(&self.warped_crop, out, frame_scale(alignment))?;
-            }
-        }
+        self.shape(crop, out, flow, alignment)?;
         // The shaper's change, taken out of it for the call (the compositor's other
         // buffers are written meanwhile).
         let shaped = std::mem::take(&mut self.shaper.diff);
@@ -257,15 +248,35 @@ impl Compositor {
         added.map(|()| Some(roi))
     }
 
-    /// The change the compositor carries back for a model output `out` on `base` (the
-    /// face's crop, or a flow model's crop warped by its flow; planar RGB in [0, 1],
-    /// 3*S*S values each): the model's change with the face's own detail and colours
-    /// kept as the [`CompositeOptions`] say, unmasked, at intensity 1, planar RGB in
-    /// [0, 1] units. For [`add_shaped`](Self::add_shaped), after whatever the caller
-    /// does to it (the video low-pass smooths it over time).
-    pub fn shape(&mut self, base: &[f32], out: &[f32], alignment: &Alignment) -> Result<&[f32]> {
-        self.check_lengths("crop", base, out, None)?;
+    /// The change the compositor carries back for a model output `out` on the face's
+    /// `crop` (planar RGB in [0, 1], 3*S*S values each): the model's change with the
+    /// face's own detail and colours kept as the [`CompositeOptions`] say, unmasked, at
+    /// intensity 1, planar RGB in [0, 1] units. With a flow model's `flow`, the change
+    /// is taken against the crop warped by it (then [`warped_crop`](Self::warped_crop)).
+    /// For [`add_shaped`](Self::add_shaped), after whatever the caller does to it (the
+    /// video low-pass smooths it over time).
+    pub fn shape(
+        &mut self,
+        crop: &[f32],
+        out: &[f32],
+        flow: Option<&[f32]>,
+        alignment: &Alignment,
+    ) -> Result<&[f32]> {
+        self.check_lengths("crop", crop, out, flow)?;
+        let base = match flow {
+            Some(flow) => {
+                self.flow.warp_crop(crop, flow, &mut self.warped_crop)?;
+                &self.warped_crop
+            }
+            None => crop,
+        };
         self.shaper.shape(base, out, frame_scale(alignment))
+    }
+
+    /// The crop the last [`shape`](Self::shape) with a flow warped by it (3*S*S, planar
+    /// RGB): what that change lives on.
+    pub fn warped_crop(&self) -> &[f32] {
+        &self.warped_crop
     }
 
     /// Adds a change made by [`shape`](Self::shape) (3*S*S values) of one face back

@@ -13,7 +13,6 @@ use crate::align::{crop_to_planar, Alignment, Template};
 use crate::composite::{CompositeOptions, Compositor, Detail, Roi};
 use crate::detect::{DetectorBackend, DetectorKind, Face, FaceDetector, SearchPass};
 use crate::error::Result;
-use crate::flow::FlowWarper;
 use crate::frame::FrameMut;
 use crate::model::{Device, ExpressionModel};
 use crate::pose::{yaw_strength, HeadPose, DEFAULT_MAX_YAW};
@@ -242,10 +241,6 @@ pub struct FrameProcessor {
     expression_index: i64,
     transition: Option<Transition>,
     edits: EditSmoother,
-    /// The face's input crop warped by a flow model's flow (3*S*S): its appearance
-    /// change is taken against it.
-    crop_warper: FlowWarper,
-    warped_crop: Vec<f32>,
     /// The face's change as the compositor carries it back ([`Compositor::shape`],
     /// 3*S*S), low-passed in video. Faces go through shaping, low-pass and compositing
     /// one at a time, so that their buffers stay in the cache.
@@ -298,8 +293,6 @@ impl FrameProcessor {
             expression_index,
             transition: None,
             edits: EditSmoother::default(),
-            crop_warper: FlowWarper::new(size)?,
-            warped_crop: vec![0.0; 3 * size * size],
             shaped: vec![0.0; 3 * size * size],
             smoothed_expression: None,
         })
@@ -570,8 +563,7 @@ impl FrameProcessor {
     }
 
     /// Shapes face `slot`'s change for compositing ([`Compositor::shape`]) into
-    /// `self.shaped`, against its crop or, for a flow model, its crop warped by its
-    /// flow (left in `self.warped_crop`).
+    /// `self.shaped`.
     fn shape_edit(
         &mut self,
         batch: &Array4<f32>,
@@ -580,23 +572,18 @@ impl FrameProcessor {
         alignment: &Alignment,
     ) -> Result<()> {
         let crop = batch.index_axis(ndarray::Axis(0), slot);
-        let crop = crop.as_slice().expect("standard layout");
         let face = out.face.index_axis(ndarray::Axis(0), slot);
-        let face = face.as_slice().expect("standard layout");
         let flow = out
             .flow
             .as_ref()
             .map(|f| f.index_axis(ndarray::Axis(0), slot));
-        let base: &[f32] = match flow.as_ref() {
-            Some(flow) => {
-                let flow = flow.as_slice().expect("standard layout");
-                self.crop_warper
-                    .warp_crop(crop, flow, &mut self.warped_crop)?;
-                &self.warped_crop
-            }
-            None => crop,
-        };
-        let shaped = self.compositor.shape(base, face, alignment)?;
+        let shaped = self.compositor.shape(
+            crop.as_slice().expect("standard layout"),
+            face.as_slice().expect("standard layout"),
+            flow.as_ref()
+                .map(|f| f.as_slice().expect("standard layout")),
+            alignment,
+        )?;
         self.shaped.copy_from_slice(shaped);
         Ok(())
     }
@@ -633,7 +620,7 @@ impl FrameProcessor {
         // at the mouth the crop's motion at x is not the warped crop's, which shows
         // the crop at x + flow).
         let base: &[f32] = if flow.is_some() {
-            &self.warped_crop
+            self.compositor.warped_crop()
         } else {
             crop
         };

@@ -421,7 +421,15 @@ fn a_change_shaped_by_the_caller_composites_as_the_compositors_own() {
         )
         .unwrap();
     let plain: Vec<f32> = out.iter().zip(&moved).map(|(o, m)| o - m).collect();
-    let shaped = compositor.shape(&moved, &out, &case.a).unwrap().to_vec();
+    let shaped = compositor
+        .shape(&crop, &out, Some(&case.flow), &case.a)
+        .unwrap()
+        .to_vec();
+    assert_eq!(
+        compositor.warped_crop(),
+        moved.as_slice(),
+        "the crop it warped"
+    );
     assert!(
         shaped.iter().zip(&plain).any(|(s, p)| (s - p).abs() > 1e-3),
         "the default options shape the change"
@@ -441,7 +449,7 @@ fn a_change_shaped_by_the_caller_composites_as_the_compositors_own() {
         "shaping by the caller changed the result"
     );
     let err = compositor
-        .shape(&moved[1..], &out, &case.a)
+        .shape(&crop[1..], &out, Some(&case.flow), &case.a)
         .unwrap_err()
         .to_string();
     assert!(err.contains("crop, model output and flow"), "{err}");
