@@ -426,7 +426,9 @@ impl FrameProcessor {
         let mut scene = None;
         let pass = due.filter(|&pass| self.pass_needed(pass, self.scene_now(frame, &mut scene)));
         let mut searched = None;
-        let tracked = match (pass, self.tracker.may_skip_search()) {
+        let due = self.tracker.due();
+        let skip = !due.is_empty() && !due.contains(&true);
+        let tracked = match (pass, skip) {
             (None, true) => self.tracker.carry(),
             // A full-frame pass due on a frame whose search around the followed faces
             // is not: optical flow carries them, the pass only adds new faces.
@@ -439,7 +441,7 @@ impl FrameProcessor {
                 self.tracker.carry_adding(new, t)
             }
             (pass, false) => {
-                let (tracked, ran) = self.search(frame, t, pass)?;
+                let (tracked, ran) = self.search(frame, t, pass, &due)?;
                 searched = ran;
                 tracked
             }
@@ -516,43 +518,52 @@ impl FrameProcessor {
     }
 
     /// Searches for this frame's faces and gives them to the tracker (time `t`); `pass`:
-    /// the full-frame search due on this frame, if any. Also returns the full-frame
-    /// search that ran (`pass`, or all models when a face was lost).
+    /// the full-frame search due on this frame, if any; `due`: the followed faces to
+    /// look for ([`FaceTracker::due`]). Also returns the full-frame search that ran
+    /// (`pass`, or all models when a face was lost).
     fn search(
         &mut self,
         frame: &FrameMut,
         t: f64,
         pass: Option<SearchPass>,
+        due: &[bool],
     ) -> Result<(Vec<TrackedFace>, Option<SearchPass>)> {
         // Each tracked face is searched for around where optical flow put it, so its
         // keypoints always come from the same view of it (a still head gives the same
         // keypoints frame after frame). The whole frame is searched when a pass is due,
         // and with every model whenever a face was lost or optical flow could not follow
-        // it; it only adds faces not found around a tracked one.
+        // it; it only adds faces not found around a tracked one, nor followed without a
+        // look on this frame.
         // (Without tracking, the search around each face only runs between full
         // searches, as before the tracker.)
         let raw = !self.config.tracking.optical_flow;
+        let predicted = self.tracker.predicted();
         let mut found = Vec::new();
-        if !(raw && pass.is_some()) {
-            for previous in self.tracker.predicted() {
-                if let Some(face) = self.detector.detect_near(frame, &previous)? {
-                    found.push(face);
-                }
+        let mut carried = Vec::new();
+        for (previous, &look) in predicted.into_iter().zip(due) {
+            if !look {
+                carried.push(previous);
+            } else if raw && pass.is_some() {
+                continue;
+            } else if let Some(face) = self.detector.detect_near(frame, &previous)? {
+                found.push(face);
             }
         }
         let mut found = crate::detect::weighted_nms(found, 0.3);
-        let unsure = !self.tracker.confident() || found.len() < self.tracker.len();
+        let looked = due.iter().filter(|&&d| d).count();
+        let unsure = !self.tracker.confident() || found.len() < looked;
         let pass = if unsure { Some(SearchPass::All) } else { pass };
         if let Some(pass) = pass {
             // Both BlazeFace models within every interval: the front one alone misses a
             // second person at a webcam's distance (a face a sixth of the frame wide),
             // and a new face must show within `detect_interval` frames.
+            let known = [found.as_slice(), carried.as_slice()].concat();
             let new = self
                 .detector
-                .detect_new(frame, self.config.min_face_size, &found, pass)?;
+                .detect_new(frame, self.config.min_face_size, &known, pass)?;
             found.extend(new);
         }
-        Ok((self.tracker.update(found, t), pass))
+        Ok((self.tracker.update_looked(found, due, t), pass))
     }
 
     /// Runs align -> model -> composite for faces found elsewhere (e.g. another tracker).

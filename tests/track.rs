@@ -270,7 +270,7 @@ fn a_face_on_a_known_path_is_followed_within_2_px_with_less_jitter_than_raw_dete
 }
 
 #[test]
-fn a_confidently_followed_face_is_searched_for_every_search_interval_frames() {
+fn a_confidently_followed_face_is_searched_for_every_search_interval_frames_and_faces_in_turn() {
     let mut tracker = FaceTracker::new(TrackingOptions {
         search_interval: 3,
         ..Default::default()
@@ -317,18 +317,59 @@ fn a_confidently_followed_face_is_searched_for_every_search_interval_frames() {
         .map(|k| face_from_box(100.0 + 150.0 * k as f32, 100.0, 80.0, 80.0))
         .collect();
     tracker.update(four.clone(), 0.0);
-    let pattern: Vec<bool> = (1..=8)
-        .map(|i| {
-            let skip = tracker.may_skip_search();
-            if skip {
-                tracker.carry();
-            } else {
-                tracker.update(four.clone(), i as f64 / 30.0);
+    // Each face every fourth frame, one face a frame: the looks are spread, so no
+    // frame pays for all four.
+    let mut looks = vec![Vec::new(); 4];
+    for i in 1..=8 {
+        let due = tracker.due();
+        assert_eq!(due.iter().filter(|&&d| d).count(), 1, "frame {i}: {due:?}");
+        assert!(!tracker.may_skip_search());
+        let seen: Vec<_> = four
+            .iter()
+            .zip(&due)
+            .filter(|(_, &d)| d)
+            .map(|(f, _)| f.clone())
+            .collect();
+        let followed = tracker.update_looked(seen, &due, i as f64 / 30.0);
+        assert_eq!(
+            followed.len(),
+            4,
+            "a face not looked for is carried, not lost"
+        );
+        assert!(followed.iter().all(|f| f.presence == 1.0));
+        for (k, d) in due.iter().enumerate() {
+            if *d {
+                looks[k].push(i);
             }
-            skip
+        }
+    }
+    for (k, frames) in looks.iter().enumerate() {
+        assert_eq!(frames.len(), 2, "face {k}: {frames:?}");
+        assert_eq!(frames[1] - frames[0], 4, "face {k}: {frames:?}");
+    }
+    // A face lost among them brings every look back at once.
+    let due = tracker.due();
+    let seen: Vec<_> = four
+        .iter()
+        .zip(&due)
+        .filter(|(_, &d)| d)
+        .map(|(f, _)| f.clone())
+        .collect();
+    let lost = vec![true; 4];
+    tracker.update_looked(seen, &lost, 0.5);
+    assert_eq!(tracker.due(), [true; 4]);
+    // Found again, the faces go back to their own turns, still one a frame.
+    for i in 0..4 {
+        tracker.update_looked(four.clone(), &tracker.due(), 0.6 + i as f64 / 30.0);
+    }
+    let looks: Vec<usize> = (0..4)
+        .map(|i| {
+            let due = tracker.due();
+            tracker.update_looked(four.clone(), &due, 0.8 + i as f64 / 30.0);
+            due.iter().filter(|&&d| d).count()
         })
         .collect();
-    assert_eq!(pattern, [true, true, true, false, true, true, true, false]);
+    assert_eq!(looks, [1, 1, 1, 1]);
     // Every frame searched with an interval of 1, and without optical flow.
     for options in [
         TrackingOptions {
