@@ -427,8 +427,7 @@ impl FrameProcessor {
         let pass = due.filter(|&pass| self.pass_needed(pass, self.scene_now(frame, &mut scene)));
         let mut searched = None;
         let due = self.tracker.due();
-        let skip = !due.is_empty() && !due.contains(&true);
-        let tracked = match (pass, skip) {
+        let tracked = match (pass, self.tracker.may_skip_search()) {
             (None, true) => self.tracker.carry(),
             // A full-frame pass due on a frame whose search around the followed faces
             // is not: optical flow carries them, the pass only adds new faces.

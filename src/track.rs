@@ -126,8 +126,8 @@ pub struct TrackingOptions {
     /// (around where they are, and in the whole frame when that is due) only every
     /// this many frames, or every as many frames as there are faces when that is more,
     /// each face on its own turn, so the looks are spread over the frames (four faces
-    /// at 1280x720, still scene: 95th percentile of the core's frame time 16.6-20.2 ms
-    /// when all were looked for on the same frame, 12.1-16.6 in turn, one sitting);
+    /// at 1280x720, still scene: 95th percentile of the core's frame time 16.1-17.6 ms
+    /// when all were looked for on the same frame, 12.2-15.2 in turn, one sitting);
     /// in between, optical flow alone carries them. 1: every frame (with one face).
     pub search_interval: u32,
     /// Cutoff (Hz) of a low-pass on each followed face's edit in its aligned crop (the
@@ -534,7 +534,6 @@ fn set_face_values(f: &mut Face, v: &[f32; VALUES]) {
     };
 }
 
-/// Restarts a track's filters at `found`.
 /// A frame on which the detector did not look for `track`: optical flow alone carries
 /// it, it does not count as lost, and it goes on fading in (`step` a frame).
 fn carry_track(track: &mut Track, step: f32) {
@@ -542,6 +541,7 @@ fn carry_track(track: &mut Track, step: f32) {
     track.presence = (track.presence + step).min(1.0);
 }
 
+/// Restarts a track's filters at `found`.
 fn restart(track: &mut Track, found: &Face) {
     let params = track.filters[0].params;
     track.filters = [OneEuroFilter::new(params); VALUES];
