@@ -4,12 +4,12 @@
 //! `reggan::FrameProcessor::process_video` (what the element runs), once with tracking
 //! off (each frame's raw detections, no transitions: the behaviour before the tracker)
 //! and once with the defaults. Per clip and setting:
-//! - the temporal warping error (Lai et al. 2018) inside the face: mean |O_t -
-//!   warp(O_{t-1})| over the face box, with the backward optical flow (OpenCV DIS)
+//! - the temporal warping error (Lai et al. 2018) inside the faces: mean |O_t -
+//!   warp(O_{t-1})| over each face box, with the backward optical flow (OpenCV DIS)
 //!   computed from the *input* frames, for the output divided by the same for the
-//!   input (1 = the edit adds no flicker);
-//! - coverage: of the frames in which an independent full-frame search finds a face
-//!   within the yaw limit, the share in which that face's box was changed;
+//!   input (1 = the edit adds no flicker), summed over every face an independent
+//!   full-frame search finds within the yaw limit (several people in a clip all count);
+//! - coverage: of those faces, over all frames, the share whose box was changed;
 //! - frames per second of the processor (one thread, decoding not counted);
 //! - on sampled frames (every [`SAMPLE_EVERY`]th frame with a face, at most
 //!   [`SAMPLE_MAX`]), the still `eval`'s yardsticks on the face aligned to the LSRF
@@ -200,11 +200,12 @@ pub struct ClipRow {
     pub width: usize,
     pub height: usize,
     pub frames: usize,
-    /// Warping error inside the face: output, input and their ratio.
+    /// Warping error inside the faces: output, input and their ratio.
     pub warp_error_output: f64,
     pub warp_error_input: f64,
     pub warp_error_ratio: f64,
-    /// Frames with a face within the yaw limit, and the share of them changed.
+    /// Frames with a face within the yaw limit, and the share of those faces (every
+    /// face of every frame) that were changed.
     pub frames_with_face: usize,
     pub coverage: f64,
     pub fps: f64,
@@ -222,21 +223,28 @@ pub struct ClipRow {
     pub identity_same: Option<f64>,
 }
 
-/// What the independent reference search sees in each input frame: the largest face
-/// within the yaw limit, if any.
-fn reference_faces(frames: &[Frame], max_yaw: f32) -> Result<Vec<Option<Face>>> {
+/// What the independent reference search sees in each input frame: every face within
+/// the yaw limit, the largest first.
+fn reference_faces(frames: &[Frame], max_yaw: f32) -> Result<Vec<Vec<Face>>> {
     let mut detector = FaceDetector::new(reggan::DetectorKind::Auto)?;
     frames
         .iter()
         .map(|f| {
             let mut img = f.image.clone();
-            let faces = detector.detect(&img.as_frame(), 32.0)?;
-            Ok(faces
+            let mut faces: Vec<Face> = detector
+                .detect(&img.as_frame(), 32.0)?
                 .into_iter()
                 .filter(|face| HeadPose::estimate(&face.keypoints).yaw.abs() < max_yaw)
-                .max_by(|a, b| a.bbox.area().total_cmp(&b.bbox.area())))
+                .collect();
+            faces.sort_by(|a, b| b.bbox.area().total_cmp(&a.bbox.area()));
+            Ok(faces)
         })
         .collect()
+}
+
+/// Each frame's largest face (what expression and identity are scored on).
+fn largest(faces: &[Vec<Face>]) -> Vec<Option<Face>> {
+    faces.iter().map(|f| f.first().cloned()).collect()
 }
 
 /// Expression and identity are measured on every `SAMPLE_EVERY`th frame with a face...
@@ -366,7 +374,10 @@ pub fn score_faces(
 struct ClipInput<'a> {
     name: &'a str,
     frames: &'a [Frame],
-    faces: &'a [Option<Face>],
+    /// Every reference face of each frame ([`reference_faces`]).
+    faces: &'a [Vec<Face>],
+    /// Each frame's largest, where the samples are scored.
+    largest: &'a [Option<Face>],
     samples: &'a [usize],
     /// The sampled frames' aligned input faces.
     crops: &'a Tensor,
@@ -408,35 +419,45 @@ fn measure_clip(
     let mut dis = video::DISOpticalFlow::create(video::DISOpticalFlow_PRESET_MEDIUM)?;
     let (mut e_out, mut e_in, mut pairs) = (0.0, 0.0, 0usize);
     for t in 1..frames.len() {
-        let (Some(f), Some(_)) = (&faces[t], &faces[t - 1]) else {
+        if faces[t - 1].is_empty() {
             continue;
-        };
-        let b = &f.bbox;
-        let (Some(inner), Some(region)) = (rect_of(b, 0.0, w, h), rect_of(b, 0.5, w, h)) else {
-            continue;
-        };
-        let flow = backward_flow(&mut dis, &frames[t].image, &frames[t - 1].image, region)?;
-        let ei = warping_error(&frames[t].image, &frames[t - 1].image, &flow, region, inner)?;
-        let eo = warping_error(&outputs[t], &outputs[t - 1], &flow, region, inner)?;
-        if ei.is_finite() && eo.is_finite() {
-            e_in += ei;
-            e_out += eo;
-            pairs += 1;
+        }
+        for f in &faces[t] {
+            let b = &f.bbox;
+            let (Some(inner), Some(region)) = (rect_of(b, 0.0, w, h), rect_of(b, 0.5, w, h)) else {
+                continue;
+            };
+            let flow = backward_flow(&mut dis, &frames[t].image, &frames[t - 1].image, region)?;
+            let ei = warping_error(&frames[t].image, &frames[t - 1].image, &flow, region, inner)?;
+            let eo = warping_error(&outputs[t], &outputs[t - 1], &flow, region, inner)?;
+            if ei.is_finite() && eo.is_finite() {
+                e_in += ei;
+                e_out += eo;
+                pairs += 1;
+            }
         }
     }
-    let with_face: Vec<usize> = (0..frames.len()).filter(|&i| faces[i].is_some()).collect();
-    let changed = with_face
+    let shown: Vec<(usize, &Face)> = faces
         .iter()
-        .filter(|&&i| {
-            let b = &faces[i].as_ref().expect("filtered").bbox;
-            rect_of(b, 0.0, w, h).is_some_and(|r| changed_inside(&frames[i].image, &outputs[i], r))
+        .enumerate()
+        .flat_map(|(i, fs)| fs.iter().map(move |f| (i, f)))
+        .collect();
+    let changed = shown
+        .iter()
+        .filter(|(i, f)| {
+            rect_of(&f.bbox, 0.0, w, h)
+                .is_some_and(|r| changed_inside(&frames[*i].image, &outputs[*i], r))
         })
         .count();
     let sampled_out: Vec<&RgbImage> = clip.samples.iter().map(|&i| &outputs[i]).collect();
     let sampled_faces: Vec<&Face> = clip
         .samples
         .iter()
-        .map(|&i| faces[i].as_ref().expect("sampled frames have a face"))
+        .map(|&i| {
+            clip.largest[i]
+                .as_ref()
+                .expect("sampled frames have a face")
+        })
         .collect();
     let out_crops = aligned_faces(&sampled_out, &sampled_faces, SCORE_CROP)?;
     let scores = score_faces(scorers, label, clip.crops, &out_crops)?;
@@ -450,8 +471,8 @@ fn measure_clip(
         warp_error_output: e_out / n,
         warp_error_input: e_in / n,
         warp_error_ratio: if e_in > 0.0 { e_out / e_in } else { f64::NAN },
-        frames_with_face: with_face.len(),
-        coverage: changed as f64 / with_face.len().max(1) as f64,
+        frames_with_face: faces.iter().filter(|f| !f.is_empty()).count(),
+        coverage: changed as f64 / shown.len().max(1) as f64,
         fps: frames.len() as f64 / busy.as_secs_f64(),
         sampled: clip.samples.len(),
         ecs_output: scores.ecs_output,
@@ -797,7 +818,8 @@ pub fn run_with(
             file.clone()
         };
         let frames = load_clip(clip, max_frames)?;
-        let faces = reference_faces(&frames, reggan::pose::DEFAULT_MAX_YAW)?;
+        let all_faces = reference_faces(&frames, reggan::pose::DEFAULT_MAX_YAW)?;
+        let faces = largest(&all_faces);
         let has_face: Vec<bool> = faces.iter().map(Option::is_some).collect();
         let samples = sample_frames(&has_face, SAMPLE_EVERY, SAMPLE_MAX);
         let sampled_in: Vec<&RgbImage> = samples.iter().map(|&i| &frames[i].image).collect();
@@ -809,7 +831,8 @@ pub fn run_with(
         let input = ClipInput {
             name: &name,
             frames: &frames,
-            faces: &faces,
+            faces: &all_faces,
+            largest: &faces,
             samples: &samples,
             crops: &crops,
         };
@@ -1214,7 +1237,7 @@ mod tests {
         let photo =
             PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../assets/london-012-neutral.jpg");
         let clip = synthetic_clip(&RgbImage::load(&photo).unwrap(), 40).unwrap();
-        let faces = reference_faces(&clip, reggan::pose::DEFAULT_MAX_YAW).unwrap();
+        let faces = largest(&reference_faces(&clip, reggan::pose::DEFAULT_MAX_YAW).unwrap());
         let picked = [0usize, 20, 39];
         let images: Vec<&RgbImage> = picked.iter().map(|&i| &clip[i].image).collect();
         let found: Vec<&Face> = picked
@@ -1235,6 +1258,84 @@ mod tests {
         // Without instruments: nothing, and no failure.
         let none = score_faces(&mut FaceScorers::none(), label, &crops, &crops).unwrap();
         assert_eq!(none, FaceScores::default());
+    }
+
+    /// Ten still frames of two London faces side by side, one larger.
+    fn two_face_clip() -> Vec<Frame> {
+        let photo = RgbImage::load(
+            &PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../assets/london-012-neutral.jpg"),
+        )
+        .unwrap();
+        let bgr = photo.to_bgr_mat().unwrap();
+        let mut canvas = synthetic_background().unwrap();
+        for (x, side) in [(20, 300), (360, 240)] {
+            let mut scaled = Mat::default();
+            imgproc::resize(
+                &bgr,
+                &mut scaled,
+                Size::new(side, side),
+                0.0,
+                0.0,
+                imgproc::INTER_AREA,
+            )
+            .unwrap();
+            let mut roi = Mat::roi_mut(&mut canvas, Rect::new(x, 90, side, side)).unwrap();
+            scaled.copy_to(&mut roi).unwrap();
+        }
+        let image = RgbImage::from_bgr_mat(&canvas).unwrap();
+        (0..10)
+            .map(|i| Frame {
+                image: image.clone(),
+                time: Duration::from_millis(33 * i),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_face_of_a_clip_counts_not_only_the_largest() {
+        let model = reggan::default_model_dir();
+        if !model.join("model.onnx").is_file() {
+            eprintln!("skipping: no model at {}", model.display());
+            return;
+        }
+        let frames = two_face_clip();
+        let faces = reference_faces(&frames, reggan::pose::DEFAULT_MAX_YAW).unwrap();
+        assert!(
+            faces.iter().all(|f| f.len() == 2),
+            "two faces in every frame"
+        );
+        assert!(
+            faces[0][0].bbox.area() > faces[0][1].bbox.area(),
+            "largest first"
+        );
+        let biggest = largest(&faces);
+        let crops = aligned_faces(&[], &[], SCORE_CROP).unwrap();
+        let clip = ClipInput {
+            name: "two faces",
+            frames: &frames,
+            faces: &faces,
+            largest: &biggest,
+            samples: &[],
+            crops: &crops,
+        };
+        let coverage = |max_faces: usize| {
+            let mut config = settings("happy").remove(1).1;
+            config.max_faces = max_faces;
+            let (row, _) = measure_clip(
+                &model,
+                &clip,
+                "default",
+                config,
+                &mut FaceScorers::none(),
+                None,
+            )
+            .unwrap();
+            assert_eq!(row.frames_with_face, 10);
+            row.coverage
+        };
+        // Editing only the largest face changes half of the faces shown.
+        assert!((coverage(1) - 0.5).abs() < 1e-9, "{}", coverage(1));
+        assert!((coverage(4) - 1.0).abs() < 1e-9, "{}", coverage(4));
     }
 
     #[test]
