@@ -374,10 +374,9 @@ pub fn score_faces(
 struct ClipInput<'a> {
     name: &'a str,
     frames: &'a [Frame],
-    /// Every reference face of each frame ([`reference_faces`]).
+    /// Every reference face of each frame, the largest first ([`reference_faces`]):
+    /// the samples are scored on the largest.
     faces: &'a [Vec<Face>],
-    /// Each frame's largest, where the samples are scored.
-    largest: &'a [Option<Face>],
     samples: &'a [usize],
     /// The sampled frames' aligned input faces.
     crops: &'a Tensor,
@@ -453,11 +452,7 @@ fn measure_clip(
     let sampled_faces: Vec<&Face> = clip
         .samples
         .iter()
-        .map(|&i| {
-            clip.largest[i]
-                .as_ref()
-                .expect("sampled frames have a face")
-        })
+        .map(|&i| clip.faces[i].first().expect("sampled frames have a face"))
         .collect();
     let out_crops = aligned_faces(&sampled_out, &sampled_faces, SCORE_CROP)?;
     let scores = score_faces(scorers, label, clip.crops, &out_crops)?;
@@ -832,7 +827,6 @@ pub fn run_with(
             name: &name,
             frames: &frames,
             faces: &all_faces,
-            largest: &faces,
             samples: &samples,
             crops: &crops,
         };
@@ -1260,6 +1254,17 @@ mod tests {
         assert_eq!(none, FaceScores::default());
     }
 
+    /// The shipped default model; `None` (and a note) when it is absent.
+    fn shipped_model_or_skip() -> Option<PathBuf> {
+        let model = reggan::default_model_dir();
+        if model.join("model.onnx").is_file() {
+            Some(model)
+        } else {
+            eprintln!("skipping: no model at {}", model.display());
+            None
+        }
+    }
+
     /// Ten still frames of two London faces side by side, one larger.
     fn two_face_clip() -> Vec<Frame> {
         let photo = RgbImage::load(
@@ -1293,11 +1298,9 @@ mod tests {
 
     #[test]
     fn every_face_of_a_clip_counts_not_only_the_largest() {
-        let model = reggan::default_model_dir();
-        if !model.join("model.onnx").is_file() {
-            eprintln!("skipping: no model at {}", model.display());
+        let Some(model) = shipped_model_or_skip() else {
             return;
-        }
+        };
         let frames = two_face_clip();
         let faces = reference_faces(&frames, reggan::pose::DEFAULT_MAX_YAW).unwrap();
         assert!(
@@ -1308,13 +1311,11 @@ mod tests {
             faces[0][0].bbox.area() > faces[0][1].bbox.area(),
             "largest first"
         );
-        let biggest = largest(&faces);
         let crops = aligned_faces(&[], &[], SCORE_CROP).unwrap();
         let clip = ClipInput {
             name: "two faces",
             frames: &frames,
             faces: &faces,
-            largest: &biggest,
             samples: &[],
             crops: &crops,
         };
@@ -1340,11 +1341,9 @@ mod tests {
 
     #[test]
     fn the_london_synthetic_clip_is_measured_and_its_strip_written() {
-        let model = reggan::default_model_dir();
-        if !model.join("model.onnx").is_file() {
-            eprintln!("skipping: no model at {}", model.display());
+        let Some(model) = shipped_model_or_skip() else {
             return;
-        }
+        };
         let Some(mut scorers) = scorers_or_skip() else {
             return;
         };
