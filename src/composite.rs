@@ -9,9 +9,11 @@
 //!   the coarse change is large (mouth, teeth), or where it adds detail the input
 //!   lacks (a crease). A model that smooths the face leaves the frame's skin texture,
 //!   lashes and hair as they were;
-//! - colour: the luma change everywhere (as light: in proportion to each channel, and a
-//!   darkened highlight loses its white light first), the chroma change only where the
-//!   luma change is large, so irises, make-up and skin tone keep their colours;
+//! - colour: the luma change everywhere (so that each pixel keeps its CIELAB a*, b*:
+//!   a quarter in proportion to its channels, the rest grey; a darkened highlight loses
+//!   its white light first), the chroma change only where the luma change is large, so
+//!   irises, make-up and skin tone keep their colours. The sum is rounded so that
+//!   rounding makes no colour either ([`add_rounded`]);
 //! - rim: the model's tone drift along the mask's feathered rim (a plane, fitted
 //!   robustly) is taken out of the change, so no edge shows where the mask ends.
 //!
@@ -585,7 +587,8 @@ pub struct CompositeOptions {
     /// raised), and around the mouth ([`mouth_region`]), the model's own is carried.
     pub detail: Detail,
     /// Keep the person's colours: the brightness (luma) change is carried everywhere
-    /// (as a change of light: each channel in proportion to the pixel's own), the
+    /// (so that each pixel keeps its CIELAB colour: a quarter of it in proportion to
+    /// the pixel's channels, the rest grey), the
     /// colour (chroma) change only around the mouth (lips, teeth, mouth interior) and
     /// there only where the brightness change is large too, so irises, make-up and
     /// skin tone keep their colours. And the model's tone drift along the mask's rim is
@@ -650,6 +653,12 @@ const LUMA: [f32; 3] = [0.299, 0.587, 0.114];
 /// Added to a pixel's channels and luma before their ratio is taken, so that the luma
 /// change of near-black pixels is shared out evenly ([0, 1] units).
 const DARK: f32 = 0.03;
+/// Share of a luma change made in proportion to the pixel's own channels; the rest is
+/// grey (the same in every channel). In proportion alone (what light does) brightened
+/// skin turns more saturated in CIELAB, grey alone paler; a quarter in proportion keeps
+/// a*, b* of skin tones within 0.03 at +-10 grey levels (in proportion alone 0.75-1.7,
+/// grey alone 0.2-0.55), of a blue iris or red lips within 0.3 (1.8-2.3 and 0.4-0.6).
+const PROPORTIONAL_SHARE: f32 = 0.25;
 
 /// Grey levels to [0, 1] units.
 fn in_units((a, b): (f32, f32)) -> (f32, f32) {
@@ -837,15 +846,14 @@ impl ResidualShaper {
         }
     }
 
-    /// The luma change, made the way light changes a colour (every channel in
-    /// proportion to the pixel's own: a grey change would pale warm skin towards blue
-    /// where it brightens), then the model's own colour change where it may pass.
+    /// The luma change, made so that the pixel keeps its CIELAB colour (a*, b*): a
+    /// quarter in proportion to the pixel's own channels, the rest grey
+    /// ([`PROPORTIONAL_SHARE`]), then the model's own colour change where it may pass.
     ///
     /// A darkened highlight is the exception: a specular highlight is white light on
     /// top of the skin's own colour, so taking it away takes away white light (the same
-    /// from every channel) and leaves the skin's colour; darkening it in proportion
-    /// would leave a grey patch. The white light in the pixel ([`white_light`]) is
-    /// taken away first, the rest of a darkening in proportion.
+    /// from every channel) and leaves the skin's colour. The white light in the pixel
+    /// ([`white_light`]) is taken away first, the rest of a darkening as above.
     fn keep_colours(&mut self, base: &[f32]) -> Result<()> {
         let (s, n, m) = (self.size, self.size * self.size, self.small);
         // A wide blur, so on the quarter grid (a fifth of the cost at full size).
@@ -886,7 +894,8 @@ impl ResidualShaper {
             let white = if y < -0.1 / 255.0 { share } else { 0.0 };
             let k = y / (base_y + DARK);
             for (v, p) in c.iter_mut().zip(px) {
-                let keep = (1.0 - white) * k * (p + DARK) + white * y;
+                let shaded = PROPORTIONAL_SHARE * k * (p + DARK) + (1.0 - PROPORTIONAL_SHARE) * y;
+                let keep = (1.0 - white) * shaded + white * y;
                 *v = keep + w * (*v - keep);
             }
             [dr[i], dg[i], db[i]] = c;
@@ -1322,16 +1331,27 @@ pub(crate) fn frame_roi(frame: &FrameMut, alignment: &Alignment, rect: [f32; 4])
     })
 }
 
-/// `v + change`, rounded half up and saturated to 0..=255.
-fn add_rounded(v: u8, change: f32) -> u8 {
-    round_to_u8(v as f32 + change)
+/// `px + change` for one RGB pixel, rounded so that rounding makes no colour: the
+/// change's luma (grey) part and what is left per channel are rounded apart, then the
+/// sum is saturated to 0..=255. Rounding each channel on its own lets a change of
+/// half a grey level round up in red and down in blue, and over a face that noise alone
+/// is a CIELAB chroma change of about 0.4 (issue 9's measure); here it is a grey step.
+/// A zero change leaves the pixel as it is.
+fn add_rounded(px: [u8; 3], change: [f32; 3]) -> [u8; 3] {
+    let grey = LUMA[0] * change[0] + LUMA[1] * change[1] + LUMA[2] * change[2];
+    let step = round_to_i32(grey);
+    let mut out = [0; 3];
+    for ((o, &v), &c) in out.iter_mut().zip(&px).zip(&change) {
+        *o = (i32::from(v) + step + round_to_i32(c - grey)).clamp(0, 255) as u8;
+    }
+    out
 }
 
-/// Rounds half up and saturates to 0..=255: a float-to-int `as` cast saturates (and
-/// maps NaN to 0), while `f32::round` would be a libm call per channel on baseline
-/// x86-64.
-fn round_to_u8(v: f32) -> u8 {
-    (v + 0.5) as u8
+/// Rounds half up for values above -1024 (a change is within +-510; NaN gives -1024,
+/// which saturates away): a float-to-int `as` cast truncates and saturates, while
+/// `f32::round` would be a libm call per value on baseline x86-64.
+fn round_to_i32(v: f32) -> i32 {
+    (v + 1024.5) as i32 - 1024
 }
 
 /// Adds `warped` (the residual over `roi`, interleaved RGB float) to the frame there.
@@ -1349,9 +1369,11 @@ fn add_residual(frame: &mut FrameMut, warped: &Mat, roi: Roi) -> Result<()> {
         let row = &mut data[(roi.y + y) * stride + roi.x * bpp..][..roi.w * bpp];
         if bpp == 3 && offsets == [0, 1, 2] {
             // A zero change rounds back to the value itself, so RGB runs as one
-            // straight, vectorised loop over the row.
-            for (v, &r) in row.iter_mut().zip(res_row) {
-                *v = add_rounded(*v, r);
+            // straight loop over the row.
+            for (px, r) in row.chunks_exact_mut(3).zip(res_row.chunks_exact(3)) {
+                let r = [r[0], r[1], r[2]];
+                let v = add_rounded([px[0], px[1], px[2]], r);
+                px.copy_from_slice(&v);
             }
             continue;
         }
@@ -1359,8 +1381,9 @@ fn add_residual(frame: &mut FrameMut, warped: &Mat, roi: Roi) -> Result<()> {
             if r == [0.0; 3] {
                 continue;
             }
-            for (&o, &r) in offsets.iter().zip(r) {
-                px[o] = add_rounded(px[o], r);
+            let v = add_rounded(offsets.map(|o| px[o]), [r[0], r[1], r[2]]);
+            for (&o, v) in offsets.iter().zip(v) {
+                px[o] = v;
             }
         }
     }
@@ -1393,9 +1416,9 @@ fn write_changes(
             } else {
                 &data[px..px + bpp]
             };
-            let rgb = offsets.map(|o| from[o]);
-            for (k, &o) in offsets.iter().enumerate() {
-                data[px + o] = add_rounded(rgb[k], change.residual[k]);
+            let rgb = add_rounded(offsets.map(|o| from[o]), change.residual);
+            for (&o, v) in offsets.iter().zip(rgb) {
+                data[px + o] = v;
             }
         }
     }
@@ -1404,6 +1427,32 @@ fn write_changes(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Rounding makes no colour: a grey change of any fraction moves every channel of a
+    /// warm pixel by the same whole step (the nearest), a colour change of whole levels
+    /// comes out exact, a zero change leaves the pixel, and the sum saturates.
+    #[test]
+    fn rounding_a_change_moves_every_channel_alike_when_the_change_is_grey() {
+        let skin = [200u8, 150, 130];
+        for tenth in -30..=30 {
+            let d = tenth as f32 / 10.0 + 0.01;
+            let out = add_rounded(skin, [d; 3]);
+            let step = (d + 0.5).floor() as i32;
+            let expected = skin.map(|v| (i32::from(v) + step) as u8);
+            assert_eq!(out, expected, "grey change {d}");
+        }
+        assert_eq!(add_rounded(skin, [10.0, 0.0, -10.0]), [210, 150, 120]);
+        assert_eq!(add_rounded(skin, [0.0; 3]), skin);
+        assert_eq!(add_rounded([250, 3, 128], [9.0, -7.0, 0.0]), [255, 0, 128]);
+        // Each channel still lands within a level of its exact value.
+        let change = [0.7f32, 0.45, 0.2];
+        for (o, (v, c)) in add_rounded(skin, change)
+            .iter()
+            .zip(skin.iter().zip(change))
+        {
+            assert!((*o as f32 - (*v as f32 + c)).abs() <= 1.0);
+        }
+    }
 
     /// The spans that a flow model's change is sampled on come from `MaskEllipse`; a
     /// mask pixel outside it would be silently dropped, so the two must agree.

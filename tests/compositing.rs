@@ -421,6 +421,105 @@ fn a_removed_highlight_leaves_the_skin_colour_not_grey() {
     );
 }
 
+/// CIELAB (D65) of an sRGB pixel: L* 0-100, a*, b*.
+fn lab(p: [u8; 3]) -> [f64; 3] {
+    let linear = p.map(|v| {
+        let c = v as f64 / 255.0;
+        if c <= 0.04045 {
+            c / 12.92
+        } else {
+            ((c + 0.055) / 1.055).powf(2.4)
+        }
+    });
+    let xyz = [
+        [0.412453, 0.357580, 0.180423],
+        [0.212671, 0.715160, 0.072169],
+        [0.019334, 0.119193, 0.950227],
+    ]
+    .map(|row: [f64; 3]| row.iter().zip(&linear).map(|(m, c)| m * c).sum::<f64>());
+    let f = |t: f64| {
+        if t > 0.008856 {
+            t.cbrt()
+        } else {
+            7.787 * t + 16.0 / 116.0
+        }
+    };
+    let [fx, fy, fz] = [f(xyz[0] / 0.950456), f(xyz[1]), f(xyz[2] / 1.088754)];
+    [116.0 * fy - 16.0, 500.0 * (fx - fy), 200.0 * (fy - fz)]
+}
+
+/// A model that brightens the cheek (as light does: every channel in proportion)
+/// brightens it with `keep_colour` on, and the skin keeps its CIELAB colour (a*, b*);
+/// carried as it is, the warm skin turns more saturated.
+#[test]
+fn a_brightened_cheek_keeps_its_cielab_colour_with_keep_colour() {
+    let a = similarity(scale_for_face(250.0), 4.0, (300.0, 260.0));
+    let skin = [200u8, 150, 130];
+    let img = two_tone(&a, |_| false, skin, skin);
+    let centre = (34.0, 70.0); // the image-left cheek, outside the mouth's region
+    let dist = |p: Point| ((p.x - centre.0).powi(2) + (p.y - centre.1).powi(2)).sqrt();
+    let n = S * S;
+    // Up to +14 grey levels of luma at the centre, falling off smoothly: every whole
+    // and fractional step in between.
+    let gain = |p: Point| 1.0 + 14.0 * (-(dist(p) / 9.0).powi(2)).exp() / common::luma(skin) as f32;
+    let model = |crop: &[f32]| {
+        let mut out = crop.to_vec();
+        for i in 0..n {
+            for c in 0..3 {
+                out[c * n + i] *= gain(crop_point(i));
+            }
+        }
+        out
+    };
+    let kept = composite(&img, &a, CompositeOptions::default(), model);
+    let lit = skin.map(|v| {
+        (v as f32
+            * gain(Point {
+                x: centre.0,
+                y: centre.1,
+            }))
+        .round() as u8
+    });
+    let ab_change = |p: [u8; 3]| {
+        let (x, y) = (lab(p), lab(skin));
+        (x[1] - y[1]).hypot(x[2] - y[2])
+    };
+    let (mut worst, mut sum, mut brightening, mut pixels) = (0.0f64, 0.0, 0.0f64, 0);
+    for y in 0..img.height {
+        for x in 0..img.width {
+            if dist(crop_pos(&a, x, y)) > 9.0 {
+                continue;
+            }
+            pixels += 1;
+            let p = kept.pixel(x, y);
+            worst = worst.max(ab_change(p));
+            sum += ab_change(p);
+            brightening = brightening.max(common::luma(p) - common::luma(skin));
+        }
+    }
+    let mean = sum / pixels.max(1) as f64;
+    eprintln!(
+        "{pixels} cheek pixels: a*b* change {mean:.2} on average, at most {worst:.2} (carried as it is {:.2} at the centre), luma up to +{brightening:.1}",
+        ab_change(lit)
+    );
+    assert!(pixels > 100);
+    assert!(
+        ab_change(lit) > 1.0,
+        "the test's light should saturate the skin"
+    );
+    assert!(
+        brightening >= 9.0,
+        "the brightening was not carried: +{brightening:.1}"
+    );
+    // One level in one channel of this skin is an a*b* change of about 0.4: whole levels
+    // cannot keep it closer.
+    assert!(
+        mean <= 0.3,
+        "the skin's a*b* changed by {mean:.2} on average"
+    );
+    assert!(worst <= 0.5, "the skin's a*b* changed by up to {worst:.2}");
+}
+
 /// A model that turns a blue iris brown (same brightness) leaves its colour as it was
 /// with `keep_colour` on; plain compositing makes it brown.
 #[test]
