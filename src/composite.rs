@@ -12,8 +12,7 @@
 //! - colour: the luma change everywhere (so that each pixel keeps its CIELAB a*, b*:
 //!   a quarter in proportion to its channels, the rest grey; a darkened highlight loses
 //!   its white light first), the chroma change only where the luma change is large, so
-//!   irises, make-up and skin tone keep their colours. The sum is rounded so that
-//!   rounding makes no colour either ([`add_rounded`]);
+//!   irises, make-up and skin tone keep their colours;
 //! - rim: the model's tone drift along the mask's feathered rim (a plane, fitted
 //!   robustly) is taken out of the change, so no edge shows where the mask ends.
 //!
@@ -1331,27 +1330,16 @@ pub(crate) fn frame_roi(frame: &FrameMut, alignment: &Alignment, rect: [f32; 4])
     })
 }
 
-/// `px + change` for one RGB pixel, rounded so that rounding makes no colour: the
-/// change's luma (grey) part and what is left per channel are rounded apart, then the
-/// sum is saturated to 0..=255. Rounding each channel on its own lets a change of
-/// half a grey level round up in red and down in blue, and over a face that noise alone
-/// is a CIELAB chroma change of about 0.4 (issue 9's measure); here it is a grey step.
-/// A zero change leaves the pixel as it is.
-fn add_rounded(px: [u8; 3], change: [f32; 3]) -> [u8; 3] {
-    let grey = LUMA[0] * change[0] + LUMA[1] * change[1] + LUMA[2] * change[2];
-    let step = round_to_i32(grey);
-    let mut out = [0; 3];
-    for ((o, &v), &c) in out.iter_mut().zip(&px).zip(&change) {
-        *o = (i32::from(v) + step + round_to_i32(c - grey)).clamp(0, 255) as u8;
-    }
-    out
+/// `v + change`, rounded half up and saturated to 0..=255.
+fn add_rounded(v: u8, change: f32) -> u8 {
+    round_to_u8(v as f32 + change)
 }
 
-/// Rounds half up for values above -1024 (a change is within +-510; NaN gives -1024,
-/// which saturates away): a float-to-int `as` cast truncates and saturates, while
-/// `f32::round` would be a libm call per value on baseline x86-64.
-fn round_to_i32(v: f32) -> i32 {
-    (v + 1024.5) as i32 - 1024
+/// Rounds half up and saturates to 0..=255: a float-to-int `as` cast saturates (and
+/// maps NaN to 0), while `f32::round` would be a libm call per channel on baseline
+/// x86-64.
+fn round_to_u8(v: f32) -> u8 {
+    (v + 0.5) as u8
 }
 
 /// Adds `warped` (the residual over `roi`, interleaved RGB float) to the frame there.
@@ -1369,11 +1357,9 @@ fn add_residual(frame: &mut FrameMut, warped: &Mat, roi: Roi) -> Result<()> {
         let row = &mut data[(roi.y + y) * stride + roi.x * bpp..][..roi.w * bpp];
         if bpp == 3 && offsets == [0, 1, 2] {
             // A zero change rounds back to the value itself, so RGB runs as one
-            // straight loop over the row.
-            for (px, r) in row.chunks_exact_mut(3).zip(res_row.chunks_exact(3)) {
-                let r = [r[0], r[1], r[2]];
-                let v = add_rounded([px[0], px[1], px[2]], r);
-                px.copy_from_slice(&v);
+            // straight, vectorised loop over the row.
+            for (v, &r) in row.iter_mut().zip(res_row) {
+                *v = add_rounded(*v, r);
             }
             continue;
         }
@@ -1381,9 +1367,8 @@ fn add_residual(frame: &mut FrameMut, warped: &Mat, roi: Roi) -> Result<()> {
             if r == [0.0; 3] {
                 continue;
             }
-            let v = add_rounded(offsets.map(|o| px[o]), [r[0], r[1], r[2]]);
-            for (&o, v) in offsets.iter().zip(v) {
-                px[o] = v;
+            for (&o, &r) in offsets.iter().zip(r) {
+                px[o] = add_rounded(px[o], r);
             }
         }
     }
@@ -1416,9 +1401,9 @@ fn write_changes(
             } else {
                 &data[px..px + bpp]
             };
-            let rgb = add_rounded(offsets.map(|o| from[o]), change.residual);
-            for (&o, v) in offsets.iter().zip(rgb) {
-                data[px + o] = v;
+            let rgb = offsets.map(|o| from[o]);
+            for (k, &o) in offsets.iter().enumerate() {
+                data[px + o] = add_rounded(rgb[k], change.residual[k]);
             }
         }
     }
@@ -1427,32 +1412,6 @@ fn write_changes(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Rounding makes no colour: a grey change of any fraction moves every channel of a
-    /// warm pixel by the same whole step (the nearest), a colour change of whole levels
-    /// comes out exact, a zero change leaves the pixel, and the sum saturates.
-    #[test]
-    fn rounding_a_change_moves_every_channel_alike_when_the_change_is_grey() {
-        let skin = [200u8, 150, 130];
-        for tenth in -30..=30 {
-            let d = tenth as f32 / 10.0 + 0.01;
-            let out = add_rounded(skin, [d; 3]);
-            let step = (d + 0.5).floor() as i32;
-            let expected = skin.map(|v| (i32::from(v) + step) as u8);
-            assert_eq!(out, expected, "grey change {d}");
-        }
-        assert_eq!(add_rounded(skin, [10.0, 0.0, -10.0]), [210, 150, 120]);
-        assert_eq!(add_rounded(skin, [0.0; 3]), skin);
-        assert_eq!(add_rounded([250, 3, 128], [9.0, -7.0, 0.0]), [255, 0, 128]);
-        // Each channel still lands within a level of its exact value.
-        let change = [0.7f32, 0.45, 0.2];
-        for (o, (v, c)) in add_rounded(skin, change)
-            .iter()
-            .zip(skin.iter().zip(change))
-        {
-            assert!((*o as f32 - (*v as f32 + c)).abs() <= 1.0);
-        }
-    }
 
     /// The spans that a flow model's change is sampled on come from `MaskEllipse`; a
     /// mask pixel outside it would be silently dropped, so the two must agree.

@@ -508,16 +508,16 @@ fn a_brightened_cheek_keeps_its_cielab_colour_with_keep_colour() {
         "the test's light should saturate the skin"
     );
     assert!(
-        brightening >= 9.0,
+        brightening >= 11.0,
         "the brightening was not carried: +{brightening:.1}"
     );
-    // One level in one channel of this skin is an a*b* change of about 0.4: whole levels
-    // cannot keep it closer.
+    // One level in one channel of this skin is an a*b* change of up to about 0.5: whole
+    // levels cannot keep every pixel closer.
     assert!(
         mean <= 0.3,
         "the skin's a*b* changed by {mean:.2} on average"
     );
-    assert!(worst <= 0.5, "the skin's a*b* changed by up to {worst:.2}");
+    assert!(worst <= 0.6, "the skin's a*b* changed by up to {worst:.2}");
 }
 
 /// A model that turns a blue iris brown (same brightness) leaves its colour as it was
