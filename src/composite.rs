@@ -891,9 +891,9 @@ impl ResidualShaper {
             let around = [self.around[i], self.around[n + i], self.around[2 * n + i]];
             let share = (white_light(px, around) / -y).min(1.0);
             let white = if y < -0.1 / 255.0 { share } else { 0.0 };
-            let k = y / (base_y + DARK);
+            let (k, grey) = (y / (base_y + DARK), (1.0 - PROPORTIONAL_SHARE) * y);
             for (v, p) in c.iter_mut().zip(px) {
-                let shaded = PROPORTIONAL_SHARE * k * (p + DARK) + (1.0 - PROPORTIONAL_SHARE) * y;
+                let shaded = PROPORTIONAL_SHARE * k * (p + DARK) + grey;
                 let keep = (1.0 - white) * shaded + white * y;
                 *v = keep + w * (*v - keep);
             }

@@ -472,14 +472,11 @@ fn a_brightened_cheek_keeps_its_cielab_colour_with_keep_colour() {
         out
     };
     let kept = composite(&img, &a, CompositeOptions::default(), model);
-    let lit = skin.map(|v| {
-        (v as f32
-            * gain(Point {
-                x: centre.0,
-                y: centre.1,
-            }))
-        .round() as u8
+    let peak = gain(Point {
+        x: centre.0,
+        y: centre.1,
     });
+    let lit = skin.map(|v| (v as f32 * peak).round() as u8);
     let ab_change = |p: [u8; 3]| {
         let (x, y) = (lab(p), lab(skin));
         (x[1] - y[1]).hypot(x[2] - y[2])
