@@ -426,7 +426,6 @@ impl FrameProcessor {
         let mut scene = None;
         let pass = due.filter(|&pass| self.pass_needed(pass, self.scene_now(frame, &mut scene)));
         let mut searched = None;
-        let due = self.tracker.due();
         let tracked = match (pass, self.tracker.may_skip_search()) {
             (None, true) => self.tracker.carry(),
             // A full-frame pass due on a frame whose search around the followed faces
@@ -440,7 +439,8 @@ impl FrameProcessor {
                 self.tracker.carry_adding(new, t)
             }
             (pass, false) => {
-                let (tracked, ran) = self.search(frame, t, pass, &due)?;
+                let looks = self.tracker.due();
+                let (tracked, ran) = self.search(frame, t, pass, &looks)?;
                 searched = ran;
                 tracked
             }
