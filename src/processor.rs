@@ -130,6 +130,9 @@ pub struct FrameReport {
     pub changed: Vec<Roi>,
     /// Video: the whole-frame search for new faces that ran on this frame, if any.
     pub whole_frame_search: Option<SearchPass>,
+    /// Video: how many followed faces the detector looked for around where they were
+    /// on this frame (optical flow alone carried the others).
+    pub faces_looked_for: usize,
     pub timings: StageTimings,
 }
 
@@ -425,7 +428,7 @@ impl FrameProcessor {
         // The picture now, taken at most once a frame (for a due pass or a forced one).
         let mut scene = None;
         let pass = due.filter(|&pass| self.pass_needed(pass, self.scene_now(frame, &mut scene)));
-        let mut searched = None;
+        let (mut searched, mut looked) = (None, 0);
         let tracked = match (pass, self.tracker.may_skip_search()) {
             (None, true) => self.tracker.carry(),
             // A full-frame pass due on a frame whose search around the followed faces
@@ -440,8 +443,8 @@ impl FrameProcessor {
             }
             (pass, false) => {
                 let looks = self.tracker.due();
-                let (tracked, ran) = self.search(frame, t, pass, &looks)?;
-                searched = ran;
+                let (tracked, ran, near) = self.search(frame, t, pass, &looks)?;
+                (searched, looked) = (ran, near);
                 tracked
             }
         };
@@ -472,6 +475,7 @@ impl FrameProcessor {
         let mut report = self.edit_faces(frame, faces, tracks, mix, t)?;
         report.timings.detect = detect;
         report.whole_frame_search = searched;
+        report.faces_looked_for = looked;
         Ok(report)
     }
 
@@ -519,14 +523,15 @@ impl FrameProcessor {
     /// Searches for this frame's faces and gives them to the tracker (time `t`); `pass`:
     /// the full-frame search due on this frame, if any; `due`: the followed faces to
     /// look for ([`FaceTracker::due`]). Also returns the full-frame search that ran
-    /// (`pass`, or all models when a face was lost).
+    /// (`pass`, or all models when a face was lost) and how many faces were looked for
+    /// around where they were.
     fn search(
         &mut self,
         frame: &FrameMut,
         t: f64,
         pass: Option<SearchPass>,
         due: &[bool],
-    ) -> Result<(Vec<TrackedFace>, Option<SearchPass>)> {
+    ) -> Result<(Vec<TrackedFace>, Option<SearchPass>, usize)> {
         // Each tracked face is searched for around where optical flow put it, so its
         // keypoints always come from the same view of it (a still head gives the same
         // keypoints frame after frame). The whole frame is searched when a pass is due,
@@ -539,12 +544,17 @@ impl FrameProcessor {
         let predicted = self.tracker.predicted();
         let mut found = Vec::new();
         let mut carried = Vec::new();
+        let mut near_searches = 0;
         for (previous, &look) in predicted.into_iter().zip(due) {
             if !look {
                 carried.push(previous);
-            } else if raw && pass.is_some() {
                 continue;
-            } else if let Some(face) = self.detector.detect_near(frame, &previous)? {
+            }
+            if raw && pass.is_some() {
+                continue;
+            }
+            near_searches += 1;
+            if let Some(face) = self.detector.detect_near(frame, &previous)? {
                 found.push(face);
             }
         }
@@ -562,7 +572,11 @@ impl FrameProcessor {
                 .detect_new(frame, self.config.min_face_size, &known, pass)?;
             found.extend(new);
         }
-        Ok((self.tracker.update_looked(found, due, t), pass))
+        Ok((
+            self.tracker.update_looked(found, due, t),
+            pass,
+            near_searches,
+        ))
     }
 
     /// Runs align -> model -> composite for faces found elsewhere (e.g. another tracker).

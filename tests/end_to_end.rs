@@ -310,15 +310,27 @@ fn a_still_picture_is_searched_whole_only_now_and_then_and_a_change_brings_the_s
         }
         frame
     };
-    let mut searched = Vec::new();
+    let (mut searched, mut looked) = (Vec::new(), Vec::new());
     for i in 0..60 {
         let report = p.process_video(&mut frame_at(i).as_frame(), at(i)).unwrap();
         assert_eq!(report.faces.len(), 1, "frame {i}");
         if report.whole_frame_search.is_some() {
             searched.push(i);
         }
+        assert!(report.faces_looked_for <= 1, "frame {i}: one face");
+        if report.faces_looked_for == 1 {
+            looked.push(i);
+        }
     }
-    eprintln!("whole-frame searches on frames {searched:?}");
+    eprintln!("whole-frame searches on frames {searched:?}, looks near the face on {looked:?}");
+    // The followed face itself is looked for around where it is every
+    // `search_interval` frames, optical flow alone carrying it in between.
+    let every = reggan::TrackingOptions::default().search_interval as usize;
+    assert!(
+        looked.windows(2).all(|w| w[1] - w[0] == every),
+        "looks every {every} frames: {looked:?}"
+    );
+    assert!(looked.len() >= 60 / every - 1, "{looked:?}");
     // The first frame; then nothing changed away from the face, so the front and the
     // back model look again only after six intervals.
     let wait = reggan::scene::STILL_SCENE_INTERVALS as usize * interval;

@@ -11,7 +11,8 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use gst::prelude::*;
 use opencv::prelude::*;
-use reggan::{FrameProcessor, RgbImage, StageTimings};
+use reggan::detect::SearchPass;
+use reggan::{FrameProcessor, FrameReport, RgbImage, StageTimings};
 use serde_json::json;
 
 use crate::gstutil;
@@ -105,6 +106,90 @@ struct CoreResult {
     faces: usize,
     /// Share of the timed frames on which a whole-frame search ran.
     searched: f64,
+    /// The detect stage by what the detector did on the frame.
+    detect_by_path: Vec<PathStat>,
+}
+
+/// What the detect stage did on one frame of video, cheapest first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum DetectPath {
+    /// Optical flow carried every followed face; the detector did not run.
+    FlowOnly,
+    /// The detector looked for followed faces around where they were.
+    Looks,
+    /// The whole frame was searched with the front model (large faces).
+    FrontPass,
+    /// ... with the back model (small faces).
+    BackPass,
+    /// ... with both.
+    BothPasses,
+}
+
+impl DetectPath {
+    const ALL: [DetectPath; 5] = [
+        DetectPath::FlowOnly,
+        DetectPath::Looks,
+        DetectPath::FrontPass,
+        DetectPath::BackPass,
+        DetectPath::BothPasses,
+    ];
+
+    fn of(report: &FrameReport) -> Self {
+        match report.whole_frame_search {
+            Some(SearchPass::Large) => DetectPath::FrontPass,
+            Some(SearchPass::Small) => DetectPath::BackPass,
+            Some(SearchPass::All) => DetectPath::BothPasses,
+            None if report.faces_looked_for > 0 => DetectPath::Looks,
+            None => DetectPath::FlowOnly,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            DetectPath::FlowOnly => "optical flow only",
+            DetectPath::Looks => "+ looks near faces",
+            DetectPath::FrontPass => "+ front pass",
+            DetectPath::BackPass => "+ back pass",
+            DetectPath::BothPasses => "+ both passes",
+        }
+    }
+
+    fn key(self) -> &'static str {
+        match self {
+            DetectPath::FlowOnly => "flow_only",
+            DetectPath::Looks => "looks",
+            DetectPath::FrontPass => "front_pass",
+            DetectPath::BackPass => "back_pass",
+            DetectPath::BothPasses => "both_passes",
+        }
+    }
+}
+
+/// The detect stage's mean time on the frames of one path, and their share.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct PathStat {
+    path: DetectPath,
+    mean_ms: f64,
+    share: f64,
+}
+
+/// Groups frames' detect times by path (only the paths that occurred, cheapest first).
+fn detect_by_path(frames: &[(DetectPath, Duration)]) -> Vec<PathStat> {
+    DetectPath::ALL
+        .iter()
+        .filter_map(|&path| {
+            let times: Vec<Duration> = frames
+                .iter()
+                .filter(|(p, _)| *p == path)
+                .map(|&(_, t)| t)
+                .collect();
+            (!times.is_empty()).then(|| PathStat {
+                path,
+                mean_ms: Stat::of(&times).mean,
+                share: times.len() as f64 / frames.len() as f64,
+            })
+        })
+        .collect()
 }
 
 const STAGE_NAMES: [&str; 4] = ["detect", "align", "model", "composite"];
@@ -191,6 +276,7 @@ fn bench_core(
     let mut totals = Vec::with_capacity(frames);
     let mut faces = 0;
     let mut searched = 0;
+    let mut paths = Vec::with_capacity(frames);
     for i in WARMUP..WARMUP + frames {
         fresh(&mut work, i);
         let start = Instant::now();
@@ -199,6 +285,7 @@ fn bench_core(
         timings.push(report.timings);
         faces = faces.max(report.faces.len());
         searched += usize::from(report.whole_frame_search.is_some());
+        paths.push((DetectPath::of(&report), report.timings.detect));
     }
     let stage = |pick: fn(&StageTimings) -> Duration| {
         Stat::of(&timings.iter().map(pick).collect::<Vec<_>>())
@@ -215,6 +302,7 @@ fn bench_core(
         fps: frames as f64 / wall.as_secs_f64(),
         faces,
         searched: searched as f64 / frames.max(1) as f64,
+        detect_by_path: detect_by_path(&paths),
     })
 }
 
@@ -397,6 +485,24 @@ fn print_table(rows: &[Row]) {
             println!("{line} {total:>17} {:>8.1}", e.fps);
         }
     }
+    println!(
+        "\ndetect stage by what the detector did (core; mean ms on such frames, share of frames):"
+    );
+    for ((w, h), core, _) in rows {
+        let paths: Vec<String> = core
+            .detect_by_path
+            .iter()
+            .map(|p| {
+                format!(
+                    "{} {:.2} ms ({:.0}%)",
+                    p.path.name(),
+                    p.mean_ms,
+                    100.0 * p.share
+                )
+            })
+            .collect();
+        println!("{:<10} {}", format!("{w}x{h}"), paths.join(", "));
+    }
 }
 
 fn to_json(args: &BenchArgs, provider: &str, method: &str, rows: &[Row]) -> serde_json::Value {
@@ -410,7 +516,13 @@ fn to_json(args: &BenchArgs, provider: &str, method: &str, rows: &[Row]) -> serd
             stages.insert("total".into(), core.total.json());
             json!({
                 "width": w, "height": h,
-                "core": { "stages": stages, "fps": round2(core.fps), "whole_frame_search_share": round2(core.searched) },
+                "core": {
+                    "stages": stages, "fps": round2(core.fps),
+                    "whole_frame_search_share": round2(core.searched),
+                    "detect_by_path": core.detect_by_path.iter().map(|p| (p.path.key().to_string(), json!({
+                        "mean_ms": round2(p.mean_ms), "share": round2(p.share),
+                    }))).collect::<serde_json::Map<_, _>>(),
+                },
                 "element": element.map(|e| json!({ "fps": round2(e.fps), "interval": e.interval.json() })),
             })
         })
@@ -426,6 +538,28 @@ fn to_json(args: &BenchArgs, provider: &str, method: &str, rows: &[Row]) -> serd
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn detect_times_are_grouped_by_path_cheapest_first() {
+        let ms = Duration::from_millis;
+        let frames = [
+            (DetectPath::Looks, ms(2)),
+            (DetectPath::FlowOnly, ms(1)),
+            (DetectPath::BackPass, ms(9)),
+            (DetectPath::Looks, ms(4)),
+        ];
+        let stats = detect_by_path(&frames);
+        let got: Vec<(DetectPath, f64, f64)> =
+            stats.iter().map(|p| (p.path, p.mean_ms, p.share)).collect();
+        assert_eq!(
+            got,
+            [
+                (DetectPath::FlowOnly, 1.0, 0.25),
+                (DetectPath::Looks, 3.0, 0.5),
+                (DetectPath::BackPass, 9.0, 0.25),
+            ]
+        );
+    }
 
     #[test]
     fn stat_mean_and_p95() {

@@ -674,6 +674,27 @@ fn bench_writes_every_stage() {
             assert!(row["core"]["stages"][stage]["mean_ms"].as_f64().unwrap() >= 0.0);
         }
         assert!(row["core"]["fps"].as_f64().unwrap() > 0.0);
+        // Every timed frame falls in one detect path: the shares add up to 1.
+        let paths = row["core"]["detect_by_path"].as_object().unwrap();
+        let known = [
+            "flow_only",
+            "looks",
+            "front_pass",
+            "back_pass",
+            "both_passes",
+        ];
+        assert!(
+            paths.keys().all(|k| known.contains(&k.as_str())),
+            "{paths:?}"
+        );
+        let share: f64 = paths.values().map(|p| p["share"].as_f64().unwrap()).sum();
+        assert!(
+            (share - 1.0).abs() < 0.02,
+            "shares add up to {share}: {paths:?}"
+        );
+        assert!(paths
+            .values()
+            .all(|p| p["mean_ms"].as_f64().unwrap() >= 0.0));
         let element = &row["element"];
         assert!(element["fps"].as_f64().unwrap() > 0.0);
         let interval = &element["interval"];
