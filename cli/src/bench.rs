@@ -111,7 +111,7 @@ struct CoreResult {
 }
 
 /// What the detect stage did on one frame of video, cheapest first.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum DetectPath {
     /// Optical flow carried every followed face; the detector did not run.
     FlowOnly,
