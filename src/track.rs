@@ -708,10 +708,10 @@ const MIN_FOLLOWED_CORNERS: usize = 20;
 
 /// Faces wider than this are followed on a smaller copy of the frame (halved until
 /// they fit, at most three times): a 3-level pyramid on 32-64 px of face follows it as
-/// well as on 400, at a fraction of the work. (128 before: on a mosaic of four talking heads of 120-150 px
-/// the warping-error ratio stayed 1.073 and on the seven clips 1.062, worst 1.095 ->
-/// 1.098, coverage 100 %, the synthetic path followed within 1.49 px against 1.51;
-/// optical flow for four faces at 1280x720 1.7-2.1 -> 1.0 ms a frame.)
+/// well as on 400, at a fraction of the work. Against 128: on a mosaic of four talking
+/// heads of 120-150 px the warping-error ratio stayed 1.073, on the seven clips 1.062
+/// (worst 1.095 -> 1.098), coverage 100 %, the synthetic path was followed within 1.49
+/// px (1.51), and four faces' optical flow at 1280x720 fell from 1.7-2.1 to 1.0 ms.
 const FLOW_FACE_WIDTH: f32 = 64.0;
 
 /// Where optical flow looks for a face in `b`, in a frame of `size`: the box with three
