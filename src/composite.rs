@@ -665,7 +665,9 @@ fn in_units((a, b): (f32, f32)) -> (f32, f32) {
 }
 
 fn smoothstep((e0, e1): (f32, f32), x: f32) -> f32 {
-    let t = ((x - e0) / (e1 - e0)).clamp(0.0, 1.0);
+    // By the reciprocal: the edges are constants, so this is one multiplication per
+    // call where a division would be the shaping loops' slowest instruction.
+    let t = ((x - e0) * (1.0 / (e1 - e0))).clamp(0.0, 1.0);
     t * t * (3.0 - 2.0 * t)
 }
 
@@ -807,18 +809,32 @@ impl ResidualShaper {
             self.find_lost_detail(base, fine)?;
             let fine_gate = in_units(DETAIL_GATE);
             let blur_gate = in_units(MID_GATE);
+            // How much of each loss leaves the change, per pixel (the same in every
+            // channel): outside the mouth, where the coarse change is small.
+            let [fine_weight, blur_weight, ..] = &mut self.products;
+            for (((f, b), &g), &m) in fine_weight
+                .iter_mut()
+                .zip(blur_weight.iter_mut())
+                .zip(&self.gate)
+                .zip(&self.mouth)
+            {
+                *f = (1.0 - m) * (1.0 - smoothstep(fine_gate, g));
+                *b = (1.0 - m) * (1.0 - smoothstep(blur_gate, g));
+            }
             let full = self.options.detail == Detail::Full;
-            for c in 0..3 {
-                let plane = c * n..(c + 1) * n;
-                let d = &mut self.diff[plane.clone()];
-                let (fine, blurred) = (&self.lost_fine[plane.clone()], &self.lost_blur[plane]);
-                for i in 0..n {
-                    let g = self.gate[i];
-                    let mut lost = (1.0 - smoothstep(fine_gate, g)) * fine[i];
-                    if full {
-                        lost += (1.0 - smoothstep(blur_gate, g)) * blurred[i];
+            let planes = self
+                .diff
+                .chunks_exact_mut(n)
+                .zip(self.lost_fine.chunks_exact(n))
+                .zip(self.lost_blur.chunks_exact(n));
+            for ((d, fine), blurred) in planes {
+                for ((d, &f), &fw) in d.iter_mut().zip(fine).zip(&*fine_weight) {
+                    *d -= fw * f;
+                }
+                if full {
+                    for ((d, &b), &bw) in d.iter_mut().zip(blurred).zip(&*blur_weight) {
+                        *d -= bw * b;
                     }
-                    d[i] -= (1.0 - self.mouth[i]) * lost;
                 }
             }
         }

@@ -902,7 +902,13 @@ impl std::fmt::Debug for EditSmoother {
 }
 
 struct EditMemory {
-    change: Vec<f32>,
+    /// The last edit's planes and the grey of the crop it was made on, interleaved
+    /// per pixel (r, g, b, grey for an appearance edit), so that one `remap` carries
+    /// them all: with four faces at 1280x720 this cut the edit's low-pass from 0.60 to
+    /// 0.46 ms a face (one remap of four channels against four of one, and no maps
+    /// converted), and the model stage from 3.8 to 3.4 ms a frame.
+    last: Vec<f32>,
+    /// That grey as 8 bits, for the dense flow.
     grey: Mat,
     time: f64,
 }
@@ -929,12 +935,14 @@ impl EditSmoother {
         let Some(memory) = self
             .memory
             .get_mut(&id)
-            .filter(|m| m.change.len() == change.len())
+            .filter(|m| m.last.len() == change.len() + size * size)
         else {
+            let mut last = vec![0.0; change.len() + size * size];
+            remember(&mut last, change, grey.data_bytes()?);
             self.memory.insert(
                 id,
                 EditMemory {
-                    change: change.to_vec(),
+                    last,
                     grey,
                     time: t,
                 },
@@ -955,46 +963,49 @@ impl EditSmoother {
         // Backward flow: where each pixel of this crop was in the last one.
         let mut flow = Mat::default();
         dis.calc(&grey, &memory.grey, &mut flow)?;
-        let (map_x, map_y) = sampling_maps(&flow, size)?;
-        // Fixed-point maps: remap runs about twice as fast on them.
-        let (mut fixed, mut fraction) = (Mat::default(), Mat::default());
-        imgproc::convert_maps(
-            &map_x,
-            &map_y,
-            &mut fixed,
-            &mut fraction,
-            opencv::core::CV_16SC2,
-            false,
-        )?;
-        let (map_x, map_y) = (fixed, fraction);
-        let moved = |plane: &Mat| remapped(plane, &map_x, &map_y);
-        let was = moved(&memory.grey)?;
-        let (now, was) = (grey.data_bytes()?, was.data_bytes()?);
         let n = size * size;
+        let planes = change.len() / n;
+        let last =
+            Mat::new_rows_cols_with_data(size as i32, (size * (planes + 1)) as i32, &memory.last)?;
+        let mut carried = Mat::default();
+        imgproc::remap(
+            &last.reshape(planes as i32 + 1, size as i32)?,
+            &mut carried,
+            &positions_from_flow(flow)?,
+            &Mat::default(),
+            imgproc::INTER_LINEAR,
+            opencv::core::BORDER_REPLICATE,
+            opencv::core::Scalar::default(),
+        )?;
         // The new edit's weight per pixel: `a`, rising to 1 where the crop changed (by
         // grey-level difference: a table of 256).
-        let by_difference: Vec<f32> = (0..256)
-            .map(|d| {
-                let d = d as f32 / EDIT_MOTION_SIGMA;
-                1.0 - (-d * d).exp() * (1.0 - a)
+        let by_difference: [f32; 256] = std::array::from_fn(|d| {
+            let d = d as f32 / EDIT_MOTION_SIGMA;
+            1.0 - (-d * d).exp() * (1.0 - a)
+        });
+        let carried = carried.reshape(1, 0)?;
+        let carried = carried.data_typed::<f32>()?;
+        let weights: Vec<f32> = carried
+            .chunks_exact(planes + 1)
+            .zip(grey.data_bytes()?)
+            .map(|(last, &now)| {
+                // Half up by a saturating cast (`f32::round` is a libm call per pixel).
+                let difference = ((f32::from(now) - last[planes]).abs() + 0.5) as usize;
+                by_difference[difference.min(255)]
             })
             .collect();
-        let weight: Vec<f32> = now
-            .iter()
-            .zip(was)
-            .map(|(&g, &w)| by_difference[g.abs_diff(w) as usize])
-            .collect();
-        for (plane, last) in change
-            .chunks_exact_mut(n)
-            .zip(memory.change.chunks_exact(n))
-        {
-            let last = Mat::new_rows_cols_with_data(size as i32, size as i32, last)?;
-            let last = remapped(&last, &map_x, &map_y)?;
-            for ((c, &l), &w) in plane.iter_mut().zip(last.data_typed::<f32>()?).zip(&weight) {
-                *c = l + w * (*c - l);
+        // Back to the change's planes.
+        for (p, plane) in change.chunks_exact_mut(n).enumerate() {
+            let pixels = plane
+                .iter_mut()
+                .zip(carried.chunks_exact(planes + 1))
+                .zip(&weights);
+            for ((v, last), &w) in pixels {
+                let l = last[p];
+                *v = l + w * (*v - l);
             }
         }
-        memory.change.copy_from_slice(change);
+        remember(&mut memory.last, change, grey.data_bytes()?);
         memory.grey = grey;
         Ok(true)
     }
@@ -1053,36 +1064,34 @@ fn crop_grey(crop: &[f32], size: usize) -> Result<Mat> {
     Ok(grey)
 }
 
-/// `plane` sampled at (`map_x`, `map_y`), bilinear, edges replicated.
-fn remapped(plane: &impl opencv::core::ToInputArray, map_x: &Mat, map_y: &Mat) -> Result<Mat> {
-    let mut out = Mat::default();
-    imgproc::remap(
-        plane,
-        &mut out,
-        map_x,
-        map_y,
-        imgproc::INTER_LINEAR,
-        opencv::core::BORDER_REPLICATE,
-        opencv::core::Scalar::default(),
-    )?;
-    Ok(out)
-}
-
-/// `remap` maps (x + u, y + v) from a dense flow of `size` x `size`.
-fn sampling_maps(flow: &Mat, size: usize) -> Result<(Mat, Mat)> {
-    let mut xy = Vector::<Mat>::new();
-    opencv::core::split(flow, &mut xy)?;
-    let (mut mx, mut my) = (xy.get(0)?, xy.get(1)?);
-    // Row by row: a division per pixel for its row and column cost more than the rest.
-    let rows = mx
-        .data_typed_mut::<f32>()?
-        .chunks_exact_mut(size)
-        .zip(my.data_typed_mut::<f32>()?.chunks_exact_mut(size));
-    for (y, (row_x, row_y)) in rows.enumerate() {
-        for (x, (u, v)) in row_x.iter_mut().zip(row_y.iter_mut()).enumerate() {
-            *u += x as f32;
-            *v += y as f32;
+/// Writes the edit `change` (planes of the size of `grey`) and the crop's `grey` into
+/// `last`, interleaved.
+fn remember(last: &mut [f32], change: &[f32], grey: &[u8]) {
+    let n = grey.len();
+    let planes = change.len() / n.max(1);
+    for (p, plane) in change.chunks_exact(n).enumerate() {
+        for (l, &v) in last.chunks_exact_mut(planes + 1).zip(plane) {
+            l[p] = v;
         }
     }
-    Ok((mx, my))
+    for (l, &y) in last.chunks_exact_mut(planes + 1).zip(grey) {
+        l[planes] = f32::from(y);
+    }
+}
+
+/// The dense backward `flow` (CV_32FC2) turned, in place, into the positions `remap`
+/// samples: (x + u, y + v).
+fn positions_from_flow(mut flow: Mat) -> Result<Mat> {
+    let width = flow.cols().max(1) as usize;
+    for (y, row) in flow
+        .data_typed_mut::<opencv::core::Vec2f>()?
+        .chunks_exact_mut(width)
+        .enumerate()
+    {
+        for (x, f) in row.iter_mut().enumerate() {
+            f[0] += x as f32;
+            f[1] += y as f32;
+        }
+    }
+    Ok(flow)
 }
