@@ -163,7 +163,10 @@ impl Default for TrackingOptions {
             // Looking at a followed face every 1 / 2 / 3 / 4 frames gave a mean
             // warping-error ratio of 1.179 / 1.184 / 1.187 / 1.190 without the edit's
             // low-pass, and 1.111 at both 2 and 3 with it; each look is 2 ms at 720p.
-            search_interval: 3,
+            // With optical flow on a 64 px copy and the low-pass of the shaped change
+            // (seven clips, 150 frames): 1.062 / 1.062 / 1.061 at every 3 / 4 / 5
+            // frames, worst 1.098 / 1.099 / 1.099, coverage 100 % each.
+            search_interval: 5,
             // Chosen on the seven talking-head clips (`trainer/examples/tune_tracking.rs`,
             // models/mr). 90 frames each, when the raw model output was smoothed: the
             // mean warping-error ratio was 1.184 with no low-pass, 1.162 / 1.154 /
