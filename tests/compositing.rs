@@ -575,6 +575,63 @@ fn a_recoloured_iris_keeps_its_chroma_with_keep_colour() {
     );
 }
 
+/// A model that paints a cheek patch lavender and lighter (a turn of its hue, as
+/// `models/usgan` paints skin and irises) leaves the patch as it was with `keep_colour`
+/// on, its brightness too: that paint's luma is not the person's. Plain compositing
+/// carries it. (A change of brightness that keeps the hue is still carried:
+/// `a_brightened_cheek_keeps_its_cielab_colour_with_keep_colour`.)
+#[test]
+fn a_repainted_cheek_keeps_its_colour_and_brightness_with_keep_colour() {
+    let a = similarity(scale_for_face(250.0), 3.0, (300.0, 260.0));
+    let centre = (34.0, 70.0); // the image-left cheek, outside the mouth's region
+    let dist = |p: Point| ((p.x - centre.0).powi(2) + (p.y - centre.1).powi(2)).sqrt();
+    let skin = [205u8, 160, 140];
+    let img = two_tone(&a, |_| false, skin, skin);
+    let lavender = [200.0f32 / 255.0, 175.0 / 255.0, 220.0 / 255.0];
+    let n = S * S;
+    let model = |crop: &[f32]| {
+        let mut out = crop.to_vec();
+        for i in 0..n {
+            // Painted over a disc of 12 crop pixels, fading out over 4 more.
+            let w = ((16.0 - dist(crop_point(i))) / 4.0).clamp(0.0, 1.0);
+            for c in 0..3 {
+                out[c * n + i] += w * (lavender[c] - crop[c * n + i]);
+            }
+        }
+        out
+    };
+    let kept = composite(&img, &a, CompositeOptions::default(), model);
+    let plain = composite(&img, &a, CompositeOptions::PLAIN, model);
+    let (mut worst_kept, mut worst_plain, mut pixels) = ([0.0f64; 3], [0.0f64; 3], 0);
+    for y in 0..img.height {
+        for x in 0..img.width {
+            if dist(crop_pos(&a, x, y)) > 8.0 {
+                continue;
+            }
+            pixels += 1;
+            let before = ycbcr(img.pixel(x, y));
+            for (frame, worst) in [(&kept, &mut worst_kept), (&plain, &mut worst_plain)] {
+                let after = ycbcr(frame.pixel(x, y));
+                for c in 0..3 {
+                    worst[c] = worst[c].max((after[c] - before[c]).abs());
+                }
+            }
+        }
+    }
+    eprintln!(
+        "{pixels} painted pixels: largest Y / Cb / Cr change kept {worst_kept:.2?}, plain {worst_plain:.2?}"
+    );
+    assert!(pixels > 100);
+    assert!(
+        worst_plain[0] > 12.0 && worst_plain[1].max(worst_plain[2]) > 20.0,
+        "plain should carry the paint ({worst_plain:.2?})"
+    );
+    assert!(
+        worst_kept.iter().all(|&d| d <= 1.5),
+        "the repainted cheek changed by up to {worst_kept:.2?} (Y, Cb, Cr)"
+    );
+}
+
 /// Teeth appearing in the mouth (a large brightness and colour change) keep their colour.
 #[test]
 fn colour_changes_pass_where_the_mouth_changes_a_lot() {
