@@ -674,8 +674,8 @@ fn in_units((a, b): (f32, f32)) -> (f32, f32) {
 }
 
 fn smoothstep((e0, e1): (f32, f32), x: f32) -> f32 {
-    // By the reciprocal: the edges are constants, so this is one multiplication per
-    // call where a division would be the shaping loops' slowest instruction.
+    // By the reciprocal: the edges are constants, so a multiplication per call instead
+    // of a division.
     let t = ((x - e0) * (1.0 / (e1 - e0))).clamp(0.0, 1.0);
     t * t * (3.0 - 2.0 * t)
 }
@@ -826,17 +826,19 @@ impl ResidualShaper {
             let blur_gate = in_units(MID_GATE);
             // How much of each loss leaves the change, per pixel (the same in every
             // channel): outside the mouth, where the coarse change is small.
+            let full = self.options.detail == Detail::Full;
             let [fine_weight, blur_weight, ..] = &mut self.products;
-            for (((f, b), &g), &m) in fine_weight
+            let pixels = fine_weight
                 .iter_mut()
                 .zip(blur_weight.iter_mut())
                 .zip(&self.gate)
-                .zip(&self.mouth)
-            {
+                .zip(&self.mouth);
+            for (((f, b), &g), &m) in pixels {
                 *f = (1.0 - m) * (1.0 - smoothstep(fine_gate, g));
-                *b = (1.0 - m) * (1.0 - smoothstep(blur_gate, g));
+                if full {
+                    *b = (1.0 - m) * (1.0 - smoothstep(blur_gate, g));
+                }
             }
-            let full = self.options.detail == Detail::Full;
             let planes = self
                 .diff
                 .chunks_exact_mut(n)
