@@ -12,8 +12,10 @@
 //! `--out DIR` (pictures: input | before | after of each face box at full resolution,
 //! enlarged pixel by pixel to 360 px high, and with `--maps` the crop-space change and
 //! its coarse-change gate), `--scale F` (resize each photo by F first: small and large
-//! faces), `--detail off|fine|full` (fine), `--montage FILE` (every face's input |
-//! before | after in one picture, 240 px high each).
+//! faces), `--detail off|fine|full` (fine), `--before-detail off|fine|full` ("before"
+//! is then the default compositing with that detail, not the plain residual),
+//! `--montage FILE` (every face's input | before | after in one picture, 240 px high
+//! each), `--eyes` (the montage shows the eyes, not the whole face box).
 //!
 //! Sharpness = Laplacian variance of the grey face box, output over input (median over
 //! photos, as `reggan-train eval` reports it). Chroma change = mean CIELAB
@@ -41,6 +43,7 @@ fn main() -> anyhow::Result<()> {
         false,
     );
     let (mut scale, mut detail, mut montage) = (1.0, Detail::Fine, None);
+    let (mut before_detail, mut eyes) = (None, false);
     let mut photos = Vec::new();
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -56,22 +59,39 @@ fn main() -> anyhow::Result<()> {
                     .parse()
                     .map_err(anyhow::Error::msg)?
             }
+            "--before-detail" => {
+                before_detail = Some(
+                    args.next()
+                        .expect("--before-detail off|fine|full")
+                        .parse()
+                        .map_err(anyhow::Error::msg)?,
+                )
+            }
             "--montage" => montage = Some(PathBuf::from(args.next().expect("--montage FILE"))),
+            "--eyes" => eyes = true,
             _ => photos.push(PathBuf::from(a)),
         }
     }
     if let Some(out) = &out {
         std::fs::create_dir_all(out)?;
     }
-    let config = |after: bool| ProcessorConfig {
-        expression: expression.clone(),
-        device: Device::Cpu,
-        threads: 1,
-        max_faces: 1,
-        detail: if after { detail } else { Detail::Off },
-        keep_colour: after,
-        max_yaw: if after { 35.0 } else { 90.0 },
-        ..Default::default()
+    let config = |after: bool| {
+        // "Before" is the plain residual unless --before-detail names a default's detail.
+        let shaped = after || before_detail.is_some();
+        ProcessorConfig {
+            expression: expression.clone(),
+            device: Device::Cpu,
+            threads: 1,
+            max_faces: 1,
+            detail: if after {
+                detail
+            } else {
+                before_detail.unwrap_or(Detail::Off)
+            },
+            keep_colour: shaped,
+            max_yaw: if shaped { 35.0 } else { 90.0 },
+            ..Default::default()
+        }
     };
     let mut before = FrameProcessor::new(&model, config(false))?;
     let mut after = FrameProcessor::new(&model, config(true))?;
@@ -116,7 +136,12 @@ fn main() -> anyhow::Result<()> {
         );
         rows.push(row);
         if montage.is_some() {
-            strips.push(strip(&[&input, &b, &a], grow(rect, 0.15, &input), 240)?);
+            let shown = if eyes {
+                eye_rect(face, &input)
+            } else {
+                grow(rect, 0.15, &input)
+            };
+            strips.push(strip(&[&input, &b, &a], shown, 240)?);
         }
         if let Some(out) = &out {
             let stem = photo.file_stem().unwrap().to_string_lossy().to_string();
@@ -229,6 +254,18 @@ fn face_rect(img: &RgbImage, b: &reggan::detect::BoxF) -> Rect {
     let y0 = b.y.max(0.0) as i32;
     let x1 = ((b.x + b.w) as i32).min(img.width as i32);
     let y1 = ((b.y + b.h) as i32).min(img.height as i32);
+    Rect::new(x0, y0, x1 - x0, y1 - y0)
+}
+
+/// Both eyes: half an eye distance beyond each eye, a third of it above and below.
+fn eye_rect(face: &reggan::detect::Face, img: &RgbImage) -> Rect {
+    let [l, r, ..] = face.keypoints;
+    let d = ((r.x - l.x).powi(2) + (r.y - l.y).powi(2)).sqrt();
+    let (cy, w) = (0.5 * (l.y + r.y), img.width as f32);
+    let x0 = (l.x.min(r.x) - 0.5 * d).max(0.0) as i32;
+    let x1 = (l.x.max(r.x) + 0.5 * d).min(w) as i32;
+    let y0 = (cy - d / 3.0).max(0.0) as i32;
+    let y1 = (cy + d / 3.0).min(img.height as f32) as i32;
     Rect::new(x0, y0, x1 - x0, y1 - y0)
 }
 

@@ -558,9 +558,11 @@ pub enum Detail {
     /// Also the detail the model smoothed away at coarser scales: the change above the
     /// finest band is fitted, over a small window, as a blend of two blurs of the
     /// input ([`BLUR_BASES`]), and that blend is dropped wherever the coarse change is
-    /// under [`MID_GATE`]. A model that only blurs leaves the face as it was. Sharper,
-    /// but it also keeps the parts of an expression that consist in softening a
-    /// feature, and fer's expression scores drop by a few points.
+    /// under [`MID_GATE`]. A model that only blurs leaves the face as it was. And the
+    /// irises ([`iris_regions`]) keep their own darkness where the model fades them:
+    /// no expression lightens an iris. Sharper, but it also keeps the parts of an
+    /// expression that consist in softening a feature, and fer's expression scores drop
+    /// by a few points.
     Full,
 }
 
@@ -625,6 +627,11 @@ pub const COARSE_SIGMA: f32 = 3.2;
 pub const BLUR_BASES: [f32; 2] = [0.8, 1.6];
 /// Sigma of the window of that fit.
 const WINDOW_SIGMA: f32 = 2.0;
+/// Gaussian sigma (crop pixels of a 128 px crop) under which the input's variation
+/// counts as the iris's features (an iris is about 10 px wide).
+const IRIS_FEATURE_SIGMA: f32 = 8.0;
+/// Sigma of the window over which a fade of the iris's features is fitted.
+const IRIS_WINDOW_SIGMA: f32 = 3.0;
 /// Amplitude (grey levels) under which a blur of the input counts as flat in the fit.
 const FIT_FLOOR: f32 = 0.3;
 /// Sigma of the smoothing of the coarse change's magnitude, so that a large change's
@@ -690,6 +697,14 @@ pub struct ResidualShaper {
     /// The model's territory (S*S, [`mouth_region`]): its detail is kept there, and
     /// only there its colour changes may pass.
     mouth: Vec<f32>,
+    /// The irises' part of the crop ([`iris_regions`]), where a fade is not carried
+    /// ([`keep_irises`](Self::keep_irises)).
+    irises: Vec<f32>,
+    /// The rows the irises' fit covers: the irises' and a window's reach around them.
+    iris_rows: std::ops::Range<usize>,
+    /// The input's features at the irises' scale (the input less its blur by
+    /// [`IRIS_FEATURE_SIGMA`]), 3*S*S.
+    iris_features: Vec<f32>,
     /// The shaped change, 3*S*S.
     diff: Vec<f32>,
     /// Side of the grid of the coarse change: a quarter of the crop's (the coarse
@@ -706,6 +721,8 @@ pub struct ResidualShaper {
     /// The input on the quarter grid, its colour around each point there (blurred by
     /// [`HIGHLIGHT_SIGMA`]), and that on the crop's grid, 3 planes each.
     small_base: Vec<f32>,
+    /// The input on the quarter grid blurred by [`IRIS_FEATURE_SIGMA`], 3 planes.
+    small_iris_mean: Vec<f32>,
     small_around: Vec<f32>,
     /// Where the model repaints a colour ([`find_repainting`](Self::find_repainting)),
     /// on the quarter grid and on the crop's (S*S).
@@ -734,17 +751,22 @@ impl ResidualShaper {
         let n = size * size;
         let small = size.div_ceil(4).max(1);
         let planes = || vec![0.0; 3 * n];
+        let irises = iris_regions(template);
         ResidualShaper {
             size,
             options: CompositeOptions::default(),
             rim: Rim::new(size, small, mask),
             mouth: mouth_region(template),
+            iris_rows: iris_rows(&irises, size),
+            irises,
+            iris_features: planes(),
             diff: planes(),
             small,
             small_diff: vec![0.0; 3 * small * small],
             coarse: vec![0.0; 3 * small * small],
             small_gate: vec![0.0; small * small],
             small_base: vec![0.0; 3 * small * small],
+            small_iris_mean: vec![0.0; 3 * small * small],
             small_around: vec![0.0; 3 * small * small],
             small_repainted: vec![0.0; small * small],
             repainted: vec![0.0; n],
@@ -855,10 +877,90 @@ impl ResidualShaper {
                 }
             }
         }
+        if self.options.keep_colour || self.options.detail == Detail::Full {
+            // The input on the quarter grid, for the wide blurs of the irises' and the
+            // colours' steps.
+            for (b, q) in base
+                .chunks_exact(n)
+                .zip(self.small_base.chunks_exact_mut(m * m))
+            {
+                resize(b, s, q, m, imgproc::INTER_AREA)?;
+            }
+        }
+        if self.options.detail == Detail::Full {
+            self.keep_irises(base)?;
+        }
         if self.options.keep_colour {
             self.keep_colours(base)?;
         }
         Ok(&self.diff)
+    }
+
+    /// The irises keep their own darkness ([`Detail::Full`]): at the irises, the part of
+    /// the change that fades the input's own features (iris, pupil, the lids' lines over
+    /// them) towards their surroundings is not carried. No expression lightens an iris;
+    /// a model that can only cross-fade (MR, Pixel-RR) shows a narrowed or widened eye
+    /// that way, as grey, glassy irises (and fer reads some of that fade as sad or
+    /// surprised); a flow model moves the lids with its flow. Over a window, the change
+    /// (luma) is fitted by least squares as `-a` times the input's features (the input
+    /// less its blur by [`IRIS_FEATURE_SIGMA`]); `a` (in [0, 1]) of those features,
+    /// every channel, is given back.
+    fn keep_irises(&mut self, base: &[f32]) -> Result<()> {
+        let (s, n) = (self.size, self.size * self.size);
+        let (m, scale) = (self.small, s as f32 / 128.0);
+        // A wide blur, so on the quarter grid.
+        blur_planes(
+            &self.small_base,
+            &mut self.small_iris_mean,
+            m,
+            IRIS_FEATURE_SIGMA * m as f32 / 128.0,
+        )?;
+        for (q, f) in self
+            .small_iris_mean
+            .chunks_exact(m * m)
+            .zip(self.iris_features.chunks_exact_mut(n))
+        {
+            resize(q, m, f, s, imgproc::INTER_LINEAR)?;
+        }
+        for (f, &b) in self.iris_features.iter_mut().zip(base) {
+            *f = b - *f;
+        }
+        // The fit only over the irises' rows and its window's reach.
+        let band = self.iris_rows.start * s..self.iris_rows.end * s;
+        let [change, features, change_by_feature, feature_squared, _] = &mut self.products;
+        luma_into(&self.diff, change);
+        luma_into(&self.iris_features, features);
+        for i in band.clone() {
+            let (f, d) = (features[i], change[i]);
+            change_by_feature[i] = f * d;
+            feature_squared[i] = f * f;
+        }
+        let [fd, ff, ..] = &mut self.windowed;
+        let window = IRIS_WINDOW_SIGMA * scale;
+        blur(
+            &change_by_feature[band.clone()],
+            &mut fd[band.clone()],
+            s,
+            window,
+        )?;
+        blur(
+            &feature_squared[band.clone()],
+            &mut ff[band.clone()],
+            s,
+            window,
+        )?;
+        let floor = (FIT_FLOOR / 255.0).powi(2);
+        for i in band {
+            let region = self.irises[i];
+            if region == 0.0 {
+                continue;
+            }
+            let fade = (-fd[i] / (ff[i] + floor)).clamp(0.0, 1.0);
+            for c in 0..3 {
+                self.diff[c * n + i] += region * fade * self.iris_features[c * n + i];
+            }
+        }
+        Ok(())
     }
 
     /// The model's tone drift, as the rim sees it, leaves the whole change: a plane
@@ -889,12 +991,6 @@ impl ResidualShaper {
     fn keep_colours(&mut self, base: &[f32]) -> Result<()> {
         let (s, n, m) = (self.size, self.size * self.size, self.small);
         // A wide blur, so on the quarter grid (a fifth of the cost at full size).
-        for (b, q) in base
-            .chunks_exact(n)
-            .zip(self.small_base.chunks_exact_mut(m * m))
-        {
-            resize(b, s, q, m, imgproc::INTER_AREA)?;
-        }
         let quarter = m as f32 / 128.0;
         blur_planes(
             &self.small_base,
@@ -1180,6 +1276,30 @@ pub fn mouth_region(template: &Template) -> Vec<f32> {
     )
 }
 
+/// The irises' part of the crop: a disc around each of the template's eye points (the
+/// detector's eye keypoints are about the irises' centres), in eye distances `d` of radius
+/// 0.1 (an iris is about 0.19 `d` wide) fading out by 0.17 x 0.14.
+pub fn iris_regions(template: &Template) -> Vec<f32> {
+    let [left, right, ..] = template.points;
+    let d = ((right[0] - left[0]).powi(2) + (right[1] - left[1]).powi(2)).sqrt();
+    let (inner, outer) = ((0.1 * d, 0.1 * d), (0.17 * d, 0.14 * d));
+    let (a, b) = (
+        feature_region(template.size, left, inner, outer),
+        feature_region(template.size, right, inner, outer),
+    );
+    a.iter().zip(&b).map(|(&a, &b)| a.max(b)).collect()
+}
+
+/// The rows of an SxS crop that the irises' fit covers: those where `irises` is not
+/// zero, and three window sigmas around them.
+fn iris_rows(irises: &[f32], size: usize) -> std::ops::Range<usize> {
+    let reach = (3.0 * IRIS_WINDOW_SIGMA * size as f32 / 128.0).ceil() as usize;
+    let row_of = |i: usize| i / size;
+    let first = irises.iter().position(|&v| v > 0.0).map_or(0, row_of);
+    let last = irises.iter().rposition(|&v| v > 0.0).map_or(0, row_of);
+    first.saturating_sub(reach)..(last + 1 + reach).min(size)
+}
+
 /// 1 inside the ellipse of radii `inner` around `centre`, 0 outside the one of radii
 /// `outer`, smooth between (S*S).
 fn feature_region(s: usize, [cx, cy]: [f32; 2], inner: (f32, f32), outer: (f32, f32)) -> Vec<f32> {
@@ -1199,11 +1319,13 @@ fn feature_region(s: usize, [cx, cy]: [f32; 2], inner: (f32, f32), outer: (f32, 
     region
 }
 
-/// Gaussian blur of one SxS plane, edges replicated (the crop's own edges are).
+/// Gaussian blur of one SxS plane (or of a band of its rows: `size` is the width),
+/// edges replicated (the crop's own edges are).
 fn blur(src: &[f32], dst: &mut [f32], size: usize, sigma: f32) -> Result<()> {
-    let s = size as i32;
-    let src = Mat::new_rows_cols_with_data(s, s, src)?;
-    let mut dst = Mat::new_rows_cols_with_data_mut(s, s, dst)?;
+    // A band of rows of a plane is a plane too (edges replicated at the band's).
+    let (width, rows) = (size as i32, (src.len() / size) as i32);
+    let src = Mat::new_rows_cols_with_data(rows, width, src)?;
+    let mut dst = Mat::new_rows_cols_with_data_mut(rows, width, dst)?;
     let target = dst.data();
     imgproc::gaussian_blur(
         &src,

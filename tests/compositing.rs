@@ -575,6 +575,59 @@ fn a_recoloured_iris_keeps_its_chroma_with_keep_colour() {
     );
 }
 
+/// A model that fades the iris towards a lighter mean eye (a cross-fade: half of the
+/// crop blurred wide around the eye) leaves the iris's darkness as it was with `detail`
+/// full; the default carries the fade.
+#[test]
+fn a_faded_iris_keeps_its_darkness_with_full_detail() {
+    let t = Template::lsrf(S);
+    let eye = t.points[1];
+    let a = similarity(scale_for_face(250.0), -6.0, (300.0, 260.0));
+    let dist = |p: Point| ((p.x - eye[0]).powi(2) + (p.y - eye[1]).powi(2)).sqrt();
+    let brown = [62u8, 40, 28];
+    let img = two_tone(&a, |p| dist(p) <= 5.0, brown, [205, 160, 140]);
+    let n = S * S;
+    let model = |crop: &[f32]| {
+        let mean_eye = blurred(crop, 8.0);
+        let mut out = crop.to_vec();
+        for i in 0..n {
+            // Half-way to the mean eye over the eye, fading out by 12 crop pixels.
+            let w = 0.5 * ((12.0 - dist(crop_point(i))) / 4.0).clamp(0.0, 1.0);
+            for c in 0..3 {
+                let k = c * n + i;
+                out[k] += w * (mean_eye[k] - crop[k]);
+            }
+        }
+        out
+    };
+    let kept = composite(&img, &a, full(), model);
+    let faded = composite(&img, &a, CompositeOptions::default(), model);
+    let (mut worst_kept, mut least_faded, mut pixels) = (0.0f64, f64::MAX, 0);
+    for y in 0..img.height {
+        for x in 0..img.width {
+            if dist(crop_pos(&a, x, y)) > 3.5 {
+                continue;
+            }
+            pixels += 1;
+            let before = ycbcr(img.pixel(x, y))[0];
+            worst_kept = worst_kept.max((ycbcr(kept.pixel(x, y))[0] - before).abs());
+            least_faded = least_faded.min(ycbcr(faded.pixel(x, y))[0] - before);
+        }
+    }
+    eprintln!(
+        "{pixels} iris pixels: luma change with full detail up to {worst_kept:.1}, with the default at least +{least_faded:.1}"
+    );
+    assert!(pixels > 100);
+    assert!(
+        least_faded > 15.0,
+        "the default should carry the fade (+{least_faded:.1})"
+    );
+    assert!(
+        worst_kept <= 6.0,
+        "the iris lightened by {worst_kept:.1} with full detail"
+    );
+}
+
 /// A model that paints a cheek patch lavender and lighter (a turn of its hue, as
 /// `models/usgan` paints skin and irises) leaves the patch as it was with `keep_colour`
 /// on, its brightness too: that paint's luma is not the person's. Plain compositing

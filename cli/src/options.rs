@@ -25,7 +25,8 @@ pub struct ModelArgs {
     pub min_face_size: f32,
     /// Keep the face's own detail where the model smoothed it away: off, fine (skin
     /// texture, lashes, hair where the model changed little), full (also the model's
-    /// coarser smoothing; sharpest, slightly weaker expressions)
+    /// coarser smoothing, and the irises' darkness where the model fades them; sharpest,
+    /// weaker expressions)
     #[arg(long, default_value = "fine", value_parser = ["off", "fine", "full"])]
     pub detail: String,
     /// Keep the face's colours (eyes, make-up, skin tone): the model's colour changes

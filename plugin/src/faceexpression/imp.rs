@@ -342,7 +342,7 @@ impl ObjectImpl for FaceExpression {
                     .build(),
                 glib::ParamSpecEnum::builder_with_default("detail", DEFAULT_DETAIL)
                     .nick("Detail")
-                    .blurb("Keep the face's own detail where the model smoothed it away: off, fine (skin texture, lashes, hair where the model changed little), full (also the model's coarser smoothing)")
+                    .blurb("Keep the face's own detail where the model smoothed it away: off, fine (skin texture, lashes, hair where the model changed little), full (also the model's coarser smoothing, and the irises' darkness where the model fades them)")
                     .mutable_playing()
                     .build(),
                 glib::ParamSpecBoolean::builder("keep-colour")

@@ -113,7 +113,7 @@ pub enum Detail {
     )]
     Fine = 1,
     #[enum_value(
-        name = "Full: also undo the model's coarser smoothing where it changed next to nothing",
+        name = "Full: also undo the model's coarser smoothing where it changed next to nothing, and its fading of the irises",
         nick = "full"
     )]
     Full = 2,
