@@ -559,8 +559,8 @@ pub enum Detail {
     /// finest band is fitted, over a small window, as a blend of two blurs of the
     /// input ([`BLUR_BASES`]), and that blend is dropped wherever the coarse change is
     /// under [`MID_GATE`]. A model that only blurs leaves the face as it was. And the
-    /// irises ([`iris_regions`]) keep their own darkness where the model fades them:
-    /// no expression lightens an iris. Sharper, but it also keeps the parts of an
+    /// irises keep their own darkness where the model fades them: no expression
+    /// lightens an iris. Sharper, but it also keeps the parts of an
     /// expression that consist in softening a feature, and fer's expression scores drop
     /// by a few points.
     Full,
@@ -627,11 +627,12 @@ pub const COARSE_SIGMA: f32 = 3.2;
 pub const BLUR_BASES: [f32; 2] = [0.8, 1.6];
 /// Sigma of the window of that fit.
 const WINDOW_SIGMA: f32 = 2.0;
-/// Gaussian sigma (crop pixels of a 128 px crop) under which the input's variation
-/// counts as the iris's features (an iris is about 10 px wide).
+/// Gaussian sigma (crop pixels of a 128 px crop) of the surroundings an iris's pixels
+/// are compared with (an iris is about 10 px wide, an eye 25).
 const IRIS_FEATURE_SIGMA: f32 = 8.0;
-/// Sigma of the window over which a fade of the iris's features is fitted.
-const IRIS_WINDOW_SIGMA: f32 = 3.0;
+/// Radii (eye distances) of the disc around an iris where a fade is not carried, and of
+/// the one by which that fades out (an iris is about 0.19 eye distances wide).
+const IRIS_RADII: (f32, f32) = (0.1, 0.16);
 /// Amplitude (grey levels) under which a blur of the input counts as flat in the fit.
 const FIT_FLOOR: f32 = 0.3;
 /// Sigma of the smoothing of the coarse change's magnitude, so that a large change's
@@ -697,11 +698,14 @@ pub struct ResidualShaper {
     /// The model's territory (S*S, [`mouth_region`]): its detail is kept there, and
     /// only there its colour changes may pass.
     mouth: Vec<f32>,
-    /// The irises' part of the crop ([`iris_regions`]), where a fade is not carried
-    /// ([`keep_irises`](Self::keep_irises)).
+    /// Where the irises are found ([`find_irises`](Self::find_irises)), S*S: there a
+    /// fade is not carried ([`keep_irises`](Self::keep_irises)).
     irises: Vec<f32>,
-    /// The rows the irises' fit covers: the irises' and a window's reach around them.
-    iris_rows: std::ops::Range<usize>,
+    /// The template's eye points, their distance, and the rows in which the irises are
+    /// looked for (with their discs' reach).
+    template_eyes: [[f32; 2]; 2],
+    eye_distance: f32,
+    eye_rows: std::ops::Range<usize>,
     /// The input's features at the irises' scale (the input less its blur by
     /// [`IRIS_FEATURE_SIGMA`]), 3*S*S.
     iris_features: Vec<f32>,
@@ -751,14 +755,17 @@ impl ResidualShaper {
         let n = size * size;
         let small = size.div_ceil(4).max(1);
         let planes = || vec![0.0; 3 * n];
-        let irises = iris_regions(template);
+        let [left, right, ..] = template.points;
+        let eye_distance = (right[0] - left[0]).hypot(right[1] - left[1]);
         ResidualShaper {
             size,
             options: CompositeOptions::default(),
             rim: Rim::new(size, small, mask),
             mouth: mouth_region(template),
-            iris_rows: iris_rows(&irises, size),
-            irises,
+            irises: vec![0.0; n],
+            template_eyes: [left, right],
+            eye_distance,
+            eye_rows: eye_rows(template),
             iris_features: planes(),
             diff: planes(),
             small,
@@ -896,18 +903,16 @@ impl ResidualShaper {
         Ok(&self.diff)
     }
 
-    /// The irises keep their own darkness ([`Detail::Full`]): at the irises, the part of
-    /// the change that fades the input's own features (iris, pupil, the lids' lines over
-    /// them) towards their surroundings is not carried. No expression lightens an iris;
-    /// a model that can only cross-fade (MR, Pixel-RR) shows a narrowed or widened eye
-    /// that way, as grey, glassy irises (and fer reads some of that fade as sad or
-    /// surprised); a flow model moves the lids with its flow. Over a window, the change
-    /// (luma) is fitted by least squares as `-a` times the input's features (the input
-    /// less its blur by [`IRIS_FEATURE_SIGMA`]); `a` (in [0, 1]) of those features,
-    /// every channel, is given back.
+    /// The irises keep their own darkness ([`Detail::Full`]): at each iris
+    /// ([`find_irises`](Self::find_irises)) the change may not pull a pixel towards its
+    /// surroundings (the input blurred by [`IRIS_FEATURE_SIGMA`]); the part that does,
+    /// up to the pixel's own contrast with them, is not carried. No expression lightens
+    /// an iris; a model that can only cross-fade (MR, Pixel-RR) shows a narrowed or
+    /// widened eye that way, as grey, glassy irises, a darkened white beside them where
+    /// the training performers' mean iris sits (and fer reads some of that fade as sad
+    /// or surprised). A flow model moves the lids with its flow.
     fn keep_irises(&mut self, base: &[f32]) -> Result<()> {
-        let (s, n) = (self.size, self.size * self.size);
-        let (m, scale) = (self.small, s as f32 / 128.0);
+        let (s, n, m) = (self.size, self.size * self.size, self.small);
         // A wide blur, so on the quarter grid.
         blur_planes(
             &self.small_base,
@@ -925,40 +930,67 @@ impl ResidualShaper {
         for (f, &b) in self.iris_features.iter_mut().zip(base) {
             *f = b - *f;
         }
-        // The fit only over the irises' rows and its window's reach.
-        let band = self.iris_rows.start * s..self.iris_rows.end * s;
-        let [change, features, change_by_feature, feature_squared, _] = &mut self.products;
-        luma_into(&self.diff, change);
-        luma_into(&self.iris_features, features);
-        for i in band.clone() {
-            let (f, d) = (features[i], change[i]);
-            change_by_feature[i] = f * d;
-            feature_squared[i] = f * f;
-        }
-        let [fd, ff, ..] = &mut self.windowed;
-        let window = IRIS_WINDOW_SIGMA * scale;
-        blur(
-            &change_by_feature[band.clone()],
-            &mut fd[band.clone()],
-            s,
-            window,
-        )?;
-        blur(
-            &feature_squared[band.clone()],
-            &mut ff[band.clone()],
-            s,
-            window,
-        )?;
-        let floor = (FIT_FLOOR / 255.0).powi(2);
-        for i in band {
+        self.find_irises(base)?;
+        for i in self.eye_rows.start * s..self.eye_rows.end * s {
             let region = self.irises[i];
             if region == 0.0 {
                 continue;
             }
-            let fade = (-fd[i] / (ff[i] + floor)).clamp(0.0, 1.0);
             for c in 0..3 {
-                self.diff[c * n + i] += region * fade * self.iris_features[c * n + i];
+                let k = c * n + i;
+                let (d, f) = (self.diff[k], self.iris_features[k]);
+                // A change against the pixel's contrast with its surroundings is the
+                // fade, up to that contrast; one that adds to it stays.
+                if d * f < 0.0 {
+                    self.diff[k] -= region * d.signum() * d.abs().min(f.abs());
+                }
             }
+        }
+        Ok(())
+    }
+
+    /// Where the irises are (`irises`, S*S, 0..1): a disc around the darkest spot (luma
+    /// averaged over an iris's size) near each of the template's eye points. The
+    /// alignment fits eyes, nose and mouth together, so on a face whose proportions
+    /// differ from the template's an iris lands a few pixels off its point.
+    fn find_irises(&mut self, base: &[f32]) -> Result<()> {
+        let s = self.size;
+        let rows = self.eye_rows.start * s..self.eye_rows.end * s;
+        let (luma, averaged) = (&mut self.scratch, &mut self.products[0]);
+        luma_into(base, luma);
+        let d = self.eye_distance;
+        blur(
+            &luma[rows.clone()],
+            &mut averaged[rows.clone()],
+            s,
+            0.05 * d,
+        )?;
+        self.irises[rows.clone()].fill(0.0);
+        for eye in &self.template_eyes {
+            // Searched within a fifth of the eye distance to either side, an eighth up
+            // and down.
+            let (x0, x1) = (eye[0] - 0.2 * d, eye[0] + 0.2 * d);
+            let (y0, y1) = (eye[1] - 0.125 * d, eye[1] + 0.125 * d);
+            let clamp = |v: f32, lo: usize, hi: usize| (v.round().max(0.0) as usize).clamp(lo, hi);
+            let mut darkest = (f32::MAX, eye[0], eye[1]);
+            for y in clamp(y0, self.eye_rows.start, self.eye_rows.end - 1)
+                ..=clamp(y1, self.eye_rows.start, self.eye_rows.end - 1)
+            {
+                for x in clamp(x0, 0, s - 1)..=clamp(x1, 0, s - 1) {
+                    let v = averaged[y * s + x];
+                    if v < darkest.0 {
+                        darkest = (v, x as f32, y as f32);
+                    }
+                }
+            }
+            let centre = [darkest.1, darkest.2];
+            add_feature_region(
+                &mut self.irises[rows.clone()],
+                s,
+                [centre[0], centre[1] - self.eye_rows.start as f32],
+                (IRIS_RADII.0 * d, IRIS_RADII.0 * d),
+                (IRIS_RADII.1 * d, IRIS_RADII.1 * d),
+            );
         }
         Ok(())
     }
@@ -1276,34 +1308,34 @@ pub fn mouth_region(template: &Template) -> Vec<f32> {
     )
 }
 
-/// The irises' part of the crop: a disc around each of the template's eye points (the
-/// detector's eye keypoints are about the irises' centres), in eye distances `d` of radius
-/// 0.1 (an iris is about 0.19 `d` wide) fading out by 0.17 x 0.14.
-pub fn iris_regions(template: &Template) -> Vec<f32> {
+/// Rows of the crop in which the irises are looked for, with the reach of their discs
+/// ([`IRIS_RADII`]): the template's eye rows and an eighth of the eye distance above
+/// and below.
+fn eye_rows(template: &Template) -> std::ops::Range<usize> {
     let [left, right, ..] = template.points;
-    let d = ((right[0] - left[0]).powi(2) + (right[1] - left[1]).powi(2)).sqrt();
-    let (inner, outer) = ((0.1 * d, 0.1 * d), (0.17 * d, 0.14 * d));
-    let (a, b) = (
-        feature_region(template.size, left, inner, outer),
-        feature_region(template.size, right, inner, outer),
-    );
-    a.iter().zip(&b).map(|(&a, &b)| a.max(b)).collect()
-}
-
-/// The rows of an SxS crop that the irises' fit covers: those where `irises` is not
-/// zero, and three window sigmas around them.
-fn iris_rows(irises: &[f32], size: usize) -> std::ops::Range<usize> {
-    let reach = (3.0 * IRIS_WINDOW_SIGMA * size as f32 / 128.0).ceil() as usize;
-    let row_of = |i: usize| i / size;
-    let first = irises.iter().position(|&v| v > 0.0).map_or(0, row_of);
-    let last = irises.iter().rposition(|&v| v > 0.0).map_or(0, row_of);
-    first.saturating_sub(reach)..(last + 1 + reach).min(size)
+    let d = (right[0] - left[0]).hypot(right[1] - left[1]);
+    let reach = 0.125 * d + IRIS_RADII.1 * d + 1.0;
+    let top = (left[1].min(right[1]) - reach).floor().max(0.0) as usize;
+    let bottom = ((left[1].max(right[1]) + reach).ceil() as usize).min(template.size);
+    top..bottom.max(top + 1)
 }
 
 /// 1 inside the ellipse of radii `inner` around `centre`, 0 outside the one of radii
 /// `outer`, smooth between (S*S).
-fn feature_region(s: usize, [cx, cy]: [f32; 2], inner: (f32, f32), outer: (f32, f32)) -> Vec<f32> {
+fn feature_region(s: usize, centre: [f32; 2], inner: (f32, f32), outer: (f32, f32)) -> Vec<f32> {
     let mut region = vec![0.0; s * s];
+    add_feature_region(&mut region, s, centre, inner, outer);
+    region
+}
+
+/// [`feature_region`] laid over `region` (rows of width `s`) by the maximum.
+fn add_feature_region(
+    region: &mut [f32],
+    s: usize,
+    [cx, cy]: [f32; 2],
+    inner: (f32, f32),
+    outer: (f32, f32),
+) {
     for (i, w) in region.iter_mut().enumerate() {
         let (x, y) = ((i % s) as f32 - cx, (i / s) as f32 - cy);
         let r = |(rx, ry): (f32, f32)| ((x / rx).powi(2) + (y / ry).powi(2)).sqrt();
@@ -1314,9 +1346,8 @@ fn feature_region(s: usize, [cx, cy]: [f32; 2], inner: (f32, f32), outer: (f32, 
         } else {
             (ri - 1.0) / (ri / ro - 1.0)
         };
-        *w = 1.0 - smoothstep((0.0, 1.0), t);
+        *w = w.max(1.0 - smoothstep((0.0, 1.0), t));
     }
-    region
 }
 
 /// Gaussian blur of one SxS plane (or of a band of its rows: `size` is the width),

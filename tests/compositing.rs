@@ -577,11 +577,13 @@ fn a_recoloured_iris_keeps_its_chroma_with_keep_colour() {
 
 /// A model that fades the iris towards a lighter mean eye (a cross-fade: half of the
 /// crop blurred wide around the eye) leaves the iris's darkness as it was with `detail`
-/// full; the default carries the fade.
+/// full; the default carries the fade. The iris (5 crop pixels in radius) lies 6 crop
+/// pixels beside the template's eye point and 3 below, as on a face whose proportions
+/// differ from the template's: it has to be found.
 #[test]
 fn a_faded_iris_keeps_its_darkness_with_full_detail() {
     let t = Template::lsrf(S);
-    let eye = t.points[1];
+    let eye = [t.points[1][0] - 6.0, t.points[1][1] + 3.0];
     let a = similarity(scale_for_face(250.0), -6.0, (300.0, 260.0));
     let dist = |p: Point| ((p.x - eye[0]).powi(2) + (p.y - eye[1]).powi(2)).sqrt();
     let brown = [62u8, 40, 28];
@@ -623,7 +625,7 @@ fn a_faded_iris_keeps_its_darkness_with_full_detail() {
         "the default should carry the fade (+{least_faded:.1})"
     );
     assert!(
-        worst_kept <= 6.0,
+        worst_kept <= 2.0,
         "the iris lightened by {worst_kept:.1} with full detail"
     );
 }
