@@ -633,6 +633,9 @@ const IRIS_FEATURE_SIGMA: f32 = 8.0;
 /// Radii (eye distances) of the disc around an iris where a fade is not carried, and of
 /// the one by which that fades out (an iris is about 0.19 eye distances wide).
 const IRIS_RADII: (f32, f32) = (0.1, 0.16);
+/// Luma ([0, 1]) over the darkest spot near an eye at which a spot's weight in the
+/// iris's centre falls by e (3 grey levels).
+const IRIS_SPREAD: f32 = 3.0 / 255.0;
 /// Amplitude (grey levels) under which a blur of the input counts as flat in the fit.
 const FIT_FLOOR: f32 = 0.3;
 /// Sigma of the smoothing of the coarse change's magnitude, so that a large change's
@@ -949,7 +952,7 @@ impl ResidualShaper {
         Ok(())
     }
 
-    /// Where the irises are (`irises`, S*S, 0..1): a disc around the darkest spot (luma
+    /// Where the irises are (`irises`, S*S, 0..1): a disc around the darkest spots (luma
     /// averaged over an iris's size) near each of the template's eye points. The
     /// alignment fits eyes, nose and mouth together, so on a face whose proportions
     /// differ from the template's an iris lands a few pixels off its point.
@@ -972,22 +975,25 @@ impl ResidualShaper {
             let (x0, x1) = (eye[0] - 0.2 * d, eye[0] + 0.2 * d);
             let (y0, y1) = (eye[1] - 0.125 * d, eye[1] + 0.125 * d);
             let clamp = |v: f32, lo: usize, hi: usize| (v.round().max(0.0) as usize).clamp(lo, hi);
-            let mut darkest = (f32::MAX, eye[0], eye[1]);
-            for y in clamp(y0, self.eye_rows.start, self.eye_rows.end - 1)
-                ..=clamp(y1, self.eye_rows.start, self.eye_rows.end - 1)
-            {
-                for x in clamp(x0, 0, s - 1)..=clamp(x1, 0, s - 1) {
-                    let v = averaged[y * s + x];
-                    if v < darkest.0 {
-                        darkest = (v, x as f32, y as f32);
-                    }
-                }
+            let ys = clamp(y0, self.eye_rows.start, self.eye_rows.end - 1)
+                ..=clamp(y1, self.eye_rows.start, self.eye_rows.end - 1);
+            let xs = clamp(x0, 0, s - 1)..=clamp(x1, 0, s - 1);
+            let window = || ys.clone().flat_map(|y| xs.clone().map(move |x| (x, y)));
+            let darkest = window()
+                .map(|(x, y)| averaged[y * s + x])
+                .fold(f32::MAX, f32::min);
+            // The centroid of the spots within a few grey levels of the darkest, not the
+            // darkest alone, so that two near-equal spots do not make it jump.
+            let (mut sum, mut sx, mut sy) = (0.0, 0.0, 0.0);
+            for (x, y) in window() {
+                let w = (-(averaged[y * s + x] - darkest) / IRIS_SPREAD).exp();
+                (sum, sx, sy) = (sum + w, sx + w * x as f32, sy + w * y as f32);
             }
-            let centre = [darkest.1, darkest.2];
+            let centre = [sx / sum, sy / sum - self.eye_rows.start as f32];
             add_feature_region(
                 &mut self.irises[rows.clone()],
                 s,
-                [centre[0], centre[1] - self.eye_rows.start as f32],
+                centre,
                 (IRIS_RADII.0 * d, IRIS_RADII.0 * d),
                 (IRIS_RADII.1 * d, IRIS_RADII.1 * d),
             );
