@@ -560,9 +560,8 @@ pub enum Detail {
     /// input ([`BLUR_BASES`]), and that blend is dropped wherever the coarse change is
     /// under [`MID_GATE`]. A model that only blurs leaves the face as it was. And the
     /// irises keep their own darkness where the model fades them: no expression
-    /// lightens an iris. Sharper, but it also keeps the parts of an
-    /// expression that consist in softening a feature, and fer's expression scores drop
-    /// by a few points.
+    /// lightens an iris. Sharper, but it also keeps the parts of an expression that
+    /// consist in softening a feature, and fer's expression scores drop by a few points.
     Full,
 }
 
@@ -633,8 +632,8 @@ const IRIS_FEATURE_SIGMA: f32 = 8.0;
 /// Radii (eye distances) of the disc around an iris where a fade is not carried, and of
 /// the one by which that fades out (an iris is about 0.19 eye distances wide).
 const IRIS_RADII: (f32, f32) = (0.1, 0.16);
-/// Luma ([0, 1]) over the darkest spot near an eye at which a spot's weight in the
-/// iris's centre falls by e (3 grey levels).
+/// How much lighter than the darkest spot near an eye (luma, [0, 1]: 3 grey levels) a
+/// spot is whose weight in the iris's centre has fallen by a factor e.
 const IRIS_SPREAD: f32 = 3.0 / 255.0;
 /// Amplitude (grey levels) under which a blur of the input counts as flat in the fit.
 const FIT_FLOOR: f32 = 0.3;
