@@ -915,20 +915,13 @@ impl ResidualShaper {
     /// or surprised). A flow model moves the lids with its flow.
     fn keep_irises(&mut self, base: &[f32]) -> Result<()> {
         let (s, n, m) = (self.size, self.size * self.size, self.small);
-        // A wide blur, so on the quarter grid.
-        blur_planes(
+        blur_on_quarter_grid(
             &self.small_base,
             &mut self.small_iris_mean,
-            m,
-            IRIS_FEATURE_SIGMA * m as f32 / 128.0,
+            &mut self.iris_features,
+            (m, s),
+            IRIS_FEATURE_SIGMA,
         )?;
-        for (q, f) in self
-            .small_iris_mean
-            .chunks_exact(m * m)
-            .zip(self.iris_features.chunks_exact_mut(n))
-        {
-            resize(q, m, f, s, imgproc::INTER_LINEAR)?;
-        }
         for (f, &b) in self.iris_features.iter_mut().zip(base) {
             *f = b - *f;
         }
@@ -1027,21 +1020,13 @@ impl ResidualShaper {
     /// ([`white_light`]) is taken away first, the rest of a darkening as above.
     fn keep_colours(&mut self, base: &[f32]) -> Result<()> {
         let (s, n, m) = (self.size, self.size * self.size, self.small);
-        // A wide blur, so on the quarter grid (a fifth of the cost at full size).
-        let quarter = m as f32 / 128.0;
-        blur_planes(
+        blur_on_quarter_grid(
             &self.small_base,
             &mut self.small_around,
-            m,
-            HIGHLIGHT_SIGMA * quarter,
+            &mut self.around,
+            (m, s),
+            HIGHLIGHT_SIGMA,
         )?;
-        for (q, a) in self
-            .small_around
-            .chunks_exact(m * m)
-            .zip(self.around.chunks_exact_mut(n))
-        {
-            resize(q, m, a, s, imgproc::INTER_LINEAR)?;
-        }
         self.find_repainting()?;
         let gate = in_units(COLOUR_GATE);
         let (dr, rest) = self.diff.split_at_mut(n);
@@ -1353,6 +1338,26 @@ fn add_feature_region(
         };
         *w = w.max(1.0 - smoothstep((0.0, 1.0), t));
     }
+}
+
+/// A wide Gaussian blur (`sigma` in crop pixels of a 128 px crop) of planar RGB, made on
+/// the quarter grid (`small`, side m: a fifth of the cost at full size) into
+/// `small_blurred` and resized up to the crop's grid (`out`, side s).
+fn blur_on_quarter_grid(
+    small: &[f32],
+    small_blurred: &mut [f32],
+    out: &mut [f32],
+    (m, s): (usize, usize),
+    sigma: f32,
+) -> Result<()> {
+    blur_planes(small, small_blurred, m, sigma * m as f32 / 128.0)?;
+    for (q, o) in small_blurred
+        .chunks_exact(m * m)
+        .zip(out.chunks_exact_mut(s * s))
+    {
+        resize(q, m, o, s, imgproc::INTER_LINEAR)?;
+    }
+    Ok(())
 }
 
 /// Gaussian blur of one SxS plane (or of a band of its rows: `size` is the width),
