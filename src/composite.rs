@@ -708,9 +708,8 @@ pub struct ResidualShaper {
     template_eyes: [[f32; 2]; 2],
     eye_distance: f32,
     eye_rows: std::ops::Range<usize>,
-    /// The input's features at the irises' scale (the input less its blur by
-    /// [`IRIS_FEATURE_SIGMA`]), 3*S*S.
-    iris_features: Vec<f32>,
+    /// The irises' surroundings: the input blurred by [`IRIS_FEATURE_SIGMA`], 3*S*S.
+    iris_surroundings: Vec<f32>,
     /// The shaped change, 3*S*S.
     diff: Vec<f32>,
     /// Side of the grid of the coarse change: a quarter of the crop's (the coarse
@@ -768,7 +767,7 @@ impl ResidualShaper {
             template_eyes: [left, right],
             eye_distance,
             eye_rows: eye_rows(template),
-            iris_features: planes(),
+            iris_surroundings: planes(),
             diff: planes(),
             small,
             small_diff: vec![0.0; 3 * small * small],
@@ -918,13 +917,10 @@ impl ResidualShaper {
         blur_on_quarter_grid(
             &self.small_base,
             &mut self.small_iris_mean,
-            &mut self.iris_features,
+            &mut self.iris_surroundings,
             (m, s),
             IRIS_FEATURE_SIGMA,
         )?;
-        for (f, &b) in self.iris_features.iter_mut().zip(base) {
-            *f = b - *f;
-        }
         self.find_irises(base)?;
         for i in self.eye_rows.start * s..self.eye_rows.end * s {
             let region = self.irises[i];
@@ -933,7 +929,7 @@ impl ResidualShaper {
             }
             for c in 0..3 {
                 let k = c * n + i;
-                let (d, f) = (self.diff[k], self.iris_features[k]);
+                let (d, f) = (self.diff[k], base[k] - self.iris_surroundings[k]);
                 // A change against the pixel's contrast with its surroundings is the
                 // fade, up to that contrast; one that adds to it stays.
                 if d * f < 0.0 {
@@ -951,9 +947,12 @@ impl ResidualShaper {
     fn find_irises(&mut self, base: &[f32]) -> Result<()> {
         let s = self.size;
         let rows = self.eye_rows.start * s..self.eye_rows.end * s;
+        let (n, d) = (s * s, self.eye_distance);
         let (luma, averaged) = (&mut self.scratch, &mut self.products[0]);
-        luma_into(base, luma);
-        let d = self.eye_distance;
+        // Only the rows searched.
+        for i in rows.clone() {
+            luma[i] = LUMA[0] * base[i] + LUMA[1] * base[n + i] + LUMA[2] * base[2 * n + i];
+        }
         blur(
             &luma[rows.clone()],
             &mut averaged[rows.clone()],
